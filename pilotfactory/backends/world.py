@@ -1,0 +1,72 @@
+"""The world: where plugins get their ports from.
+
+Production uses ``RealWorld`` (htcondor2 / condor CLI, boto3, novaclient, requests); the demo
+and the simulation tests use ``pilotfactory.sim.world.SimWorld``. Plugins never import a
+backend library themselves, so the same queue runs against either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pilotfactory.backends.cloud.port import CloudPort
+from pilotfactory.backends.condor.port import CondorPort, CondorTarget
+from pilotfactory.backends.panda_port import PandaPort, SiteStatusPort
+
+
+class World(Protocol):
+    def condor(self, target: CondorTarget) -> CondorPort: ...
+
+    def cloud(self, provider: str, settings: Mapping[str, Any]) -> CloudPort:
+        """``provider`` is ``ec2`` or ``openstack``; ``settings`` the queue's plugin params."""
+        ...
+
+    def panda(self, settings: Mapping[str, Any]) -> PandaPort:
+        """``settings``: the Panda WMS plugin params (server URL, timeout, TLS, ...)."""
+        ...
+
+    def site_status(self, settings: Mapping[str, Any]) -> SiteStatusPort: ...
+
+
+class RealWorld:
+    """Ports to real services; backend libraries are imported only when first needed."""
+
+    def __init__(self, condor_backend: str = "bindings") -> None:
+        self.condor_backend = condor_backend
+        self._condor: dict[CondorTarget, CondorPort] = {}
+
+    def condor(self, target: CondorTarget) -> CondorPort:
+        port = self._condor.get(target)
+        if port is None:
+            if self.condor_backend == "cli":
+                from pilotfactory.backends.condor.cli import CliCondor
+
+                port = CliCondor(target)
+            else:
+                from pilotfactory.backends.condor.bindings import BindingsCondor
+
+                port = BindingsCondor(target)
+            self._condor[target] = port
+        return port
+
+    def cloud(self, provider: str, settings: Mapping[str, Any]) -> CloudPort:
+        if provider == "ec2":
+            from pilotfactory.backends.cloud.ec2 import Ec2Cloud
+
+            return Ec2Cloud.from_settings(settings)
+        if provider == "openstack":
+            from pilotfactory.backends.cloud.openstack import OpenStackCloud
+
+            return OpenStackCloud.from_settings(settings)
+        raise ValueError(f"unknown cloud provider {provider!r} (expected ec2 or openstack)")
+
+    def panda(self, settings: Mapping[str, Any]) -> PandaPort:
+        from pilotfactory.backends.panda import PandaClient
+
+        return PandaClient.from_settings(settings)
+
+    def site_status(self, settings: Mapping[str, Any]) -> SiteStatusPort:
+        from pilotfactory.backends.panda import SiteStatusSource
+
+        return SiteStatusSource.from_settings(settings)

@@ -1,0 +1,198 @@
+"""Typed snapshots that flow from the status plugins into the chain and the planner.
+
+Everything here is plain data: the scheduler chain and the planner are pure functions of it,
+so they can be tested without any backend.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class WorkerState(enum.Enum):
+    """Life-cycle state of one worker (pilot job or VM).
+
+    The table ``SUPPLY`` / ``FAILURE`` below says how each state is counted; the planner's
+    decisions follow from it.
+    """
+
+    PENDING = "pending"
+    """Queued job, open spot request, or instance requested but not running yet."""
+    BOOTING = "booting"
+    """VM running, but its startd has not joined the collector yet."""
+    IDLE = "idle"
+    """Startd joined and every slot idle (VM); pilot running with no payload known."""
+    BUSY = "busy"
+    """Startd joined with at least one claimed slot; for pilots: the job is running."""
+    RETIRING = "retiring"
+    """The factory asked it to retire; it is finishing its last job(s)."""
+    RETIRED = "retired"
+    """The factory retired it and its startd is gone or drained: ready to reap."""
+    HELD = "held"
+    """Job held (cloud API or credential failure, bad submit file, ...)."""
+    LOST = "lost"
+    """Startd vanished without being retired, or never joined within ``boot_timeout``."""
+    DONE = "done"
+    """Completed or removed."""
+    UNKNOWN = "unknown"
+    """State could not be read this cycle. Counted as present, never as gone."""
+
+
+# Which states count as supply (the worker exists or is on its way) and which as failure.
+#   state     supply  sched bucket  failure
+#   PENDING   yes     pending       no
+#   BOOTING   yes     pending       only when reaped past boot_timeout (then LOST)
+#   IDLE      yes     running       no
+#   BUSY      yes     running       no
+#   RETIRING  yes     running       no
+#   RETIRED   no      -             no (the factory retired it on purpose)
+#   HELD      yes     pending       yes once reaped past held_timeout
+#   LOST      no      -             yes
+#   DONE      no      -             no
+#   UNKNOWN   yes     running       no
+SUPPLY: frozenset[WorkerState] = frozenset(
+    {
+        WorkerState.PENDING,
+        WorkerState.BOOTING,
+        WorkerState.IDLE,
+        WorkerState.BUSY,
+        WorkerState.RETIRING,
+        WorkerState.HELD,
+        WorkerState.UNKNOWN,
+    }
+)
+PENDING_STATES: frozenset[WorkerState] = frozenset(
+    {WorkerState.PENDING, WorkerState.BOOTING, WorkerState.HELD}
+)
+RUNNING_STATES: frozenset[WorkerState] = frozenset(
+    {WorkerState.IDLE, WorkerState.BUSY, WorkerState.RETIRING, WorkerState.UNKNOWN}
+)
+FAILURE: frozenset[WorkerState] = frozenset({WorkerState.LOST, WorkerState.HELD})
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One worker of one queue, as read from the batch system this cycle."""
+
+    id: str
+    """``cluster.proc`` for HTCondor jobs, the instance id for direct cloud workers."""
+    queue: str
+    state: WorkerState
+    since: float
+    """When it entered this state (EnteredCurrentStatus / startd activity time)."""
+    instance_id: str | None = None
+    machine: str | None = None
+    """Startd ``Machine`` used for retire commands."""
+    slots_total: int = 0
+    slots_busy: int = 0
+    retire_requested_at: float | None = None
+    """Written into the job ad / instance tags by the factory; survives restarts."""
+    retire_mode: str | None = None
+    unretired_at: float | None = None
+    submitted_at: float | None = None
+    retirement_time: float | None = None
+    """The startd's MaxJobRetirementTime as advertised (drain is only safe when large)."""
+    hold_reason: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A finished or running job of this queue, for the Throttle black-hole guard."""
+
+    id: str
+    started: float
+    ended: float | None = None
+
+    def walltime(self, now: float) -> float:
+        return (self.ended if self.ended is not None else now) - self.started
+
+
+@dataclass(frozen=True)
+class BatchQueueInfo:
+    """What one queue has in the batch system at ``time``."""
+
+    queue: str
+    time: float
+    workers: tuple[Worker, ...] = ()
+    history: tuple[JobRecord, ...] | None = None
+    """Bounded recent history (only when a plugin asked for it)."""
+    unmatched_startds: tuple[str, ...] = ()
+    """Startds that carry this queue's join attribute but match no worker (reported)."""
+
+    def count(self, *states: WorkerState) -> int:
+        return sum(1 for w in self.workers if w.state in states)
+
+    @property
+    def pending(self) -> int:
+        """On its way: APF's ``pending`` (queued jobs, booting VMs, held jobs)."""
+        return sum(1 for w in self.workers if w.state in PENDING_STATES)
+
+    @property
+    def running(self) -> int:
+        """Present: APF's ``running`` (including retiring and unreadable workers)."""
+        return sum(1 for w in self.workers if w.state in RUNNING_STATES)
+
+    @property
+    def held(self) -> int:
+        return self.count(WorkerState.HELD)
+
+    @property
+    def supply(self) -> int:
+        return sum(1 for w in self.workers if w.state in SUPPLY)
+
+    def by_state(self) -> dict[str, int]:
+        out = {s.value: 0 for s in WorkerState}
+        for w in self.workers:
+            out[w.state.value] += 1
+        return out
+
+
+class SiteStatus(enum.Enum):
+    ONLINE = "online"
+    TEST = "test"
+    OFFLINE = "offline"
+    BROKEROFF = "brokeroff"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, text: str | None) -> SiteStatus:
+        if not text:
+            return cls.UNKNOWN
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            return cls.UNKNOWN
+
+
+@dataclass(frozen=True)
+class WMSQueueInfo:
+    """How much work waits for one WMS queue at ``time``."""
+
+    queue: str
+    time: float
+    ready: int = 0
+    notready: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    unknown: int = 0
+    site_status: SiteStatus = SiteStatus.UNKNOWN
+
+
+@dataclass(frozen=True)
+class FactoryTotals:
+    """Factory-wide figures for MaxPerFactory (summed over every queue's batch info)."""
+
+    running: int
+    pending: int
+    maximum: int | None = None
+
+
+def sum_totals(infos: Sequence[BatchQueueInfo | None], maximum: int | None) -> FactoryTotals:
+    running = sum(i.running for i in infos if i is not None)
+    pending = sum(i.pending for i in infos if i is not None)
+    return FactoryTotals(running=running, pending=pending, maximum=maximum)

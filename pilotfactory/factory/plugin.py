@@ -1,0 +1,180 @@
+"""Plugin base classes: the four kinds a queue is wired from.
+
+A plugin class declares ``NAME`` (the name queues.conf uses), ``ALIASES`` (legacy APF names) and
+``PARAMS`` (typed parameters read from ``<kind>.<name lower>.<param>``). The config loader
+hands each instance its parsed parameters; plugins never read the INI file themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pilotfactory.backends.world import World
+from pilotfactory.factory.clock import Clock
+from pilotfactory.factory.info import (
+    BatchQueueInfo,
+    FactoryTotals,
+    WMSQueueInfo,
+    Worker,
+)
+from pilotfactory.factory.params import Param
+
+
+class Plugin:
+    KIND: ClassVar[str] = ""
+    NAME: ClassVar[str] = ""
+    ALIASES: ClassVar[tuple[str, ...]] = ()
+    PARAMS: ClassVar[tuple[Param, ...]] = ()
+
+    @classmethod
+    def namespaces(cls) -> tuple[str, ...]:
+        """Key prefixes this plugin's parameters may use (canonical name and aliases)."""
+        return tuple(f"{cls.KIND}.{n.lower()}." for n in (cls.NAME, *cls.ALIASES))
+
+
+@dataclass(frozen=True)
+class Env:
+    """What every stateful plugin may use: who we are, the ports, the clock."""
+
+    factory_id: str
+    world: World
+    clock: Clock
+    factory_settings: Mapping[str, str] = field(default_factory=dict)
+    """Raw ``[Factory]`` keys (e.g. ``baseLogDir``), for plugins that need them."""
+
+
+# ---------------------------------------------------------------------------- scheduler
+
+
+@dataclass(frozen=True)
+class SchedContext:
+    """Everything a scheduler plugin may read. Plain data: the chain is a pure function."""
+
+    queue: str
+    now: float
+    wms: WMSQueueInfo | None
+    batch: BatchQueueInfo | None
+    factory: FactoryTotals | None = None
+
+
+class SchedPlugin(Plugin):
+    """``calc(n, ctx) -> (n, reason)``; a negative n means "take that many workers away"."""
+
+    KIND = "sched"
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = params
+
+    def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
+        raise NotImplementedError
+
+    # Plugins that need the bounded job history (Throttle) say so; the batch status plugin
+    # then fetches it for that queue.
+    NEEDS_HISTORY: ClassVar[bool] = False
+
+    def history_window(self) -> float:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------- status sources
+
+
+class StatusSource(Plugin):
+    """A status plugin instance shared by every queue whose params give the same source key.
+
+    ``refresh`` does the one query per cycle; queues then read their slice of the snapshot.
+    ``refresh`` raises on failure; the factory records the error and the queues fail closed.
+    """
+
+    DEFAULT_MAXAGE: ClassVar[float] = 600.0
+
+    def __init__(self, params: Mapping[str, Any], env: Env) -> None:
+        self.params = params
+        self.env = env
+        self.snapshot_time: float | None = None
+
+    @classmethod
+    def source_key(cls, params: Mapping[str, Any]) -> Hashable:
+        """Queues whose params give equal keys share one instance (one query per cycle)."""
+        return (cls.NAME,)
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+
+class WMSStatusPlugin(StatusSource):
+    KIND = "wmsstatus"
+
+    def info(self, wmsqueue: str, params: Mapping[str, Any]) -> WMSQueueInfo | None:
+        """This queue's slice of the last snapshot; ``params`` are the queue's own."""
+        raise NotImplementedError
+
+
+class BatchStatusPlugin(StatusSource):
+    KIND = "batchstatus"
+
+    def want_history(self, queue: str, window: float) -> None:
+        """A queue's chain needs jobs that started within ``window`` seconds (Throttle)."""
+
+    def info(self, queue: str) -> BatchQueueInfo | None:
+        raise NotImplementedError
+
+    def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
+        """Re-read these workers right before an irreversible step (one batched query).
+
+        Returns the current view by worker id; a worker missing from the result is gone.
+        """
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+@dataclass(frozen=True)
+class QueueEnv:
+    """The queue a submit plugin works for, and its generic (non-plugin) keys."""
+
+    queue: str
+    wmsqueue: str
+    generic: Mapping[str, str] = field(default_factory=dict)
+
+
+class SubmitError(Exception):
+    """A submit that failed (quota, credentials, rejected description); backs the queue off."""
+
+
+class BatchSubmitPlugin(Plugin):
+    """Carries out the planner's actions for one queue.
+
+    ``WORKERS`` says whether this plugin makes pilots (``pilot``: retire means remove) or VMs
+    (``vm``: retire is peaceful, reaping removes the VM job / terminates the instance).
+    """
+
+    KIND = "batchsubmit"
+    WORKERS: ClassVar[str] = "pilot"
+
+    def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:
+        self.params = params
+        self.env = env
+        self.queue = queue
+
+    def submit(self, count: int) -> list[str]:
+        """Submit ``count`` new workers as one transaction; returns their ids."""
+        raise NotImplementedError
+
+    def cancel(self, workers: Sequence[Worker]) -> None:
+        """Remove workers that run nothing (pending jobs, open requests, idle pilots)."""
+        raise NotImplementedError
+
+    def retire(self, workers: Sequence[Worker], mode: str) -> None:
+        """Retire peacefully (``peaceful`` / ``drain``) or at once (``kill``); record it."""
+        raise NotImplementedError
+
+    def unretire(self, workers: Sequence[Worker]) -> None:
+        raise NotImplementedError
+
+    def reap(self, workers: Sequence[Worker]) -> None:
+        """Remove what is left of retired / lost / held workers (VM job, instance)."""
+        raise NotImplementedError

@@ -1,0 +1,296 @@
+"""The ``pilotfactory`` command.
+
+Exit codes: 0 success; 1 configuration problems (``check`` found errors, or no queue could be
+loaded); 2 usage error or an unreadable file; 3 a cycle ran with queue errors (``--once``).
+Logs go to stderr; machine-readable output (``--json``) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pilotfactory import __version__
+from pilotfactory.factory.config import (
+    ConfigError,
+    FactoryConfig,
+    QueuesResult,
+    default_factory_config,
+    load_factory_config,
+    load_queues,
+)
+
+log = logging.getLogger("pilotfactory")
+
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_QUEUE_ERRORS = 0, 1, 2, 3
+DEFAULT_FACTORY_CONF = "/etc/pilotfactory/factory.conf"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--factory-conf", metavar="FILE", help="factory.conf ([Factory])")
+    p.add_argument(
+        "-q",
+        "--queues-conf",
+        metavar="FILE",
+        action="append",
+        help="queues.conf (repeatable; later files win per key); overrides queueConf",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pilotfactory",
+        description="Keep HTCondor pools supplied with pilots and VMs (APF-compatible).",
+    )
+    parser.add_argument("--version", action="version", version=f"pilotfactory {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate factory.conf and queues.conf")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="problems as JSON")
+
+    p = sub.add_parser("run", help="run the factory loop")
+    _common(p)
+    p.add_argument("--once", action="store_true", help="one cycle of every queue, then exit")
+    p.add_argument("--cycles", type=int, help="stop after N cycles")
+    p.add_argument("--dry-run", action="store_true", help="decide and print; act on nothing")
+    p.add_argument("--json", action="store_true", help="print each cycle's traces as JSON lines")
+
+    p = sub.add_parser("status", help="one dry-run cycle: every queue's inputs and decisions")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--queue", action="append", help="only this queue (repeatable)")
+
+    for name in ("demo", "sim"):
+        p = sub.add_parser(
+            name, help="run the factory against the embedded simulated pool and cloud"
+        )
+        p.add_argument("-q", "--queues-conf", metavar="FILE", action="append")
+        p.add_argument("-c", "--factory-conf", metavar="FILE")
+        p.add_argument("--hours", type=float, default=6.0, help="simulated hours (6)")
+        p.add_argument("--seed", type=int, default=1)
+        p.add_argument("--workload", default="burst", help="workload preset (burst, waves, steady)")
+        p.add_argument("--every", type=int, default=1, help="print every Nth cycle")
+        p.add_argument("--json", action="store_true", help="summary as JSON")
+        p.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=max(logging.DEBUG, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def load_all(args: argparse.Namespace) -> tuple[FactoryConfig, QueuesResult, list[str]]:
+    """factory.conf (optional when -q is given) and every queue; returns printable problems."""
+    problems: list[str] = []
+    fpath = args.factory_conf
+    if fpath is None and not args.queues_conf and os.path.exists(DEFAULT_FACTORY_CONF):
+        fpath = DEFAULT_FACTORY_CONF
+    if fpath:
+        fcfg, fproblems = load_factory_config(fpath)
+        problems.extend(str(p) for p in fproblems)
+        if any(p.severity == "error" for p in fproblems):
+            problems.append(f"{fpath}: [Factory] has errors")
+    else:
+        fcfg = default_factory_config()
+    qpaths = list(args.queues_conf or fcfg.queue_conf)
+    dirconf = None if args.queues_conf else fcfg.queue_dir_conf
+    if not qpaths and not dirconf:
+        raise ConfigError(
+            "no queues configuration: give -q queues.conf, or -c factory.conf with queueConf"
+        )
+    result = load_queues(qpaths, dirconf, fcfg)
+    problems.extend(str(p) for p in result.problems)
+    return fcfg, result, problems
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    fcfg, result, problems = load_all(args)
+    errors = [p for p in problems if ": error: " in p or p.endswith("has errors")]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": not errors,
+                    "queues": [q.name for q in result.queues],
+                    "broken": result.broken,
+                    "disabled": result.disabled,
+                    "problems": problems,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for line in problems:
+            print(line)
+        print(
+            f"{len(result.queues)} queue(s) OK, {len(result.broken)} broken, "
+            f"{len(result.disabled)} disabled; {len(errors)} error(s), "
+            f"{len(problems) - len(errors)} warning(s)"
+        )
+    return EXIT_CONFIG if errors else EXIT_OK
+
+
+def _make_factory(args: argparse.Namespace, dry_run: bool) -> Any:
+    from pilotfactory.backends.world import RealWorld
+    from pilotfactory.factory.clock import WallClock
+    from pilotfactory.factory.factory import Factory
+
+    fcfg, result, problems = load_all(args)
+    for line in problems:
+        log.warning("%s", line)
+    if not result.queues:
+        log.error(
+            "no usable queue (%d broken, %d disabled)", len(result.broken), len(result.disabled)
+        )
+        return None
+    factory = Factory(
+        fcfg, result.queues, RealWorld(fcfg.condor_backend), WallClock(), dry_run=dry_run
+    )
+
+    def reload_queues() -> list[Any]:
+        _, res, probs = load_all(args)
+        for line in probs:
+            log.warning("%s", line)
+        return list(res.queues)
+
+    factory.reload_hook = reload_queues
+    return factory
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    factory = _make_factory(args, dry_run=args.dry_run)
+    if factory is None:
+        return EXIT_CONFIG
+    if args.once:
+        traces = factory.cycle(force=True)
+        _print_traces(traces, args.json)
+        return EXIT_QUEUE_ERRORS if any(t.error for t in traces) else EXIT_OK
+    factory.install_signals()
+    if args.json:
+        orig = factory.cycle
+
+        def cycle_and_print(force: bool = False) -> Any:
+            traces = orig(force)
+            _print_traces(traces, True)
+            return traces
+
+        factory.cycle = cycle_and_print
+    factory.run(cycles=args.cycles)
+    return EXIT_OK
+
+
+def _print_traces(traces: Sequence[Any], as_json: bool) -> None:
+    if as_json:
+        for t in traces:
+            print(json.dumps(t.to_dict()), flush=True)
+        return
+    for t in traces:
+        print(format_trace(t))
+
+
+def format_trace(t: Any) -> str:
+    lines = [f"[{t.queue}]"]
+    if t.wms is not None:
+        w = t.wms
+        lines.append(
+            f"  wms:   ready={w.ready} notready={w.notready} running={w.running} "
+            f"done={w.done} failed={w.failed} site={w.site_status.value}"
+        )
+    else:
+        lines.append(f"  wms:   unavailable ({t.wms_error})")
+    if t.batch is not None:
+        states = " ".join(f"{k}={v}" for k, v in t.batch.by_state().items() if v)
+        lines.append(
+            f"  batch: pending={t.batch.pending} running={t.batch.running} [{states or 'empty'}]"
+        )
+    else:
+        lines.append(f"  batch: unavailable ({t.batch_error})")
+    if t.chain is not None:
+        for step in t.chain.steps:
+            lines.append(f"  chain: {step.reason}")
+    lines.append(f"  n = {t.n}")
+    lines.append(f"  decision: {t.decision()}")
+    for r in t.results:
+        lines.append(f"  done:  {r}")
+    for note in t.notes:
+        lines.append(f"  note:  {note}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    factory = _make_factory(args, dry_run=True)
+    if factory is None:
+        return EXIT_CONFIG
+    traces = factory.cycle(force=True)
+    if args.queue:
+        traces = [t for t in traces if t.queue in set(args.queue)]
+    _print_traces(traces, args.json)
+    return EXIT_QUEUE_ERRORS if any(t.error for t in traces) else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pilotfactory.sim.runner import run_demo
+
+    qpaths = args.queues_conf or [_default_demo_queues()]
+    return run_demo(
+        queue_paths=qpaths,
+        factory_path=args.factory_conf,
+        hours=args.hours,
+        seed=args.seed,
+        workload=args.workload,
+        every=args.every,
+        as_json=args.json,
+    )
+
+
+def _default_demo_queues() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (
+        os.path.join(os.getcwd(), "etc", "queues.conf"),
+        os.path.join(os.path.dirname(here), "etc", "queues.conf"),
+    ):
+        if os.path.exists(cand):
+            return cand
+    raise ConfigError("etc/queues.conf not found: give -q queues.conf")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    setup_logging(getattr(args, "verbose", 0))
+    handlers = {
+        "check": cmd_check,
+        "run": cmd_run,
+        "status": cmd_status,
+        "demo": cmd_demo,
+        "sim": cmd_demo,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"pilotfactory: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""All queues of one factory: shared status sources, the cycle loop, signals and reload.
+
+Status plugins are shared by every queue whose parameters give the same source key, and each
+shared source is refreshed once per tick: cost grows with the number of jobs, not with
+queues x jobs. A source that fails makes only its own queues fail closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from pilotfactory.backends.world import World
+from pilotfactory.factory.clock import Clock
+from pilotfactory.factory.config import FactoryConfig, QueueConfig
+from pilotfactory.factory.info import sum_totals
+from pilotfactory.factory.plugin import (
+    BatchStatusPlugin,
+    Env,
+    StatusSource,
+    WMSStatusPlugin,
+)
+from pilotfactory.factory.queue import CycleTrace, Queue, bounded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceState:
+    source: StatusSource
+    queues: list[str] = field(default_factory=list)
+    error: str | None = None
+    refreshed_at: float | None = None
+    failures: int = 0
+
+
+class Factory:
+    def __init__(
+        self,
+        fcfg: FactoryConfig,
+        queues: Iterable[QueueConfig],
+        world: World,
+        clock: Clock,
+        dry_run: bool = False,
+    ) -> None:
+        self.fcfg = fcfg
+        self.world = world
+        self.clock = clock
+        self.dry_run = dry_run
+        self.env = Env(
+            factory_id=fcfg.factory_id,
+            world=world,
+            clock=clock,
+            factory_settings=dict(fcfg.raw),
+        )
+        self.sources: dict[Hashable, SourceState] = {}
+        self.queues: dict[str, Queue] = {}
+        self.setup_errors: dict[str, str] = {}
+        self.cycles_run = 0
+        self._stop = threading.Event()
+        self._reload_requested = False
+        self.reload_hook: Callable[[], list[QueueConfig]] | None = None
+        for qcfg in queues:
+            self._add_queue(qcfg)
+
+    # ------------------------------------------------------------------ wiring
+
+    def _source(self, spec_cls: type[Any], params: Any, queue: str) -> StatusSource:
+        key = (spec_cls.KIND, spec_cls, spec_cls.source_key(params))
+        state = self.sources.get(key)
+        if state is None:
+            state = SourceState(source=spec_cls(params, self.env))
+            self.sources[key] = state
+        state.queues.append(queue)
+        return state.source
+
+    def _add_queue(self, qcfg: QueueConfig) -> None:
+        try:
+            wms = self._source(qcfg.wmsstatus.cls, qcfg.wmsstatus.params, qcfg.name)
+            batch = self._source(qcfg.batchstatus.cls, qcfg.batchstatus.params, qcfg.name)
+            assert isinstance(wms, WMSStatusPlugin) and isinstance(batch, BatchStatusPlugin)
+            self.queues[qcfg.name] = Queue(qcfg, self.env, wms, batch)
+        except Exception as exc:  # a queue that cannot be wired is disabled, not fatal
+            self.setup_errors[qcfg.name] = f"{type(exc).__name__}: {bounded(str(exc))}"
+            log.error("queue %s disabled: %s", qcfg.name, self.setup_errors[qcfg.name])
+            for state in self.sources.values():
+                if qcfg.name in state.queues:
+                    state.queues.remove(qcfg.name)
+
+    def _state_of(self, source: StatusSource) -> SourceState:
+        for state in self.sources.values():
+            if state.source is source:
+                return state
+        raise KeyError(source)
+
+    # ------------------------------------------------------------------ one tick
+
+    def due_queues(self, now: float) -> list[Queue]:
+        return [q for q in self.queues.values() if q.next_run <= now]
+
+    def cycle(self, force: bool = False) -> list[CycleTrace]:
+        """Run every due queue once (all queues with ``force``)."""
+        now = self.clock.now()
+        due = list(self.queues.values()) if force else self.due_queues(now)
+        if not due:
+            return []
+        needed: list[SourceState] = []
+        for q in due:
+            for src in (q.wms_source, q.batch_source):
+                state = self._state_of(src)
+                if state not in needed:
+                    needed.append(state)
+        for state in needed:  # one query per source per tick
+            try:
+                state.source.refresh()
+                state.error = None
+                state.failures = 0
+                state.refreshed_at = now
+            except Exception as exc:
+                state.failures += 1
+                state.error = f"{type(exc).__name__}: {bounded(str(exc))}"
+                log.warning(
+                    "%s source %s failed (%d in a row); its queues %s fail closed: %s",
+                    state.source.KIND,
+                    state.source.NAME,
+                    state.failures,
+                    ",".join(state.queues),
+                    state.error,
+                )
+        totals = self._totals()
+        traces: list[CycleTrace] = []
+        for q in due:
+            wms_err = self._state_of(q.wms_source).error
+            batch_err = self._state_of(q.batch_source).error
+            traces.append(q.cycle(wms_err, batch_err, totals, dry_run=self.dry_run))
+            q.next_run = now + q.cfg.sleep
+        self.cycles_run += 1
+        return traces
+
+    def _totals(self) -> Any:
+        infos = []
+        for q in self.queues.values():
+            if self._state_of(q.batch_source).error is None:
+                infos.append(q.batch_source.info(q.name))
+        return sum_totals(infos, self.fcfg.maxperfactory)
+
+    # ------------------------------------------------------------------ loop
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signals(self) -> None:
+        def _term(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: stopping after this cycle", signum)
+            self.stop()
+
+        def _hup(signum: int, frame: FrameType | None) -> None:
+            log.info("SIGHUP: reloading queues.conf before the next cycle")
+            self._reload_requested = True
+
+        signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGINT, _term)
+        signal.signal(signal.SIGHUP, _hup)
+
+    def reload(self, queues: Iterable[QueueConfig]) -> None:
+        """Replace the queue set; queues whose config is unchanged keep their memory."""
+        new = {q.name: q for q in queues}
+        old = self.queues
+        self.queues = {}
+        self.sources = {}
+        for name, qcfg in new.items():
+            self._add_queue(qcfg)
+            if name in old and name in self.queues and old[name].cfg == qcfg:
+                self.queues[name].memory = old[name].memory
+                self.queues[name].next_run = old[name].next_run
+
+    def run(self, cycles: int | None = None) -> None:
+        """The daemon loop: tick every ``factory.sleep`` seconds until stopped."""
+        limit = cycles if cycles is not None else self.fcfg.cycles
+        while not self._stop.is_set():
+            if self._reload_requested and self.reload_hook is not None:
+                self._reload_requested = False
+                try:
+                    self.reload(self.reload_hook())
+                except Exception as exc:
+                    log.error("reload failed, keeping the old queues: %s", exc)
+            self.cycle()
+            if limit is not None and self.cycles_run >= limit:
+                break
+            self._sleep_until_next()
+
+    def _sleep_until_next(self) -> None:
+        now = self.clock.now()
+        nxt = min((q.next_run for q in self.queues.values()), default=now + self.fcfg.sleep)
+        wait = max(0.0, min(self.fcfg.sleep, nxt - now)) or min(1.0, self.fcfg.sleep)
+        step = 0.0
+        while step < wait and not self._stop.is_set():
+            chunk = min(1.0, wait - step)
+            self.clock.sleep(chunk)
+            step += chunk

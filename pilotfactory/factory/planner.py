@@ -1,0 +1,252 @@
+"""From the chain's n and the queue's workers to concrete actions. A pure function.
+
+n > 0: un-retire retiring workers first (already booted, cheapest), then submit the rest.
+n < 0: take away |n| workers, cheapest first: held and pending (cancel), then idle (longest idle
+first), then busy (fewest busy slots first, retired peacefully). A worker is acted on only after
+it has been a candidate in ``retire_confirm_cycles`` consecutive cycles.
+Every cycle: reap retired workers, booting ones past ``boot_timeout`` and held ones past
+``held_timeout``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pilotfactory.factory.config import PlannerSettings
+from pilotfactory.factory.info import Worker, WorkerState
+
+
+class ActionKind(enum.Enum):
+    UNRETIRE = "unretire"
+    SUBMIT = "submit"
+    CANCEL = "cancel"
+    RETIRE = "retire"
+    REAP = "reap"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    workers: tuple[Worker, ...] = ()
+    count: int = 0
+    mode: str | None = None
+    reason: str = ""
+    failure: bool = False
+    """A reap that counts as a failure (LOST / HELD), for the queue's failure rate."""
+
+    def size(self) -> int:
+        return self.count if self.kind is ActionKind.SUBMIT else len(self.workers)
+
+    def describe(self) -> str:
+        what = f"{self.kind.value} {self.size()}"
+        if self.mode:
+            what += f" ({self.mode})"
+        return f"{what}: {self.reason}" if self.reason else what
+
+
+@dataclass(frozen=True)
+class PlannerMemory:
+    """What the planner remembers between cycles; losing it only delays a retire."""
+
+    candidate_cycles: Mapping[str, int] = field(default_factory=dict)
+    last_scale_up: float | None = None
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    n: int
+    workers: tuple[Worker, ...]
+    now: float
+    settings: PlannerSettings
+    worker_kind: str = "vm"
+    """``vm`` or ``pilot`` (pilots are never retired peacefully: removal only)."""
+    freeze: str | None = None
+    """Circuit breaker: why retire and reap are frozen this cycle (None: not frozen)."""
+    submit_blocked: str | None = None
+    """Back-off: why no new workers may be submitted this cycle."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    notes: tuple[str, ...]
+    memory: PlannerMemory
+
+    def of(self, kind: ActionKind) -> list[Action]:
+        return [a for a in self.actions if a.kind is kind]
+
+
+def retire_cap(setting: str | None, workers: int) -> int | None:
+    """``max_retire_per_cycle`` as a count: ``5`` or ``10%`` of the queue (at least 1)."""
+    if setting is None:
+        return None
+    text = setting.strip()
+    if text.endswith("%"):
+        pct = float(text[:-1])
+        return max(1, math.floor(workers * pct / 100.0))
+    return int(text)
+
+
+def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
+    memory = memory or PlannerMemory()
+    s = inp.settings
+    actions: list[Action] = []
+    notes: list[str] = []
+    last_up = memory.last_scale_up
+
+    # ---- reaping, every cycle
+    if inp.freeze:
+        notes.append(f"retire and reap frozen: {inp.freeze}")
+    else:
+        actions.extend(_reaps(inp))
+    reaped = {w.id for a in actions for w in a.workers}
+
+    counters: dict[str, int] = {}
+    if inp.n > 0:
+        last_up = inp.now
+        retiring = [
+            w
+            for w in inp.workers
+            if w.state is WorkerState.RETIRING and w.id not in reaped and inp.worker_kind == "vm"
+        ]
+        # Most recently asked to retire first: it has the most work left and is furthest from
+        # exiting, so un-retiring it is the surest.
+        retiring.sort(key=lambda w: -(w.retire_requested_at or w.since))
+        unretire = retiring[: inp.n]
+        if unretire:
+            actions.append(
+                Action(ActionKind.UNRETIRE, tuple(unretire), reason="cheaper than a new worker")
+            )
+        rest = inp.n - len(unretire)
+        if rest > 0:
+            submit, why = _submit_count(inp, rest)
+            if why:
+                notes.append(why)
+            if submit > 0:
+                actions.append(Action(ActionKind.SUBMIT, count=submit, reason=f"n={inp.n}"))
+    elif inp.n < 0:
+        if inp.freeze:
+            notes.append(f"n={inp.n} not acted on: frozen")
+        elif (
+            s.scale_down_delay > 0
+            and last_up is not None
+            and inp.now - last_up < s.scale_down_delay
+        ):
+            wait = s.scale_down_delay - (inp.now - last_up)
+            notes.append(f"n={inp.n} held back: scale_down_delay, {wait:.0f}s to go")
+        else:
+            actions_down, counters, down_notes = _scale_down(inp, memory, reaped)
+            actions.extend(actions_down)
+            notes.extend(down_notes)
+    new_memory = PlannerMemory(candidate_cycles=counters, last_scale_up=last_up)
+    return Plan(actions=tuple(actions), notes=tuple(notes), memory=new_memory)
+
+
+def _reaps(inp: PlanInput) -> list[Action]:
+    s = inp.settings
+    retired: list[Worker] = []
+    lost: list[Worker] = []
+    held: list[Worker] = []
+    for w in inp.workers:
+        if w.state is WorkerState.RETIRED:
+            retired.append(w)
+        elif w.state is WorkerState.LOST:
+            lost.append(w)
+        elif w.state is WorkerState.BOOTING and inp.now - w.since > s.boot_timeout:
+            lost.append(w)
+        elif w.state is WorkerState.HELD and inp.now - w.since > s.held_timeout:
+            held.append(w)
+    out: list[Action] = []
+    if retired:
+        out.append(Action(ActionKind.REAP, tuple(retired), reason="retired"))
+    if lost:
+        out.append(
+            Action(
+                ActionKind.REAP,
+                tuple(lost),
+                reason=f"lost: never joined within boot_timeout={s.boot_timeout:g}s or vanished",
+                failure=True,
+            )
+        )
+    if held:
+        first = next((w.hold_reason for w in held if w.hold_reason), None) or "no reason given"
+        out.append(
+            Action(
+                ActionKind.REAP,
+                tuple(held),
+                reason=f"held longer than held_timeout={s.held_timeout:g}s: {first}",
+                failure=True,
+            )
+        )
+    return out
+
+
+def _submit_count(inp: PlanInput, want: int) -> tuple[int, str | None]:
+    s = inp.settings
+    if inp.submit_blocked:
+        return 0, f"submit {want} blocked: {inp.submit_blocked}"
+    if s.max_booting is not None:
+        on_way = sum(
+            1 for w in inp.workers if w.state in (WorkerState.PENDING, WorkerState.BOOTING)
+        )
+        room = max(0, s.max_booting - on_way)
+        if room < want:
+            return room, f"submit capped {want}->{room}: max_booting={s.max_booting}"
+    return want, None
+
+
+def _scale_down(
+    inp: PlanInput, memory: PlannerMemory, reaped: set[str]
+) -> tuple[list[Action], dict[str, int], list[str]]:
+    s = inp.settings
+    notes: list[str] = []
+    kill_mode = s.retire_mode == "kill"
+    held = [w for w in inp.workers if w.state is WorkerState.HELD]
+    pending = [w for w in inp.workers if w.state is WorkerState.PENDING]
+    held.sort(key=lambda w: -w.since)
+    # Newest pending first: the oldest request is the closest to being fulfilled.
+    pending.sort(key=lambda w: -(w.submitted_at or w.since))
+    ordered: list[tuple[Worker, ActionKind]] = [(w, ActionKind.CANCEL) for w in held + pending]
+    if inp.worker_kind == "vm" or kill_mode:
+        idle = [w for w in inp.workers if w.state is WorkerState.IDLE]
+        idle.sort(key=lambda w: w.since)  # longest idle first
+        busy = [w for w in inp.workers if w.state is WorkerState.BUSY]
+        if inp.worker_kind == "vm":
+            busy.sort(key=lambda w: (w.slots_busy, w.since))
+        else:
+            busy.sort(key=lambda w: -w.since)  # pilots in kill mode: newest first
+        ordered += [(w, ActionKind.RETIRE) for w in idle + busy]
+    ordered = [(w, k) for w, k in ordered if w.id not in reaped]
+    take = ordered[: -inp.n]
+    counters = {w.id: memory.candidate_cycles.get(w.id, 0) + 1 for w, _ in take}
+    confirmed = [(w, k) for w, k in take if counters[w.id] >= s.retire_confirm_cycles]
+    waiting = len(take) - len(confirmed)
+    if waiting:
+        notes.append(
+            f"{waiting} candidate(s) wait for retire_confirm_cycles={s.retire_confirm_cycles}"
+        )
+    if len(ordered) < -inp.n:
+        notes.append(f"n={inp.n} but only {len(ordered)} worker(s) may be taken away")
+    cap = retire_cap(s.max_retire_per_cycle, len(inp.workers))
+    if cap is not None and len(confirmed) > cap:
+        notes.append(f"disruption budget: {len(confirmed)}->{cap} (max_retire_per_cycle)")
+        confirmed = confirmed[:cap]
+    cancel = tuple(w for w, k in confirmed if k is ActionKind.CANCEL)
+    retire = tuple(w for w, k in confirmed if k is ActionKind.RETIRE)
+    actions: list[Action] = []
+    if cancel:
+        actions.append(Action(ActionKind.CANCEL, cancel, reason=f"n={inp.n}: not running yet"))
+    if retire:
+        mode = s.retire_mode or ("drain" if inp.worker_kind == "vm" else "kill")
+        actions.append(Action(ActionKind.RETIRE, retire, mode=mode, reason=f"n={inp.n}"))
+    # Counters survive only for workers still candidates and not acted on.
+    acted = {w.id for w, _ in confirmed}
+    kept = {k: v for k, v in counters.items() if k not in acted}
+    return actions, kept, notes
+
+
+def summarize(actions: Sequence[Action]) -> str:
+    return ", ".join(a.describe() for a in actions) or "nothing"

@@ -1,0 +1,88 @@
+"""Scheduler plugins for elastic VM clusters (the ECM/elastiq settings, in APF's chain form).
+
+APF's plugins never ask for fewer VMs when work runs out (Ready is never negative), so an
+elastic pool needs these: demand per VM slot, idle shutdown and min/max bounds.
+``JOBS_PER_VM=4, IDLE_TIME=2400, MIN_VMS=1, MAX_VMS=3`` becomes
+``schedplugin = JobsPerVM, IdleShutdown, MinVMs, MaxVMs`` with their parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pilotfactory.factory.info import WorkerState
+from pilotfactory.factory.params import Param
+from pilotfactory.factory.plugin import SchedContext, SchedPlugin
+
+
+class JobsPerVM(SchedPlugin):
+    """New VMs for idle jobs no existing or coming slot will take: ceil(uncovered / jobs)."""
+
+    NAME = "JobsPerVM"
+    PARAMS = (Param("jobs", int, 1, "job slots per VM", minimum=1),)
+
+    def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
+        if ctx.wms is None or ctx.batch is None:
+            return 0, "JobsPerVM: missing info, ret=0"
+        jobs = int(self.params["jobs"])
+        free = sum(
+            max(0, (w.slots_total or jobs) - w.slots_busy)
+            for w in ctx.batch.workers
+            if w.state in (WorkerState.IDLE, WorkerState.BUSY)
+        )
+        coming = ctx.batch.pending * jobs
+        uncovered = max(0, ctx.wms.ready - free - coming)
+        out = math.ceil(uncovered / jobs)
+        return out, (
+            f"JobsPerVM: ready={ctx.wms.ready} free_slots={free} coming_slots={coming} "
+            f"jobs={jobs} ret={out}"
+        )
+
+
+class IdleShutdown(SchedPlugin):
+    """When nothing is to be added, retire VMs idle for ``idle_time`` seconds or more."""
+
+    NAME = "IdleShutdown"
+    PARAMS = (Param("idle_time", float, 2400.0, "seconds idle before retire", minimum=0.0),)
+
+    def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
+        if n > 0 or ctx.batch is None:
+            return n, f"IdleShutdown: in={n} ret={n}"
+        limit = float(self.params["idle_time"])
+        idle = sum(
+            1
+            for w in ctx.batch.workers
+            if w.state is WorkerState.IDLE and ctx.now - w.since >= limit
+        )
+        out = min(n, -idle)
+        return out, f"IdleShutdown: in={n} idle>={limit:g}s={idle} ret={out}"
+
+
+class MinVMs(SchedPlugin):
+    """Never take the queue below ``minimum`` workers, and top it up to it."""
+
+    NAME = "MinVMs"
+    PARAMS = (Param("minimum", int, 0, minimum=0),)
+
+    def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
+        if ctx.batch is None:
+            return n, f"MinVMs: no batch info, ret={n}"
+        minimum = int(self.params["minimum"])
+        supply = ctx.batch.supply
+        out = max(n, minimum - supply)
+        return out, f"MinVMs: in={n} supply={supply} minimum={minimum} ret={out}"
+
+
+class MaxVMs(SchedPlugin):
+    """Never more than ``maximum`` workers; above it, take the excess away."""
+
+    NAME = "MaxVMs"
+    PARAMS = (Param("maximum", int, None, minimum=0),)
+
+    def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
+        maximum = self.params["maximum"]
+        if maximum is None or ctx.batch is None:
+            return n, f"MaxVMs: unset or no batch info, ret={n}"
+        supply = ctx.batch.supply
+        out = min(n, int(maximum) - supply)
+        return out, f"MaxVMs: in={n} supply={supply} maximum={maximum} ret={out}"

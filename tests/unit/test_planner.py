@@ -1,0 +1,195 @@
+"""The planner: n + workers -> actions. Table-driven; one row per rule of DESIGN.md."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pilotfactory.factory.config import PlannerSettings
+from pilotfactory.factory.info import Worker, WorkerState
+from pilotfactory.factory.planner import (
+    ActionKind,
+    PlanInput,
+    PlannerMemory,
+    plan,
+    retire_cap,
+)
+
+NOW = 10_000.0
+S = PlannerSettings(retire_confirm_cycles=1, boot_timeout=600, held_timeout=300)
+
+P, B, I, U, R, RD, H, L = (
+    WorkerState.PENDING,
+    WorkerState.BOOTING,
+    WorkerState.IDLE,
+    WorkerState.BUSY,
+    WorkerState.RETIRING,
+    WorkerState.RETIRED,
+    WorkerState.HELD,
+    WorkerState.LOST,
+)
+
+
+def w(wid: str, state: WorkerState, since: float = NOW - 100, busy: int = 0, **kw: object) -> Worker:
+    return Worker(id=wid, queue="q", state=state, since=since, slots_busy=busy, **kw)  # type: ignore[arg-type]
+
+
+def summary(n: int, workers: list[Worker], settings: PlannerSettings = S, kind: str = "vm",
+            **kw: object) -> dict[str, list[str] | int]:
+    result = plan(PlanInput(n=n, workers=tuple(workers), now=NOW, settings=settings,
+                            worker_kind=kind, **kw))  # type: ignore[arg-type]
+    out: dict[str, list[str] | int] = {}
+    for a in result.actions:
+        if a.kind is ActionKind.SUBMIT:
+            out["submit"] = a.count
+        else:
+            key = a.kind.value + (f":{a.mode}" if a.mode else "")
+            out.setdefault(key, [])
+            out[key] += [x.id for x in a.workers]  # type: ignore[operator]
+    return out
+
+
+CASES = [
+    # (name, n, workers, expected)
+    ("nothing to do", 0, [w("a", I)], {}),
+    ("submit when nothing retiring", 3, [w("a", U, busy=1)], {"submit": 3}),
+    ("unretire before submit", 3, [w("r1", R), w("r2", R)], {"unretire": ["r1", "r2"], "submit": 1}),
+    ("unretire only as many as needed", 1, [w("r1", R, retire_requested_at=1.0),
+                                            w("r2", R, retire_requested_at=2.0)],
+     {"unretire": ["r2"]}),
+    ("cancel pending before idle", -1, [w("i", I), w("p", P)], {"cancel": ["p"]}),
+    ("held before pending", -1, [w("p", P), w("h", H, since=NOW - 10)], {"cancel": ["h"]}),
+    ("newest pending first", -1, [w("old", P, since=1.0), w("new", P, since=2.0)],
+     {"cancel": ["new"]}),
+    ("idle before busy", -2, [w("b", U, busy=1), w("i1", I), w("i2", I)],
+     {"retire:drain": ["i1", "i2"]}),
+    ("longest idle first", -1, [w("short", I, since=NOW - 10), w("long", I, since=NOW - 900)],
+     {"retire:drain": ["long"]}),
+    ("fewest busy slots first", -1, [w("b3", U, busy=3), w("b1", U, busy=1)],
+     {"retire:drain": ["b1"]}),
+    ("booting is never taken away", -2, [w("boot", B)], {}),
+    ("reap retired every cycle", 0, [w("gone", RD)], {"reap": ["gone"]}),
+    ("reap booting past boot_timeout", 0, [w("slow", B, since=NOW - 601), w("ok", B)],
+     {"reap": ["slow"]}),
+    ("reap held past held_timeout", 0, [w("h", H, since=NOW - 301), w("h2", H, since=NOW - 5)],
+     {"reap": ["h"]}),
+    ("reap lost", 2, [w("l", L)], {"reap": ["l"], "submit": 2}),
+    ("pilots: running ones are never removed by default", -3,
+     [w("p", P), w("run", U, busy=1), w("idle", I)], {"cancel": ["p"]}),
+]
+
+
+@pytest.mark.parametrize(("name", "n", "workers", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_plan_table(name: str, n: int, workers: list[Worker], expected: dict[str, object]) -> None:
+    kind = "pilot" if name.startswith("pilots") else "vm"
+    assert summary(n, workers, kind=kind) == expected
+
+
+def test_pilots_kill_mode_newest_first() -> None:
+    s = replace(S, retire_mode="kill")
+    workers = [w("old", U, since=1.0), w("new", U, since=5.0), w("p", P)]
+    assert summary(-2, workers, settings=s, kind="pilot") == {
+        "cancel": ["p"], "retire:kill": ["new"]}
+
+
+def test_retire_needs_confirmation_cycles() -> None:
+    s = replace(S, retire_confirm_cycles=2)
+    inp = PlanInput(n=-1, workers=(w("i", I),), now=NOW, settings=s)
+    first = plan(inp)
+    assert first.actions == ()
+    assert "wait for retire_confirm_cycles=2" in first.notes[0]
+    second = plan(inp, first.memory)
+    assert [a.kind for a in second.actions] == [ActionKind.RETIRE]
+
+
+def test_scale_up_resets_confirmation() -> None:
+    s = replace(S, retire_confirm_cycles=2)
+    workers = (w("i", I),)
+    m1 = plan(PlanInput(n=-1, workers=workers, now=NOW, settings=s)).memory
+    m2 = plan(PlanInput(n=1, workers=workers, now=NOW, settings=s), m1).memory
+    third = plan(PlanInput(n=-1, workers=workers, now=NOW, settings=s), m2)
+    assert third.actions == ()  # one idle gap after new demand must not retire
+
+
+def test_scale_down_delay_after_scale_up() -> None:
+    s = replace(S, scale_down_delay=600)
+    up = plan(PlanInput(n=1, workers=(), now=NOW, settings=s))
+    down = plan(PlanInput(n=-1, workers=(w("i", I),), now=NOW + 60, settings=s), up.memory)
+    assert down.actions == ()
+    assert "scale_down_delay" in down.notes[0]
+    later = plan(PlanInput(n=-1, workers=(w("i", I),), now=NOW + 601, settings=s), up.memory)
+    assert [a.kind for a in later.actions] == [ActionKind.RETIRE]
+
+
+def test_freeze_blocks_retire_and_reap_but_not_submit() -> None:
+    out = summary(2, [w("gone", RD)], freeze="collector shrank")
+    assert out == {"submit": 2}
+    assert summary(-1, [w("i", I)], freeze="x") == {}
+
+
+def test_submit_blocked_by_backoff() -> None:
+    res = plan(PlanInput(n=4, workers=(), now=NOW, settings=S, submit_blocked="quota"))
+    assert res.actions == ()
+    assert "blocked: quota" in res.notes[0]
+
+
+def test_max_booting_caps_submits() -> None:
+    s = replace(S, max_booting=3)
+    assert summary(5, [w("p", P), w("b", B)], settings=s) == {"submit": 1}
+
+
+@pytest.mark.parametrize(("setting", "workers", "cap"), [
+    (None, 10, None), ("3", 10, 3), ("10%", 50, 5), ("10%", 3, 1), ("0", 5, 0)])
+def test_retire_cap(setting: str | None, workers: int, cap: int | None) -> None:
+    assert retire_cap(setting, workers) == cap
+
+
+def test_disruption_budget() -> None:
+    s = replace(S, max_retire_per_cycle="2")
+    out = summary(-5, [w(f"i{k}", I, since=float(k)) for k in range(5)], settings=s)
+    assert out == {"retire:drain": ["i0", "i1"]}
+
+
+states = st.sampled_from(list(WorkerState))
+
+
+@given(
+    n=st.integers(-50, 50),
+    picks=st.lists(st.tuples(states, st.integers(0, 4), st.floats(0, NOW)), max_size=30),
+)
+def test_planner_invariants(n: int, picks: list[tuple[WorkerState, int, float]]) -> None:
+    workers = [w(f"w{k}", s_, since=t, busy=b) for k, (s_, b, t) in enumerate(picks)]
+    res = plan(PlanInput(n=n, workers=tuple(workers), now=NOW, settings=S))
+    touched: list[str] = []
+    for a in res.actions:
+        if a.kind is ActionKind.SUBMIT:
+            assert n > 0 and 0 < a.count <= n
+            continue
+        touched += [x.id for x in a.workers]
+        for x in a.workers:
+            if a.kind is ActionKind.CANCEL:
+                assert x.state in (WorkerState.PENDING, WorkerState.HELD)
+            if a.kind is ActionKind.RETIRE:
+                assert n < 0 and x.state in (WorkerState.IDLE, WorkerState.BUSY)
+            if a.kind is ActionKind.UNRETIRE:
+                assert n > 0 and x.state is WorkerState.RETIRING
+            if a.kind is ActionKind.REAP:
+                assert x.state in (WorkerState.RETIRED, WorkerState.LOST, WorkerState.BOOTING,
+                                   WorkerState.HELD)
+    assert len(touched) == len(set(touched)), "a worker gets at most one action per cycle"
+    taken = sum(len(a.workers) for a in res.actions if a.kind in (ActionKind.CANCEL,
+                                                                   ActionKind.RETIRE))
+    assert taken <= max(0, -n)
+    added = sum(a.size() for a in res.actions if a.kind in (ActionKind.SUBMIT,
+                                                              ActionKind.UNRETIRE))
+    assert added <= max(0, n)
+
+
+def test_memory_is_bounded_to_current_candidates() -> None:
+    s = replace(S, retire_confirm_cycles=3)
+    mem = PlannerMemory(candidate_cycles={"ghost": 2})
+    res = plan(PlanInput(n=-1, workers=(w("i", I),), now=NOW, settings=s), mem)
+    assert dict(res.memory.candidate_cycles) == {"i": 1}

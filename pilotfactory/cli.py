@@ -116,7 +116,7 @@ def load_all(args: argparse.Namespace) -> tuple[FactoryConfig, QueuesResult, lis
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    fcfg, result, problems = load_all(args)
+    _, result, problems = load_all(args)
     errors = [p for p in problems if ": error: " in p or p.endswith("has errors")]
     if args.json:
         print(

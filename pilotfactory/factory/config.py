@@ -429,10 +429,9 @@ def _load_queue(
         for ns in spec.cls.namespaces()
     }
     for key in plugin_keys:
-        if not any(key.startswith(ns) for ns in used):
-            # A key for a plugin this queue does not use: harmless in [DEFAULT], odd in a queue.
-            if (section, key) in where:
-                problem("warning", key, "set for a plugin this queue does not use; ignored")
+        # A key for a plugin this queue does not use: harmless in [DEFAULT], odd in a queue.
+        if not any(key.startswith(ns) for ns in used) and (section, key) in where:
+            problem("warning", key, "set for a plugin this queue does not use; ignored")
 
     mode = generic["retire_mode"]
     retire_cap = generic["max_retire_per_cycle"]

@@ -81,9 +81,9 @@ class Param:
             raise ParamValueError(f"got {raw!r}, expected {self.expected}") from None
         if self.choices and parsed not in self.choices:
             raise ParamValueError(f"got {raw!r}, expected {self.expected}")
-        if self.minimum is not None and isinstance(parsed, int | float):
-            if parsed < self.minimum:
-                raise ParamValueError(f"got {raw!r}, expected {self.expected}")
+        too_small = self.minimum is not None and isinstance(parsed, int | float)
+        if too_small and parsed < self.minimum:
+            raise ParamValueError(f"got {raw!r}, expected {self.expected}")
         return parsed
 
 

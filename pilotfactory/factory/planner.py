@@ -153,9 +153,9 @@ def _reaps(inp: PlanInput) -> list[Action]:
     for w in inp.workers:
         if w.state is WorkerState.RETIRED:
             retired.append(w)
-        elif w.state is WorkerState.LOST:
-            lost.append(w)
-        elif w.state is WorkerState.BOOTING and inp.now - w.since > s.boot_timeout:
+        elif w.state is WorkerState.LOST or (
+            w.state is WorkerState.BOOTING and inp.now - w.since > s.boot_timeout
+        ):
             lost.append(w)
         elif w.state is WorkerState.HELD and inp.now - w.since > s.held_timeout:
             held.append(w)

@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pilotfactory.factory.chain import ChainError, ChainResult, run_chain
 from pilotfactory.factory.config import QueueConfig
@@ -143,11 +143,11 @@ class Queue:
         self.wms_source = wms_source
         self.batch_source = batch_source
         self.sched: list[SchedPlugin] = [
-            spec.cls(spec.params)  # type: ignore[call-arg]
+            cast(SchedPlugin, spec.cls(spec.params))  # type: ignore[call-arg]
             for spec in cfg.sched
         ]
-        submit_cls = cfg.batchsubmit.cls
-        self.submitter: BatchSubmitPlugin = submit_cls(  # type: ignore[call-arg]
+        submit_cls = cast(type[BatchSubmitPlugin], cfg.batchsubmit.cls)
+        self.submitter: BatchSubmitPlugin = submit_cls(
             cfg.batchsubmit.params,
             env,
             QueueEnv(queue=cfg.name, wmsqueue=cfg.wmsqueue, generic=cfg.generic),

@@ -76,7 +76,7 @@ class Registry:
                 f"{kind} plugin {getattr(ep, 'name', key)!r} "
                 f"({getattr(ep, 'value', '?')}) failed to load: {exc}"
             ) from exc
-        if not (isinstance(cls, type) and issubclass(cls, Plugin)) or cls.KIND != kind:
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)) or kind != cls.KIND:
             raise PluginLoadError(
                 f"{kind} plugin {getattr(ep, 'name', key)!r} is not a {kind} plugin class"
             )
@@ -91,7 +91,7 @@ class Registry:
         if key in self._aliases[kind]:
             return self._load(kind, self._aliases[kind][key])
         known = self.names(kind) + [
-            a for cls in self._loaded.values() if cls.KIND == kind for a in cls.ALIASES
+            a for cls in self._loaded.values() if kind == cls.KIND for a in cls.ALIASES
         ]
         raise UnknownPlugin(kind, name, known)
 

@@ -33,14 +33,18 @@ P, B, I, U, R, RD, H, L = (
 )
 
 
-def w(wid: str, state: WorkerState, since: float = NOW - 100, busy: int = 0, **kw: object) -> Worker:
+def w(
+    wid: str, state: WorkerState, since: float = NOW - 100, busy: int = 0, **kw: object
+) -> Worker:
     return Worker(id=wid, queue="q", state=state, since=since, slots_busy=busy, **kw)  # type: ignore[arg-type]
 
 
-def summary(n: int, workers: list[Worker], settings: PlannerSettings = S, kind: str = "vm",
-            **kw: object) -> dict[str, list[str] | int]:
-    result = plan(PlanInput(n=n, workers=tuple(workers), now=NOW, settings=settings,
-                            worker_kind=kind, **kw))  # type: ignore[arg-type]
+def summary(
+    n: int, workers: list[Worker], settings: PlannerSettings = S, kind: str = "vm", **kw: object
+) -> dict[str, list[str] | int]:
+    result = plan(
+        PlanInput(n=n, workers=tuple(workers), now=NOW, settings=settings, worker_kind=kind, **kw)
+    )  # type: ignore[arg-type]
     out: dict[str, list[str] | int] = {}
     for a in result.actions:
         if a.kind is ActionKind.SUBMIT:
@@ -56,29 +60,65 @@ CASES = [
     # (name, n, workers, expected)
     ("nothing to do", 0, [w("a", I)], {}),
     ("submit when nothing retiring", 3, [w("a", U, busy=1)], {"submit": 3}),
-    ("unretire before submit", 3, [w("r1", R), w("r2", R)], {"unretire": ["r1", "r2"], "submit": 1}),
-    ("unretire only as many as needed", 1, [w("r1", R, retire_requested_at=1.0),
-                                            w("r2", R, retire_requested_at=2.0)],
-     {"unretire": ["r2"]}),
+    (
+        "unretire before submit",
+        3,
+        [w("r1", R), w("r2", R)],
+        {"unretire": ["r1", "r2"], "submit": 1},
+    ),
+    (
+        "unretire only as many as needed",
+        1,
+        [w("r1", R, retire_requested_at=1.0), w("r2", R, retire_requested_at=2.0)],
+        {"unretire": ["r2"]},
+    ),
     ("cancel pending before idle", -1, [w("i", I), w("p", P)], {"cancel": ["p"]}),
     ("held before pending", -1, [w("p", P), w("h", H, since=NOW - 10)], {"cancel": ["h"]}),
-    ("newest pending first", -1, [w("old", P, since=1.0), w("new", P, since=2.0)],
-     {"cancel": ["new"]}),
-    ("idle before busy", -2, [w("b", U, busy=1), w("i1", I), w("i2", I)],
-     {"retire:drain": ["i1", "i2"]}),
-    ("longest idle first", -1, [w("short", I, since=NOW - 10), w("long", I, since=NOW - 900)],
-     {"retire:drain": ["long"]}),
-    ("fewest busy slots first", -1, [w("b3", U, busy=3), w("b1", U, busy=1)],
-     {"retire:drain": ["b1"]}),
+    (
+        "newest pending first",
+        -1,
+        [w("old", P, since=1.0), w("new", P, since=2.0)],
+        {"cancel": ["new"]},
+    ),
+    (
+        "idle before busy",
+        -2,
+        [w("b", U, busy=1), w("i1", I), w("i2", I)],
+        {"retire:drain": ["i1", "i2"]},
+    ),
+    (
+        "longest idle first",
+        -1,
+        [w("short", I, since=NOW - 10), w("long", I, since=NOW - 900)],
+        {"retire:drain": ["long"]},
+    ),
+    (
+        "fewest busy slots first",
+        -1,
+        [w("b3", U, busy=3), w("b1", U, busy=1)],
+        {"retire:drain": ["b1"]},
+    ),
     ("booting is never taken away", -2, [w("boot", B)], {}),
     ("reap retired every cycle", 0, [w("gone", RD)], {"reap": ["gone"]}),
-    ("reap booting past boot_timeout", 0, [w("slow", B, since=NOW - 601), w("ok", B)],
-     {"reap": ["slow"]}),
-    ("reap held past held_timeout", 0, [w("h", H, since=NOW - 301), w("h2", H, since=NOW - 5)],
-     {"reap": ["h"]}),
+    (
+        "reap booting past boot_timeout",
+        0,
+        [w("slow", B, since=NOW - 601), w("ok", B)],
+        {"reap": ["slow"]},
+    ),
+    (
+        "reap held past held_timeout",
+        0,
+        [w("h", H, since=NOW - 301), w("h2", H, since=NOW - 5)],
+        {"reap": ["h"]},
+    ),
     ("reap lost", 2, [w("l", L)], {"reap": ["l"], "submit": 2}),
-    ("pilots: running ones are never removed by default", -3,
-     [w("p", P), w("run", U, busy=1), w("idle", I)], {"cancel": ["p"]}),
+    (
+        "pilots: running ones are never removed by default",
+        -3,
+        [w("p", P), w("run", U, busy=1), w("idle", I)],
+        {"cancel": ["p"]},
+    ),
 ]
 
 
@@ -92,7 +132,9 @@ def test_pilots_kill_mode_newest_first() -> None:
     s = replace(S, retire_mode="kill")
     workers = [w("old", U, since=1.0), w("new", U, since=5.0), w("p", P)]
     assert summary(-2, workers, settings=s, kind="pilot") == {
-        "cancel": ["p"], "retire:kill": ["new"]}
+        "cancel": ["p"],
+        "retire:kill": ["new"],
+    }
 
 
 def test_retire_needs_confirmation_cycles() -> None:
@@ -141,8 +183,10 @@ def test_max_booting_caps_submits() -> None:
     assert summary(5, [w("p", P), w("b", B)], settings=s) == {"submit": 1}
 
 
-@pytest.mark.parametrize(("setting", "workers", "cap"), [
-    (None, 10, None), ("3", 10, 3), ("10%", 50, 5), ("10%", 3, 1), ("0", 5, 0)])
+@pytest.mark.parametrize(
+    ("setting", "workers", "cap"),
+    [(None, 10, None), ("3", 10, 3), ("10%", 50, 5), ("10%", 3, 1), ("0", 5, 0)],
+)
 def test_retire_cap(setting: str | None, workers: int, cap: int | None) -> None:
     assert retire_cap(setting, workers) == cap
 
@@ -177,14 +221,18 @@ def test_planner_invariants(n: int, picks: list[tuple[WorkerState, int, float]])
             if a.kind is ActionKind.UNRETIRE:
                 assert n > 0 and x.state is WorkerState.RETIRING
             if a.kind is ActionKind.REAP:
-                assert x.state in (WorkerState.RETIRED, WorkerState.LOST, WorkerState.BOOTING,
-                                   WorkerState.HELD)
+                assert x.state in (
+                    WorkerState.RETIRED,
+                    WorkerState.LOST,
+                    WorkerState.BOOTING,
+                    WorkerState.HELD,
+                )
     assert len(touched) == len(set(touched)), "a worker gets at most one action per cycle"
-    taken = sum(len(a.workers) for a in res.actions if a.kind in (ActionKind.CANCEL,
-                                                                   ActionKind.RETIRE))
+    taken = sum(
+        len(a.workers) for a in res.actions if a.kind in (ActionKind.CANCEL, ActionKind.RETIRE)
+    )
     assert taken <= max(0, -n)
-    added = sum(a.size() for a in res.actions if a.kind in (ActionKind.SUBMIT,
-                                                              ActionKind.UNRETIRE))
+    added = sum(a.size() for a in res.actions if a.kind in (ActionKind.SUBMIT, ActionKind.UNRETIRE))
     assert added <= max(0, n)
 
 

@@ -1,0 +1,151 @@
+"""Factory and queue cycle mechanics on a fake condor port: sharing, fail-closed, isolation."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pilotfactory.backends.condor.port import CondorRejected, CondorUnreachable
+from pilotfactory.factory.config import default_factory_config, load_queues
+from pilotfactory.factory.factory import Factory
+from pilotfactory.factory.plugin import SchedContext, SchedPlugin
+from tests.unit.fakecondor import FakeCondor, make_env
+
+QUEUES = """
+[DEFAULT]
+wmsstatusplugin = Condor
+batchstatusplugin = Condor
+batchsubmitplugin = CondorLocal
+batchsubmit.condorlocal.executable = /bin/true
+schedplugin = Ready, MaxPerCycle
+sched.maxpercycle.maximum = 5
+apfqueue.sleep = 60
+
+[A]
+wmsqueue = LABEL_A
+
+[B]
+wmsqueue = LABEL_B
+"""
+
+
+def payload(label: str, n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"ClusterId": 1, "ProcId": start + k, "JobStatus": 1, "MATCH_APF_QUEUE": label}
+        for k in range(n)
+    ]
+
+
+def build(tmp_path: Path, text: str = QUEUES) -> tuple[Factory, FakeCondor, Any]:
+    conf = tmp_path / "queues.conf"
+    conf.write_text(textwrap.dedent(text))
+    res = load_queues([str(conf)])
+    assert res.errors == [], res.problems
+    port = FakeCondor()
+    env, clock = make_env(port)
+    fcfg = replace(
+        default_factory_config(), factory_id="f1", raw={"baseLogDir": str(tmp_path / "logs")}
+    )
+    factory = Factory(fcfg, res.queues, env.world, clock)
+    return factory, port, clock
+
+
+def test_one_query_per_source_per_cycle(tmp_path: Path) -> None:
+    factory, port, _ = build(tmp_path)
+    port.jobs = payload("LABEL_A", 3) + payload("LABEL_B", 12, start=3)
+    traces = factory.cycle()
+    assert {t.queue: t.n for t in traces} == {"A": 3, "B": 5}
+    # One WMS query and one batch query for both queues together, not one per queue.
+    assert port.count("query_jobs") == 2
+    assert [c[2] for c in port.named("submit")] == [3, 5]
+
+
+def test_schedd_down_fails_closed_then_recovers(tmp_path: Path) -> None:
+    factory, port, clock = build(tmp_path)
+    port.jobs = payload("LABEL_A", 3)
+    port.fail["query_jobs"] = CondorUnreachable("schedd not answering")
+    traces = factory.cycle()
+    assert all(t.n == 0 and not t.planned for t in traces)
+    assert all(any("fail closed" in n for n in t.notes) for t in traces)
+    assert port.count("submit") == 0
+    del port.fail["query_jobs"]
+    clock.advance(61)
+    traces = factory.cycle()
+    assert {t.queue: t.n for t in traces} == {"A": 3, "B": 0}
+    assert port.count("submit") == 1
+
+
+class Boom(SchedPlugin):
+    NAME = "Boom"
+
+    def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
+        raise RuntimeError("plugin bug")
+
+
+def test_plugin_exception_fails_only_its_queue(tmp_path: Path) -> None:
+    factory, port, _ = build(tmp_path)
+    port.jobs = payload("LABEL_A", 2) + payload("LABEL_B", 2, start=2)
+    factory.queues["A"].sched.insert(0, Boom({}))
+    traces = {t.queue: t for t in factory.cycle()}
+    assert traces["A"].error is not None and "Boom failed: RuntimeError: plugin bug" in (
+        traces["A"].error
+    )
+    assert traces["B"].error is None and traces["B"].n == 2
+    assert [c[2] for c in port.named("submit")] == [2]
+
+
+def test_submit_failure_backs_off(tmp_path: Path) -> None:
+    factory, port, clock = build(tmp_path)
+    port.jobs = payload("LABEL_A", 2)
+    port.fail["submit"] = CondorRejected("quota exceeded")
+    t1 = next(t for t in factory.cycle() if t.queue == "A")
+    assert any("submit failed" in r and "quota exceeded" in r for r in t1.results)
+    del port.fail["submit"]
+    clock.advance(61)  # back-off is 60 s initially: this cycle is still inside it
+    factory.queues["A"].backoff_until = clock.now() + 1
+    t2 = next(t for t in factory.cycle() if t.queue == "A")
+    assert any("blocked" in n for n in t2.notes)
+    clock.advance(61)
+    t3 = next(t for t in factory.cycle() if t.queue == "A")
+    assert t3.results == ["submitted 2"]
+
+
+def test_queues_run_on_their_own_interval(tmp_path: Path) -> None:
+    text = QUEUES.replace("[B]\n", "[B]\napfqueue.sleep = 300\n")
+    factory, port, clock = build(tmp_path, text)
+    assert {t.queue for t in factory.cycle()} == {"A", "B"}
+    clock.advance(61)
+    assert {t.queue for t in factory.cycle()} == {"A"}
+    clock.advance(240)
+    assert {t.queue for t in factory.cycle()} == {"A", "B"}
+
+
+def test_dry_run_acts_on_nothing(tmp_path: Path) -> None:
+    factory, port, _ = build(tmp_path)
+    factory.dry_run = True
+    port.jobs = payload("LABEL_A", 4)
+    traces = factory.cycle()
+    assert next(t for t in traces if t.queue == "A").planned[0].count == 4
+    assert port.count("submit") == 0
+
+
+@pytest.mark.parametrize("state", [1, 2])
+def test_pending_pilots_count_against_ready(tmp_path: Path, state: int) -> None:
+    factory, port, _ = build(tmp_path)
+    port.jobs = payload("LABEL_A", 4) + [
+        {
+            "ClusterId": 9,
+            "ProcId": 0,
+            "JobStatus": state,
+            "PilotFactoryId": "f1",
+            "PilotFactoryQueue": "A",
+            "EnteredCurrentStatus": 1_700_000_000,
+        }
+    ]
+    t = next(t for t in factory.cycle() if t.queue == "A")
+    # Ready = ready - pending; a running pilot is not pending.
+    assert t.n == (3 if state == 1 else 4)

@@ -116,7 +116,7 @@ def test_submit_failure_backs_off(tmp_path: Path) -> None:
 
 def test_queues_run_on_their_own_interval(tmp_path: Path) -> None:
     text = QUEUES.replace("[B]\n", "[B]\napfqueue.sleep = 300\n")
-    factory, port, clock = build(tmp_path, text)
+    factory, _, clock = build(tmp_path, text)
     assert {t.queue for t in factory.cycle()} == {"A", "B"}
     clock.advance(61)
     assert {t.queue for t in factory.cycle()} == {"A"}

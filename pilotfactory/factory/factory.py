@@ -77,6 +77,7 @@ class Factory:
             state = SourceState(source=spec_cls(params, self.env))
             self.sources[key] = state
         state.queues.append(queue)
+        state.source.register(params)
         return state.source
 
     def _add_queue(self, qcfg: QueueConfig) -> None:

@@ -100,6 +100,9 @@ class StatusSource(Plugin):
         """Queues whose params give equal keys share one instance (one query per cycle)."""
         return (cls.NAME,)
 
+    def register(self, params: Mapping[str, Any]) -> None:
+        """A queue with these params reads this source (so it can fetch what they need)."""
+
     def refresh(self) -> None:
         raise NotImplementedError
 

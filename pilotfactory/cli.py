@@ -178,6 +178,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_traces(traces, args.json)
         return EXIT_QUEUE_ERRORS if any(t.error for t in traces) else EXIT_OK
     factory.install_signals()
+    if factory.fcfg.metrics_port:
+        factory.metrics.serve(factory.fcfg.metrics_port)
+        log.info("metrics on 127.0.0.1:%d", factory.fcfg.metrics_port)
     if args.json:
         orig = factory.cycle
 

@@ -19,6 +19,7 @@ from pilotfactory.backends.world import World
 from pilotfactory.factory.clock import Clock
 from pilotfactory.factory.config import FactoryConfig, QueueConfig
 from pilotfactory.factory.info import sum_totals
+from pilotfactory.factory.metrics import FactoryMetrics
 from pilotfactory.factory.plugin import (
     BatchStatusPlugin,
     Env,
@@ -65,6 +66,7 @@ class Factory:
         self._stop = threading.Event()
         self._reload_requested = False
         self.reload_hook: Callable[[], list[QueueConfig]] | None = None
+        self.metrics = FactoryMetrics()
         for qcfg in queues:
             self._add_queue(qcfg)
 
@@ -125,6 +127,7 @@ class Factory:
             except Exception as exc:
                 state.failures += 1
                 state.error = f"{type(exc).__name__}: {bounded(str(exc))}"
+                self.metrics.source_failed(state.source.KIND, state.source.NAME)
                 log.warning(
                     "%s source %s failed (%d in a row); its queues %s fail closed: %s",
                     state.source.KIND,
@@ -141,6 +144,7 @@ class Factory:
             traces.append(q.cycle(wms_err, batch_err, totals, dry_run=self.dry_run))
             q.next_run = now + q.cfg.sleep
         self.cycles_run += 1
+        self.metrics.observe(traces)
         return traces
 
     def _totals(self) -> Any:

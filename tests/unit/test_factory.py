@@ -149,3 +149,33 @@ def test_pending_pilots_count_against_ready(tmp_path: Path, state: int) -> None:
     t = next(t for t in factory.cycle() if t.queue == "A")
     # Ready = ready - pending; a running pilot is not pending.
     assert t.n == (3 if state == 1 else 4)
+
+
+def test_metrics_follow_the_traces(tmp_path: Path) -> None:
+    factory, port, clock = build(tmp_path)
+    port.jobs = payload("LABEL_A", 3)
+    factory.cycle()
+    reg = factory.metrics.registry
+    assert reg.get_sample_value("pilotfactory_decision_n", {"queue": "A"}) == 3
+    assert reg.get_sample_value("pilotfactory_wms_jobs", {"queue": "A", "state": "ready"}) == 3
+    assert (
+        reg.get_sample_value(
+            "pilotfactory_planned_actions_total", {"queue": "A", "action": "submit"}
+        )
+        == 3
+    )
+    port.fail["query_jobs"] = CondorUnreachable("down")
+    clock.advance(61)
+    factory.cycle()
+    assert (
+        reg.get_sample_value(
+            "pilotfactory_failclosed_cycles_total", {"queue": "A", "source": "batch"}
+        )
+        == 1
+    )
+    assert (
+        reg.get_sample_value(
+            "pilotfactory_source_failures_total", {"kind": "batchstatus", "plugin": "Condor"}
+        )
+        == 1
+    )

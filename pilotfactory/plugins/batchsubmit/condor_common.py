@@ -1,0 +1,179 @@
+"""What CondorLocal and CondorEC2 share: target, labels, log layout, the submit description.
+
+The submit description is plain data (a dict handed to the condor port), built in three steps:
+the plugin's own template, the labels the factory finds its jobs by, then APF's
+``condor_attributes`` as the merge step. Labels the factory depends on cannot be overridden:
+a job without them would be invisible to the factory (and never cleaned up).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pilotfactory.backends.condor.port import CondorError, CondorPort, CondorTarget
+from pilotfactory.factory.info import Worker
+from pilotfactory.factory.params import Param
+from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, SubmitError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_LOG_DIR = "/var/log/pilotfactory"
+
+# Job-ad attributes the factory writes when it retires / un-retires a VM (the contract).
+RETIRE_REQUESTED = "PilotFactoryRetireRequested"
+RETIRE_MODE = "PilotFactoryRetireMode"
+UNRETIRED_AT = "PilotFactoryUnretiredAt"
+
+# Where the pool is: APF's scheddhost / collectorhost (unset = the local pool).
+TARGET_PARAMS: tuple[Param, ...] = (
+    Param("scheddhost", str, None, "schedd name (unset: the local schedd)"),
+    Param("collectorhost", str, None, "collector host[:port] (unset: the local pool)"),
+)
+
+# APF: "a submit plugin also reads its parent's keys under its own prefix".
+COMMON_SUBMIT_PARAMS: tuple[Param, ...] = (
+    *TARGET_PARAMS,
+    Param("condor_attributes", dict, {}, "extra submit keys: k1=v1, k2=v2 (\\, escapes)"),
+    Param("environ", str, None, "extra environment: A=1 B=2"),
+    Param("submitargs", str, None, "condor_submit arguments (accepted; not used by the port)"),
+)
+
+# Labels the factory reads back to find its own jobs: never overridable.
+PROTECTED = ("+PilotFactoryId", "+PilotFactoryQueue", "+FACTORY_JOBID")
+
+
+def target_from(params: Mapping[str, Any]) -> CondorTarget:
+    return CondorTarget(params.get("scheddhost") or None, params.get("collectorhost") or None)
+
+
+def classad_string(value: str) -> str:
+    """A ClassAd string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def labels(factory_id: str, queue: str) -> dict[str, str]:
+    """The labels stamped on every job (contract: MATCH_APF_QUEUE ... PilotFactoryQueue)."""
+    return {
+        "+MATCH_APF_QUEUE": classad_string(queue),
+        "+APF_QUEUE": classad_string(queue),
+        "+FACTORY_JOBID": classad_string(f"{factory_id}#$(Cluster).$(Process)"),
+        "+PilotFactoryId": classad_string(factory_id),
+        "+PilotFactoryQueue": classad_string(queue),
+    }
+
+
+def environment(factory_id: str, queue: str, environ: str | None) -> str:
+    """New-syntax environment: the APF variables pilot wrappers read, then ``environ``."""
+    parts = [f"APFFID={factory_id}", "APFCID=$(Cluster).$(Process)", f"FACTORYQUEUE={queue}"]
+    parts.extend((environ or "").split())
+    return '"' + " ".join(parts) + '"'
+
+
+def _norm(key: str) -> str:
+    low = key.strip().lower()
+    return "+" + low[3:] if low.startswith("my.") else low
+
+
+def merge_attributes(
+    description: dict[str, str], extra: Mapping[str, Any], queue: str
+) -> dict[str, str]:
+    """Apply ``condor_attributes`` (case-insensitive keys, ``MY.x`` == ``+x``); labels win."""
+    out = dict(description)
+    protected = {_norm(k) for k in PROTECTED}
+    for key, value in extra.items():
+        norm = _norm(key)
+        if norm in protected:
+            log.warning("[%s] condor_attributes may not override %s; ignored", queue, key)
+            continue
+        for old in [k for k in out if _norm(k) == norm]:
+            del out[old]
+        out[key.strip()] = str(value)
+    return out
+
+
+def log_dir(base: str, queue: str, now: float) -> str:
+    """``<baseLogDir>/<YYYY-MM-DD>/<queue>`` (UTC day of ``now``)."""
+    return os.path.join(base, time.strftime("%Y-%m-%d", time.gmtime(now)), queue)
+
+
+class CondorSubmitBase(BatchSubmitPlugin):
+    """Description building and removal shared by the two HTCondor submit plugins."""
+
+    def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:
+        super().__init__(params, env, queue)
+        self.target = target_from(params)
+        if params.get("submitargs"):
+            log.warning(
+                "[%s] submitargs=%r accepted but not used: the condor port submits a "
+                "description, not a command line; use condor_attributes",
+                self.queue.queue,
+                params["submitargs"],
+            )
+
+    @property
+    def port(self) -> CondorPort:
+        return self.env.world.condor(self.target)
+
+    def template(self) -> dict[str, str]:
+        """The plugin's own keys (universe, executable, ...)."""
+        raise NotImplementedError
+
+    def description(self, now: float | None = None) -> dict[str, str]:
+        """The full submit description; creates today's log directory."""
+        q = self.queue.queue
+        now = self.env.clock.now() if now is None else now
+        base = self.env.factory_settings.get("baseLogDir") or DEFAULT_BASE_LOG_DIR
+        ldir = log_dir(base, q, now)
+        try:
+            os.makedirs(ldir, exist_ok=True)
+        except OSError as exc:
+            raise SubmitError(f"queue {q}: cannot create log directory {ldir}: {exc}") from exc
+        desc = self.template()
+        desc.update(
+            {
+                "output": os.path.join(ldir, "$(Cluster).$(Process).out"),
+                "error": os.path.join(ldir, "$(Cluster).$(Process).err"),
+                "log": os.path.join(ldir, f"{q}.log"),
+                "environment": environment(self.env.factory_id, q, self.params.get("environ")),
+            }
+        )
+        desc.update(labels(self.env.factory_id, q))
+        return merge_attributes(desc, self.params.get("condor_attributes") or {}, q)
+
+    def submit(self, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        desc = self.description()
+        try:
+            result = self.port.submit(desc, count)
+        except CondorError as exc:
+            raise SubmitError(f"queue {self.queue.queue}: submit of {count} failed: {exc}") from exc
+        log.info("[%s] submitted %d job(s) in cluster %d", self.queue.queue, count, result.cluster)
+        return result.job_ids
+
+    def own(self, workers: Sequence[Worker]) -> list[Worker]:
+        """Only this queue's workers (label check); anything else is logged and skipped."""
+        out = []
+        for w in workers:
+            if w.queue != self.queue.queue:
+                log.error("[%s] refusing to touch %s of queue %s", self.queue.queue, w.id, w.queue)
+            else:
+                out.append(w)
+        return out
+
+    def remove(self, workers: Sequence[Worker], why: str) -> None:
+        ids = [w.id for w in self.own(workers)]
+        if not ids:
+            return
+        n = self.port.remove(ids, f"pilotfactory: {why} (queue {self.queue.queue})")
+        log.info("[%s] %s: removed %d of %d job(s): %s", self.queue.queue, why, n, len(ids), ids)
+
+    def cancel(self, workers: Sequence[Worker]) -> None:
+        self.remove(workers, "cancel")
+
+    def reap(self, workers: Sequence[Worker]) -> None:
+        self.remove(workers, "reap")

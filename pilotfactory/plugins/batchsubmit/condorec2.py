@@ -1,0 +1,206 @@
+"""CondorEC2: VMs started through HTCondor's grid universe (``ec2`` grid resource).
+
+The gridmanager owns the instance: removing the VM job terminates it (or cancels the spot
+request). Retiring a VM acts on its startd instead, so running payload finishes: ``drain``
+(cancellable) where the slots' MaxJobRetirementTime covers a job, else ``peaceful``
+(``condor_off -peaceful``). Every retire and un-retire is recorded in the job ad, because the
+batch status plugin must tell "retired by us" from "vanished" after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pilotfactory.backends.condor.port import CondorError
+from pilotfactory.factory.info import Worker
+from pilotfactory.factory.params import Param
+from pilotfactory.factory.plugin import Env, QueueEnv, SubmitError
+from pilotfactory.plugins.batchsubmit.condor_common import (
+    COMMON_SUBMIT_PARAMS,
+    RETIRE_MODE,
+    RETIRE_REQUESTED,
+    UNRETIRED_AT,
+    CondorSubmitBase,
+)
+
+log = logging.getLogger(__name__)
+
+TAG_FACTORY = "pilotfactory_factory"
+TAG_QUEUE = "pilotfactory_queue"
+
+
+class CondorEC2Submit(CondorSubmitBase):
+    """EC2 (or EC2-compatible) VMs as grid-universe jobs; retire acts on their startds."""
+
+    NAME = "CondorEC2"
+    WORKERS = "vm"
+    PARAMS = (
+        *COMMON_SUBMIT_PARAMS,
+        Param("gridresource", str, None, "EC2 endpoint URL (grid_resource = ec2 <url>)"),
+        Param("ami_id", str, None, "image id"),
+        Param("instance_type", str, None, "instance type"),
+        Param("spot_price", float, None, "spot bid; unset = on-demand", ("ec2_spot_price",)),
+        Param("user_data", str, None, "user data (one line; else use user_data_file)"),
+        Param("user_data_file", str, None, "file with the user data"),
+        Param("security_groups", list, None, "security group names"),
+        Param("keypair_file", str, None, "where the gridmanager writes the key pair"),
+        Param("access_key_id", str, None, "file holding the access key id"),
+        Param("secret_access_key", str, None, "file holding the secret access key"),
+        Param(
+            "expected_job_length",
+            int,
+            3600,
+            "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
+            minimum=0,
+        ),
+        Param("peaceful", bool, None, "APF legacy key; the queue's retire_mode decides"),
+    )
+
+    def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:
+        super().__init__(params, env, queue)
+        if params.get("peaceful") is not None:
+            log.info(
+                "[%s] batchsubmit.condorec2.peaceful is an APF key and is ignored: the queue's "
+                "retire_mode decides how VMs retire (drain, peaceful or kill)",
+                queue.queue,
+            )
+
+    def credential(self, key: str) -> str:
+        """A credential file must exist and be readable by its owner only."""
+        q = self.queue.queue
+        path = self.params.get(key)
+        if not path:
+            raise SubmitError(f"queue {q}: batchsubmit.condorec2.{key} is not set")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise SubmitError(f"queue {q}: {key} file {path}: {exc.strerror}") from exc
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise SubmitError(
+                f"queue {q}: {key} file {path} is readable by group/others "
+                f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
+            )
+        return str(path)
+
+    def template(self) -> dict[str, str]:
+        q = self.queue.queue
+        p = self.params
+        for key in ("gridresource", "ami_id", "instance_type"):
+            if not p.get(key):
+                raise SubmitError(f"queue {q}: batchsubmit.condorec2.{key} is not set")
+        desc = {
+            "universe": "grid",
+            "grid_resource": f"ec2 {p['gridresource']}",
+            "executable": q,
+            "ec2_access_key_id": self.credential("access_key_id"),
+            "ec2_secret_access_key": self.credential("secret_access_key"),
+            "ec2_ami_id": p["ami_id"],
+            "ec2_instance_type": p["instance_type"],
+            "ec2_tag_names": f"{TAG_FACTORY}, {TAG_QUEUE}",
+            f"ec2_tag_{TAG_FACTORY}": self.env.factory_id,
+            f"ec2_tag_{TAG_QUEUE}": q,
+        }
+        if p.get("spot_price") is not None:
+            desc["ec2_spot_price"] = f"{p['spot_price']:g}"
+        if p.get("user_data"):
+            if "\n" in p["user_data"]:
+                raise SubmitError(f"queue {q}: user_data spans lines; use user_data_file")
+            desc["ec2_user_data"] = p["user_data"]
+        if p.get("user_data_file"):
+            desc["ec2_user_data_file"] = p["user_data_file"]
+        if p.get("security_groups"):
+            desc["ec2_security_groups"] = ", ".join(p["security_groups"])
+        if p.get("keypair_file"):
+            desc["ec2_keypair_file"] = p["keypair_file"]
+        return desc
+
+    # ------------------------------------------------------------------ retire / unretire
+
+    def effective_mode(self, w: Worker, mode: str) -> str:
+        """Drain only where it cannot evict: the slots' retirement time covers a job."""
+        if mode != "drain":
+            return mode
+        need = int(self.params.get("expected_job_length") or 0)
+        if w.retirement_time is not None and w.retirement_time >= need:
+            return "drain"
+        log.info(
+            "[%s] %s (%s): MaxJobRetirementTime %s < expected_job_length %d, a drain would "
+            "evict; retiring peacefully instead",
+            self.queue.queue,
+            w.id,
+            w.machine,
+            w.retirement_time,
+            need,
+        )
+        return "peaceful"
+
+    def retire(self, workers: Sequence[Worker], mode: str) -> None:
+        """Record first, then act: a recorded retire that failed still shows as RETIRING
+        (and can be un-retired), while an unrecorded one would look like a vanished VM."""
+        q = self.queue.queue
+        groups: dict[str, list[Worker]] = {}
+        for w in self.own(workers):
+            if w.machine is None and mode != "kill":
+                log.info("[%s] %s has no startd (no work possible): removing it", q, w.id)
+                groups.setdefault("remove", []).append(w)
+            else:
+                groups.setdefault(self.effective_mode(w, mode), []).append(w)
+        self.remove(groups.pop("remove", []), "retire (not joined)")
+        now = self.env.clock.now()
+        errors: list[CondorError] = []
+        for eff, group in groups.items():
+            ids = [w.id for w in group]
+            self.port.edit(ids, RETIRE_MODE, f'"{eff}"')
+            self.port.edit(ids, RETIRE_REQUESTED, str(int(now)))
+            if eff == "kill":
+                self.remove(group, "retire (kill)")
+                continue
+            for w in group:
+                assert w.machine is not None
+                try:
+                    if eff == "drain":
+                        self.port.drain(w.machine, "pilotfactory")
+                    else:
+                        self.port.retire_peaceful(w.machine)
+                    log.info("[%s] retire %s on %s (%s)", q, w.id, w.machine, eff)
+                except CondorError as exc:
+                    log.error("[%s] retire %s on %s (%s) failed: %s", q, w.id, w.machine, eff, exc)
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def unretire(self, workers: Sequence[Worker]) -> None:
+        """Act first, then record: a failed un-retire must keep looking retired."""
+        q = self.queue.queue
+        done: list[str] = []
+        errors: list[CondorError] = []
+        for w in self.own(workers):
+            if w.machine is None or w.retire_mode not in ("drain", "peaceful"):
+                log.warning(
+                    "[%s] cannot un-retire %s (machine %s, retire mode %s)",
+                    q,
+                    w.id,
+                    w.machine,
+                    w.retire_mode,
+                )
+                continue
+            try:
+                if w.retire_mode == "drain":
+                    self.port.cancel_drain(w.machine)
+                else:
+                    self.port.unretire(w.machine)
+            except CondorError as exc:
+                log.error("[%s] un-retire %s on %s failed: %s", q, w.id, w.machine, exc)
+                errors.append(exc)
+                continue
+            log.info("[%s] un-retired %s on %s (%s)", q, w.id, w.machine, w.retire_mode)
+            done.append(w.id)
+        if done:
+            self.port.edit(done, UNRETIRED_AT, str(int(self.env.clock.now())))
+            self.port.edit(done, RETIRE_REQUESTED, "undefined")
+        if errors:
+            raise errors[0]

@@ -1,0 +1,87 @@
+"""CondorLocal: pilots submitted as vanilla jobs to an HTCondor schedd (APF's CondorLocal).
+
+A pilot holds no state worth keeping once the factory wants it gone, so every way of taking
+one away is ``condor_rm``: cancel, reap, and retire in any mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from pilotfactory.factory.info import Worker
+from pilotfactory.factory.params import Param
+from pilotfactory.factory.plugin import SubmitError
+from pilotfactory.plugins.batchsubmit.condor_common import COMMON_SUBMIT_PARAMS, CondorSubmitBase
+
+log = logging.getLogger(__name__)
+
+
+class CondorLocalSubmit(CondorSubmitBase):
+    """Pilot jobs in the vanilla universe, labelled so the factory finds them again."""
+
+    NAME = "CondorLocal"
+    WORKERS = "pilot"
+    PARAMS = (
+        *COMMON_SUBMIT_PARAMS,
+        Param("executable", str, None, "pilot wrapper (overrides the queue's executable)"),
+        Param("executable.arguments", str, None, "its arguments"),
+        Param("proxy", str, None, "x509 proxy: a path, or a name resolved in proxy_dir"),
+        Param("proxy_dir", str, "/tmp", "where named proxies live (x509up_<name>)"),
+    )
+
+    def executable(self) -> tuple[str | None, str | None]:
+        """The plugin's own keys win over the queue's generic ``executable`` keys."""
+        exe = self.params.get("executable") or self.queue.generic.get("executable")
+        args = self.params.get("executable.arguments")
+        if args is None:
+            args = self.queue.generic.get("executable.arguments")
+        return exe or None, args or None
+
+    def proxy_path(self) -> str | None:
+        """Resolve ``proxy`` (path or name); a missing file is a SubmitError."""
+        proxy = str(self.params.get("proxy") or "")
+        if not proxy:
+            return None
+        if os.sep in proxy:
+            path = proxy
+        else:
+            path = os.path.join(self.params.get("proxy_dir") or "/tmp", f"x509up_{proxy}")
+        if not os.path.isfile(path):
+            raise SubmitError(f"queue {self.queue.queue}: x509 proxy {proxy!r} not found at {path}")
+        return path
+
+    def template(self) -> dict[str, str]:
+        exe, args = self.executable()
+        if not exe:
+            raise SubmitError(
+                f"queue {self.queue.queue}: no executable (set executable or "
+                "batchsubmit.condorlocal.executable)"
+            )
+        desc = {
+            "universe": "vanilla",
+            "executable": exe,
+            "should_transfer_files": "IF_NEEDED",
+            "+TransferOutput": '""',
+        }
+        if args:
+            desc["arguments"] = args
+        proxy = self.proxy_path()
+        if proxy:
+            desc["x509userproxy"] = proxy
+        return desc
+
+    def retire(self, workers: Sequence[Worker], mode: str) -> None:
+        """Pilots cannot be retired peacefully from outside: every mode removes the job."""
+        if mode != "kill" and workers:
+            log.warning(
+                "[%s] retire mode %r is not meaningful for pilots: removing %d job(s)",
+                self.queue.queue,
+                mode,
+                len(workers),
+            )
+        self.remove(workers, f"retire ({mode})")
+
+    def unretire(self, workers: Sequence[Worker]) -> None:
+        """Nothing to undo: a retired pilot is gone."""

@@ -1,0 +1,626 @@
+"""HTCondor plugins against a dict-based fake port: state tables, descriptions, query counts."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pilotfactory.backends.condor.port import CondorRejected, CondorTarget, CondorUnreachable
+from pilotfactory.factory.info import Worker, WorkerState
+from pilotfactory.factory.params import defaults, merged
+from pilotfactory.factory.plugin import QueueEnv, SubmitError
+from pilotfactory.plugins.batchstatus.condor import (
+    CondorBatchStatus,
+    CondorEC2BatchStatus,
+    pilot_worker,
+    vm_worker,
+)
+from pilotfactory.plugins.batchsubmit.condor_common import merge_attributes
+from pilotfactory.plugins.batchsubmit.condorec2 import CondorEC2Submit
+from pilotfactory.plugins.batchsubmit.condorlocal import CondorLocalSubmit
+from pilotfactory.plugins.wmsstatus.condor import CondorWMSStatus
+from tests.unit.fakecondor import FakeCondor, make_env
+
+S = WorkerState
+NOW = 1_700_000_000.0
+Q = "BNL_CLOUD-ec2-spot"
+
+
+def job(cid: int, status: int, queue: str = Q, **kw: Any) -> dict[str, Any]:
+    ad = {
+        "ClusterId": cid,
+        "ProcId": 0,
+        "JobStatus": status,
+        "EnteredCurrentStatus": NOW - 100,
+        "QDate": NOW - 1000,
+        "JobUniverse": 9,
+        "PilotFactoryId": "f1",
+        "PilotFactoryQueue": queue,
+        "APF_QUEUE": queue,
+        "MATCH_APF_QUEUE": queue,
+    }
+    ad.update(kw)
+    return ad
+
+
+def slot(machine: str, iid: str | None, state: str = "Unclaimed", kind: str = "Static", **kw: Any):
+    ad = {
+        "Name": kw.pop("Name", f"slot1@{machine}"),
+        "Machine": machine,
+        "State": state,
+        "Activity": "Busy" if state == "Claimed" else "Idle",
+        "SlotType": kind,
+        "Cpus": 1,
+        "EnteredCurrentActivity": NOW - 50,
+        "MaxJobRetirementTime": 0,
+    }
+    if iid:
+        ad["EC2InstanceID"] = iid
+    ad.update(kw)
+    return ad
+
+
+# ---------------------------------------------------------------------------- state tables
+
+RUN = {"JobStartDate": NOW - 500, "EC2InstanceName": "i-1"}
+RET = {"PilotFactoryRetireRequested": NOW - 30, "PilotFactoryRetireMode": "drain"}
+UNRET_AT = "PilotFactoryUnretiredAt"
+UNRET = {UNRET_AT: NOW - 30}
+IDLE_SLOT = [slot("vm1", "i-1")]
+BUSY_SLOTS = [
+    slot("vm1", "i-1", "Unclaimed", "Partitionable", Cpus=2, MaxJobRetirementTime=3600),
+    slot("vm1", "i-1", "Claimed", "Dynamic", Name="slot1_1@vm1", MaxJobRetirementTime=3600),
+    slot("vm1", "i-1", "Claimed", "Dynamic", Name="slot1_2@vm1", MaxJobRetirementTime=3600),
+]
+MASTER = {"Name": "vm1", "Machine": "vm1", "EC2InstanceID": "i-1"}
+
+VM_TABLE = [
+    # id, job extras, slots, master, expected state, expected since
+    ("idle-job", {"JobStatus": 1}, [], None, S.PENDING, NOW - 100),
+    ("unexpanded", {"JobStatus": 0}, [], None, S.PENDING, NOW - 100),
+    ("open-request", {"JobStatus": 2}, [], None, S.PENDING, NOW - 100),
+    ("held", {"JobStatus": 5, "HoldReason": "quota"}, [], None, S.HELD, NOW - 100),
+    ("removed", {"JobStatus": 3}, [], None, None, None),
+    ("completed", {"JobStatus": 4}, [], None, None, None),
+    ("booting", RUN, [], None, S.BOOTING, NOW - 500),
+    ("booting-master-only", RUN, [], MASTER, S.BOOTING, NOW - 500),
+    ("idle", RUN, IDLE_SLOT, None, S.IDLE, NOW - 50),
+    ("busy", RUN, BUSY_SLOTS, MASTER, S.BUSY, NOW - 50),
+    ("retiring", {**RUN, **RET}, BUSY_SLOTS, None, S.RETIRING, NOW - 30),
+    ("retiring-idle", {**RUN, **RET}, IDLE_SLOT, None, S.RETIRING, NOW - 30),
+    ("retired", {**RUN, **RET}, [], MASTER, S.RETIRED, NOW - 30),
+    ("retired-no-master", {**RUN, **RET}, [], None, S.RETIRED, NOW - 30),
+    ("unretired-gap", {**RUN, **UNRET}, [], MASTER, S.RETIRING, NOW - 30),
+    ("unretired-back", {**RUN, **UNRET}, BUSY_SLOTS, None, S.BUSY, NOW - 50),
+    ("unretired-long-ago", {**RUN, UNRET_AT: NOW - 999}, [], None, S.BOOTING, NOW - 500),
+    ("retired-after-unretire", {**RUN, **RET, UNRET_AT: NOW - 60}, [], None, S.RETIRED, NOW - 30),
+    ("unretire-after-retire", {**RUN, **RET, UNRET_AT: NOW - 10}, [], None, S.RETIRING, NOW - 10),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extras,slots,master,state,since", [t[1:] for t in VM_TABLE],
+                         ids=[t[0] for t in VM_TABLE])  # fmt: skip
+def test_vm_state_table(extras, slots, master, state, since):
+    ad = {**job(1, 2), **extras}
+    w = vm_worker(ad, Q, NOW, slots, master, grace=120)
+    if state is None:
+        assert w is None
+        return
+    assert w is not None
+    assert (w.state, w.since) == (state, since)
+
+
+def test_vm_worker_details():
+    ad = {**job(1, 2), **RUN}
+    w = vm_worker(ad, Q, NOW, BUSY_SLOTS, MASTER, grace=120)
+    assert w is not None
+    assert (w.machine, w.instance_id, w.slots_busy, w.slots_total) == ("vm1", "i-1", 2, 4)
+    assert w.retirement_time == 3600 and w.submitted_at == NOW - 1000
+    static = [slot("vm2", "i-1", "Claimed"), slot("vm2", "i-1", Name="slot2@vm2")]
+    w = vm_worker(ad, Q, NOW, static, None, grace=120)
+    assert w is not None and (w.state, w.slots_busy, w.slots_total) == (S.BUSY, 1, 2)
+    w = vm_worker(ad, Q, NOW, [], MASTER, grace=120)
+    assert w is not None and w.machine == "vm1" and w.retirement_time is None
+    held = vm_worker({**job(1, 5), "HoldReason": "bad key"}, Q, NOW, [], None, 120)
+    assert held is not None and held.hold_reason == "bad key"
+
+
+def test_unretire_grace_counts_from_last_time_the_startd_was_seen():
+    # Un-retired an hour ago; the startd restarts after its last job: a short gap, not LOST.
+    ad = {**job(1, 2), **RUN, "PilotFactoryUnretiredAt": NOW - 3600}
+    w = vm_worker(ad, Q, NOW, [], MASTER, grace=120, last_joined=NOW - 60)
+    assert w is not None and w.state == S.RETIRING
+    w = vm_worker(ad, Q, NOW, [], MASTER, grace=120, last_joined=NOW - 600)
+    assert w is not None and w.state == S.BOOTING
+
+
+PILOT_TABLE = [(0, S.PENDING), (1, S.PENDING), (2, S.BUSY), (6, S.BUSY), (5, S.HELD),
+               (3, None), (4, None)]  # fmt: skip
+
+
+@pytest.mark.parametrize("status,state", PILOT_TABLE)
+def test_pilot_state_table(status, state):
+    w = pilot_worker(job(7, status, "BNL_CLOUD", JobUniverse=5, HoldReason="x"), "BNL_CLOUD", NOW)
+    assert (w.state if w else None) == state
+    if w is not None:
+        assert w.since == NOW - 100 and w.id == "7.0"
+        assert w.hold_reason == ("x" if status == 5 else None)
+
+
+# ---------------------------------------------------------------------------- batch status
+
+
+def batch(cls: type[CondorBatchStatus], port: FakeCondor, **params: Any):
+    env, clock = make_env(port)
+    return cls(merged(cls.PARAMS, params), env), clock
+
+
+def test_batch_status_one_query_groups_by_queue():
+    port = FakeCondor(
+        jobs=[
+            job(1, 1, "A", JobUniverse=5),
+            job(2, 2, "A", JobUniverse=5, RemoteHost="slot1@wn"),
+            {**job(3, 5, "B", JobUniverse=5, HoldReason="no proxy"), "PilotFactoryQueue": None},
+            job(4, 4, "A", JobUniverse=5),
+            job(5, 1, "C", JobUniverse=5, PilotFactoryId="other"),
+        ]
+    )
+    plugin, _ = batch(CondorBatchStatus, port)
+    plugin.refresh()
+    assert port.count("query_jobs") == 1 and port.count("query_history") == 0
+    assert port.named("query_jobs")[0][1] == {"PilotFactoryId": "f1"}
+    a, b = plugin.info("A"), plugin.info("B")
+    assert a is not None and b is not None
+    assert [(w.id, w.state) for w in a.workers] == [("1.0", S.PENDING), ("2.0", S.BUSY)]
+    assert a.history is None
+    assert b.workers[0].state == S.HELD and b.workers[0].hold_reason == "no proxy"
+    empty = plugin.info("C")
+    assert empty is not None and empty.workers == () and empty.time == NOW
+    assert len(port.calls) == 1  # info() never queries
+
+
+def test_batch_status_history_is_one_bounded_query():
+    port = FakeCondor(
+        jobs=[job(1, 2, "A", JobStartDate=NOW - 100), job(2, 2, "A", JobStartDate=NOW - 9999)],
+        history=[
+            job(8, 4, "A", JobStartDate=NOW - 300, CompletionDate=NOW - 295),
+            job(9, 3, "A", JobStartDate=NOW - 300, CompletionDate=0),
+            job(10, 4, "B", JobStartDate=NOW - 300, CompletionDate=NOW - 1),
+        ],
+    )
+    plugin, _ = batch(CondorBatchStatus, port, history_limit=50)
+    plugin.want_history("A", 3600)
+    plugin.want_history("B", 60)
+    plugin.refresh()
+    (call,) = port.named("query_history")
+    assert call[1] == {"PilotFactoryId": "f1"} and call[3] == NOW - 3600 and call[4] == 50
+    a, b = plugin.info("A"), plugin.info("B")
+    assert a is not None and b is not None
+    recs = {r.id: r for r in a.history or ()}
+    assert set(recs) == {"1.0", "8.0", "9.0"}
+    assert recs["1.0"].ended is None and recs["8.0"].walltime(NOW) == 5
+    assert recs["9.0"].ended == NOW - 100  # removed: EnteredCurrentStatus
+    assert b.history == ()  # started before B's window
+
+
+def test_batch_status_maxage_and_errors():
+    port = FakeCondor(jobs=[job(1, 1, "A")])
+    plugin, clock = batch(CondorBatchStatus, port, maxage=300)
+    assert plugin.info("A") is None  # never refreshed
+    plugin.refresh()
+    clock.advance(300)
+    assert plugin.info("A") is not None
+    clock.advance(1)
+    assert plugin.info("A") is None
+    port.fail["query_jobs"] = CondorUnreachable("schedd down")
+    with pytest.raises(CondorUnreachable):
+        plugin.refresh()
+    assert plugin.info("A") is None
+
+
+def test_batch_status_source_key_per_schedd():
+    key = CondorBatchStatus.source_key
+    assert key({"scheddhost": "s1"}) == key({"scheddhost": "s1", "maxage": 5})
+    assert key({"scheddhost": "s1"}) != key({"scheddhost": "s2"})
+    assert key({}) == ("Condor", CondorTarget(None, None))
+    assert CondorEC2BatchStatus.source_key({}) != key({})
+
+
+def test_recheck_is_one_constrained_query():
+    port = FakeCondor(jobs=[job(1, 2, "A", JobUniverse=5), job(2, 1, "A", JobUniverse=5)])
+    plugin, _ = batch(CondorBatchStatus, port)
+    ws = [Worker("1.0", "A", S.BUSY, 0), Worker("2.0", "A", S.PENDING, 0)]
+    ws.append(Worker("3.0", "A", S.PENDING, 0))
+    port.jobs[1]["JobStatus"] = 2
+    out = plugin.recheck(ws)
+    (call,) = port.calls
+    assert call[1] == {"PilotFactoryId": "f1"}
+    assert call[3] == "(ClusterId == 1 && ProcId == 0) || (ClusterId == 2 && ProcId == 0) || " \
+        "(ClusterId == 3 && ProcId == 0)"  # fmt: skip
+    assert {k: w.state for k, w in out.items()} == {"1.0": S.BUSY, "2.0": S.BUSY}
+    assert plugin.recheck([]) == {} and len(port.calls) == 1
+
+
+def ec2_pool() -> FakeCondor:
+    return copy.deepcopy(
+        FakeCondor(
+            jobs=[
+                job(1, 2, **RUN),
+                job(2, 2, JobStartDate=NOW - 10, EC2InstanceName="i-2"),
+                job(3, 1),
+                job(4, 2, "other", JobStartDate=NOW - 10, EC2InstanceName="i-4", **RET),
+                job(5, 2, "pilots", JobUniverse=5),
+                job(6, 2, JobStartDate=NOW - 10),
+            ],
+            startds=[
+                *BUSY_SLOTS,
+                slot("vm9", "i-9"),
+                slot("vm6", None, PilotFactoryWorker="6.0"),
+                slot("wn1", None),
+                slot("emu", "i-1", PilotFactoryWorker=True, Name="slot9@emu"),
+            ],
+            masters=[MASTER, {"Name": "vm2", "Machine": "vm2", "EC2InstanceID": "i-2"}],
+        )
+    )
+
+
+def test_ec2_status_joins_startds_one_query_each():
+    port = ec2_pool()
+    plugin, _ = batch(CondorEC2BatchStatus, port)
+    plugin.refresh()
+    assert [c[0] for c in port.calls] == ["query_jobs", "query_startds", "query_masters"]
+    assert port.named("query_startds")[0][3] == (
+        "EC2InstanceID =!= undefined || PilotFactoryWorker =!= undefined"
+    )
+    info = plugin.info(Q)
+    assert info is not None
+    got = {w.id: (w.state, w.machine) for w in info.workers}
+    assert got == {
+        "1.0": (S.BUSY, "vm1"),
+        "2.0": (S.BOOTING, "vm2"),
+        "3.0": (S.PENDING, None),
+        "6.0": (S.IDLE, "vm6"),
+    }
+    assert info.unmatched_startds == ("vm9",)
+    other, pilots = plugin.info("other"), plugin.info("pilots")
+    assert other is not None and other.workers[0].state == S.RETIRED
+    assert pilots is not None and pilots.workers[0].state == S.BUSY
+    assert other.unmatched_startds == pilots.unmatched_startds == ("vm9",)
+    nobody = plugin.info("nobody")
+    assert nobody is not None and nobody.unmatched_startds == ("vm9",)
+
+
+def test_ec2_idle_since_counts_from_first_idle_cycle():
+    # A pslot's EnteredCurrentActivity stays at boot time when its dslots end.
+    pslot = slot("vm1", "i-1", kind="Partitionable", Cpus=4, EnteredCurrentActivity=NOW - 5000)
+    dslot = slot("vm1", "i-1", "Claimed", "Dynamic", Name="slot1_1@vm1")
+    port = FakeCondor(jobs=[job(1, 2, **RUN)], startds=[pslot, dslot])
+    plugin, clock = batch(CondorEC2BatchStatus, port)
+
+    def seen() -> tuple[WorkerState, float]:
+        plugin.refresh()
+        info = plugin.info(Q)
+        assert info is not None
+        return info.workers[0].state, info.workers[0].since
+
+    assert seen()[0] == S.BUSY
+    port.startds.remove(dslot)
+    clock.advance(60)
+    assert seen() == (S.IDLE, NOW + 60)
+    clock.advance(60)
+    assert seen() == (S.IDLE, NOW + 60)
+    port.startds.append(dslot)
+    clock.advance(60)
+    assert seen()[0] == S.BUSY
+    port.startds.remove(dslot)
+    clock.advance(60)
+    assert seen() == (S.IDLE, NOW + 240)
+
+
+def test_ec2_join_attribute_is_configurable():
+    port = ec2_pool()
+    for s in port.startds:
+        if "EC2InstanceID" in s:
+            s["InstanceId"] = s.pop("EC2InstanceID")
+    plugin, _ = batch(CondorEC2BatchStatus, port, join_attribute="InstanceId")
+    plugin.refresh()
+    info = plugin.info(Q)
+    assert info is not None
+    assert {w.id: w.state for w in info.workers}["1.0"] == S.BUSY
+    assert "InstanceId" in port.named("query_startds")[0][2]
+
+
+def test_ec2_recheck_one_job_and_one_startd_query():
+    port = ec2_pool()
+    plugin, _ = batch(CondorEC2BatchStatus, port)
+    ws = [Worker("1.0", Q, S.IDLE, 0, "i-1", "vm1"), Worker("2.0", Q, S.BOOTING, 0, "i-2", "vm2")]
+    ws.append(Worker("3.0", Q, S.PENDING, 0))
+    out = plugin.recheck(ws)
+    assert [c[0] for c in port.calls] == ["query_jobs", "query_startds"]
+    constraint = port.named("query_startds")[0][3]
+    assert 'EC2InstanceID =?= "i-1"' in constraint and 'PilotFactoryWorker =?= "2.0"' in constraint
+    assert out["1.0"].state == S.BUSY
+    assert (out["2.0"].state, out["2.0"].machine) == (S.BOOTING, "vm2")  # machine kept
+    assert out["3.0"].state == S.PENDING
+    port.calls.clear()
+    plugin.recheck([Worker("3.0", Q, S.PENDING, 0)])
+    assert [c[0] for c in port.calls] == ["query_jobs"]  # nothing could be joined
+
+
+# ---------------------------------------------------------------------------- WMS status
+
+
+def test_wms_counts_payload_by_label():
+    port = FakeCondor(
+        jobs=[
+            job(1, 1, "BNL_CLOUD", JobUniverse=5),
+            job(2, 1, "BNL_CLOUD", JobUniverse=5),
+            job(3, 2, "BNL_CLOUD", JobUniverse=5),
+            job(4, 5, "BNL_CLOUD", JobUniverse=5),
+            job(5, 4, "X", JobUniverse=5, PilotFactoryId="other"),
+            job(6, 1, Q),  # our VM job: supply, not payload
+            job(7, 0, "X", JobUniverse=9, PilotFactoryId=None),  # grid job of someone else
+            {"ClusterId": 8, "ProcId": 0, "JobStatus": 1},  # unlabelled
+        ]
+    )
+    env, clock = make_env(port)
+    plugin = CondorWMSStatus(defaults(CondorWMSStatus.PARAMS), env)
+    assert plugin.info("BNL_CLOUD", {}) is None
+    plugin.refresh()
+    (call,) = port.calls
+    assert call[0] == "query_jobs" and set(call[2]) >= {"MATCH_APF_QUEUE", "JobStatus"}
+    b = plugin.info("BNL_CLOUD", {})
+    assert b is not None and (b.ready, b.running, b.done, b.failed) == (2, 1, 0, 1)
+    x = plugin.info("X", {})
+    assert x is not None and (x.ready, x.done) == (1, 1)
+    anyq = plugin.info("ANY", {})
+    assert anyq is not None and (anyq.ready, anyq.running, anyq.done, anyq.failed) == (3, 1, 1, 1)
+    none = plugin.info(Q, {})
+    assert none is not None and (none.ready, none.running) == (0, 0)
+    clock.advance(601)
+    assert plugin.info("X", {}) is None
+    assert plugin.info("X", {"maxage": 700}) is not None
+
+
+def test_wms_alias_and_shared_source():
+    assert CondorWMSStatus.ALIASES == ("CondorLocal",)
+    key = CondorWMSStatus.source_key
+    assert key({"collectorhost": "c", "maxage": 1}) == key({"collectorhost": "c"})
+    port = FakeCondor()
+    port.fail["query_jobs"] = CondorUnreachable("down")
+    env, _ = make_env(port)
+    with pytest.raises(CondorUnreachable):
+        CondorWMSStatus(defaults(CondorWMSStatus.PARAMS), env).refresh()
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+def local(tmp_path: Path, port: FakeCondor, generic: dict[str, str] | None = None, **params: Any):
+    env, _ = make_env(port, settings={"baseLogDir": str(tmp_path / "logs")})
+    queue = QueueEnv("BNL_CLOUD", "BNL_CLOUD", generic or {})
+    return CondorLocalSubmit(merged(CondorLocalSubmit.PARAMS, params), env, queue)
+
+
+def test_local_description_labels_env_and_logs(tmp_path):
+    port = FakeCondor()
+    p = local(tmp_path, port, {"executable": "/generic.sh", "executable.arguments": "-g"},
+              executable="/usr/libexec/wrapper.sh", environ="A=1 B=2")  # fmt: skip
+    assert p.submit(3) == ["101.0", "101.1", "101.2"]
+    (_, desc, count), = port.named("submit")  # fmt: skip
+    logdir = tmp_path / "logs" / "2023-11-14" / "BNL_CLOUD"
+    assert logdir.is_dir() and count == 3
+    assert desc == {
+        "universe": "vanilla",
+        "executable": "/usr/libexec/wrapper.sh",
+        "arguments": "-g",
+        "should_transfer_files": "IF_NEEDED",
+        "+TransferOutput": '""',
+        "output": f"{logdir}/$(Cluster).$(Process).out",
+        "error": f"{logdir}/$(Cluster).$(Process).err",
+        "log": f"{logdir}/BNL_CLOUD.log",
+        "environment": '"APFFID=f1 APFCID=$(Cluster).$(Process) FACTORYQUEUE=BNL_CLOUD A=1 B=2"',
+        "+MATCH_APF_QUEUE": '"BNL_CLOUD"',
+        "+APF_QUEUE": '"BNL_CLOUD"',
+        "+FACTORY_JOBID": '"f1#$(Cluster).$(Process)"',
+        "+PilotFactoryId": '"f1"',
+        "+PilotFactoryQueue": '"BNL_CLOUD"',
+    }
+    assert p.submit(0) == [] and port.count("submit") == 1
+
+
+def test_condor_attributes_merge(caplog):
+    base = {"universe": "vanilla", "+PilotFactoryId": '"f1"', "+Foo": "1"}
+    extra = {"Universe": "grid", "request_memory": "2000", "MY.Foo": "2", "+pilotfactoryid": '"x"'}
+    with caplog.at_level(logging.WARNING):
+        out = merge_attributes(base, extra, "Q1")
+    assert out == {"Universe": "grid", "+PilotFactoryId": '"f1"', "MY.Foo": "2",
+                   "request_memory": "2000"}  # fmt: skip
+    assert "[Q1]" in caplog.text and "+pilotfactoryid" in caplog.text
+
+
+def test_local_proxy_resolution(tmp_path):
+    port = FakeCondor()
+    exe = {"executable": "/w.sh"}
+    p = local(tmp_path, port, proxy="atlas-production", proxy_dir=str(tmp_path), **exe)
+    with pytest.raises(SubmitError, match=r"BNL_CLOUD.*x509up_atlas-production"):
+        p.submit(1)
+    (tmp_path / "x509up_atlas-production").write_text("x")
+    p.submit(1)
+    assert port.named("submit")[0][1]["x509userproxy"] == str(tmp_path / "x509up_atlas-production")
+    path = tmp_path / "my.pem"
+    path.write_text("x")
+    p = local(tmp_path, port, proxy=str(path), **exe)
+    assert p.description()["x509userproxy"] == str(path)
+    assert "x509userproxy" not in local(tmp_path, port, **exe).description()
+
+
+def test_local_errors_and_removal(tmp_path):
+    port = FakeCondor()
+    with pytest.raises(SubmitError, match="no executable"):
+        local(tmp_path, port).submit(1)
+    p = local(tmp_path, port, executable="/w.sh", condor_attributes={"+X": "1"})
+    port.fail["submit"] = CondorRejected("bad description")
+    with pytest.raises(SubmitError, match=r"BNL_CLOUD.*bad description"):
+        p.submit(2)
+    ws = [Worker("1.0", "BNL_CLOUD", S.BUSY, 0), Worker("2.0", "elsewhere", S.BUSY, 0)]
+    p.cancel(ws)
+    p.retire(ws, "peaceful")
+    p.reap(ws[:1])
+    p.unretire(ws)
+    assert [c[:2] for c in port.named("remove")] == [("remove", ["1.0"])] * 3
+    assert port.count("edit") == 0
+
+
+def ec2(tmp_path: Path, port: FakeCondor, **params: Any) -> CondorEC2Submit:
+    env, _ = make_env(port, settings={"baseLogDir": str(tmp_path / "logs")})
+    for name in ("access.key", "secret.key"):
+        key = tmp_path / name
+        key.write_text("k")
+        key.chmod(0o600)
+    base = {
+        "gridresource": "https://ec2.amazonaws.com/",
+        "ami_id": "ami-7a21bd13",
+        "instance_type": "m1.xlarge",
+        "access_key_id": str(tmp_path / "access.key"),
+        "secret_access_key": str(tmp_path / "secret.key"),
+    }
+    return CondorEC2Submit(merged(CondorEC2Submit.PARAMS, {**base, **params}), env,
+                           QueueEnv(Q, "BNL_CLOUD"))  # fmt: skip
+
+
+@pytest.mark.parametrize("spelling", ["spot_price", "ec2_spot_price"])
+def test_ec2_description(tmp_path, spelling):
+    (param,) = [p for p in CondorEC2Submit.PARAMS if spelling in (p.name, *p.aliases)]
+    assert param.name == "spot_price" and param.parse("0.156") == 0.156
+    port = FakeCondor()
+    plugin = ec2(tmp_path, port, spot_price=0.156, security_groups=["a", "b"],
+                 user_data_file="/ud", condor_attributes={"ec2_keypair": "k"})  # fmt: skip
+    plugin.submit(2)
+    desc = port.named("submit")[0][1]
+    assert {k: desc[k] for k in ("universe", "grid_resource", "executable", "ec2_spot_price")} == {
+        "universe": "grid",
+        "grid_resource": "ec2 https://ec2.amazonaws.com/",
+        "executable": Q,
+        "ec2_spot_price": "0.156",
+    }
+    assert desc["ec2_security_groups"] == "a, b" and desc["ec2_user_data_file"] == "/ud"
+    assert desc["ec2_ami_id"] == "ami-7a21bd13" and desc["ec2_keypair"] == "k"
+    assert desc["ec2_access_key_id"] == str(tmp_path / "access.key")
+    assert desc["ec2_tag_pilotfactory_factory"] == "f1" and desc["+PilotFactoryQueue"] == f'"{Q}"'
+    assert "ec2_spot_price" not in ec2(tmp_path, port).description()
+
+
+def test_ec2_credentials_checked(tmp_path):
+    port = FakeCondor()
+    plugin = ec2(tmp_path, port)
+    os.chmod(tmp_path / "secret.key", 0o644)
+    with pytest.raises(SubmitError, match=r"BNL_CLOUD-ec2-spot.*secret.key.*readable"):
+        plugin.submit(1)
+    plugin = ec2(tmp_path, port, access_key_id=str(tmp_path / "missing"))
+    with pytest.raises(SubmitError, match="missing"):
+        plugin.submit(1)
+    with pytest.raises(SubmitError, match="user_data_file"):
+        ec2(tmp_path, port, user_data="a\nb").submit(1)
+    assert port.count("submit") == 0
+
+
+def vm(i: int, rt: float | None = 3600, mode: str | None = None, machine: str | None = "vm"):
+    m = f"{machine}{i}" if machine else None
+    return Worker(f"{i}.0", Q, S.BUSY, 0, f"i-{i}", m, retirement_time=rt, retire_mode=mode)
+
+
+def test_ec2_retire_modes_and_drain_fallback(tmp_path, caplog):
+    port = FakeCondor()
+    plugin = ec2(tmp_path, port, expected_job_length=3600)
+    with caplog.at_level(logging.INFO):
+        plugin.retire([vm(1), vm(2, rt=0), vm(3, rt=None), vm(4, machine=None)], "drain")
+    assert (
+        "[BNL_CLOUD-ec2-spot] 2.0" in caplog.text and "retiring peacefully instead" in caplog.text
+    )
+    assert port.named("remove")[0][1] == ["4.0"]
+    assert [c[1] for c in port.named("drain")] == ["vm1"]
+    assert [c[1] for c in port.named("retire_peaceful")] == ["vm2", "vm3"]
+    edits = [c[1:] for c in port.named("edit")]
+    assert edits == [
+        (["1.0"], "PilotFactoryRetireMode", '"drain"'),
+        (["1.0"], "PilotFactoryRetireRequested", str(int(NOW))),
+        (["2.0", "3.0"], "PilotFactoryRetireMode", '"peaceful"'),
+        (["2.0", "3.0"], "PilotFactoryRetireRequested", str(int(NOW))),
+    ]
+    port.calls.clear()
+    plugin.retire([vm(5)], "kill")
+    assert [c[0] for c in port.calls] == ["edit", "edit", "remove"]
+    port.calls.clear()
+    plugin.retire([vm(6)], "peaceful")
+    assert port.named("retire_peaceful") == [("retire_peaceful", "vm6")]
+
+
+def test_ec2_retire_failure_still_recorded_and_raised(tmp_path):
+    port = FakeCondor()
+    port.fail["drain"] = CondorUnreachable("startd gone")
+    plugin = ec2(tmp_path, port)
+    with pytest.raises(CondorUnreachable):
+        plugin.retire([vm(1), vm(2)], "drain")
+    assert port.count("drain") == 2 and port.count("edit") == 2
+
+
+def test_ec2_unretire(tmp_path):
+    port = FakeCondor()
+    port.fail["unretire"] = CondorUnreachable("no master")
+    plugin = ec2(tmp_path, port)
+    with pytest.raises(CondorUnreachable):
+        plugin.unretire([vm(1, mode="drain"), vm(2, mode="peaceful"), vm(3, mode=None)])
+    assert port.named("cancel_drain") == [("cancel_drain", "vm1")]
+    assert port.named("unretire") == [("unretire", "vm2")]
+    assert [c[1:] for c in port.named("edit")] == [
+        (["1.0"], "PilotFactoryUnretiredAt", str(int(NOW))),
+        (["1.0"], "PilotFactoryRetireRequested", "undefined"),
+    ]  # the failed un-retire of 2.0 is not recorded
+
+
+def test_ec2_cancel_and_reap_remove(tmp_path):
+    port = FakeCondor()
+    plugin = ec2(tmp_path, port)
+    plugin.cancel([vm(1, machine=None)])
+    plugin.reap([vm(2)])
+    assert [c[1] for c in port.named("remove")] == [["1.0"], ["2.0"]]
+
+
+def test_retire_roundtrip_through_the_job_ad(tmp_path):
+    """What the submit plugin records is what the status plugin reads back."""
+    port = FakeCondor(jobs=[job(1, 2, **RUN)], startds=copy.deepcopy(BUSY_SLOTS), masters=[MASTER])
+    status, clock = batch(CondorEC2BatchStatus, port)
+    submit = ec2(tmp_path, port)
+    submit.env = status.env
+
+    def state() -> Worker:
+        status.refresh()
+        info = status.info(Q)
+        assert info is not None
+        return info.workers[0]
+
+    w = state()
+    assert w.state == S.BUSY
+    submit.retire([w], "drain")
+    w = state()
+    assert (w.state, w.retire_mode, w.retire_requested_at) == (S.RETIRING, "drain", NOW)
+    clock.advance(10)
+    submit.unretire([w])
+    w = state()
+    assert (w.state, w.retire_requested_at, w.unretired_at) == (S.BUSY, None, NOW + 10)
+    submit.retire([w], "peaceful")  # same second as... later: retire wins again
+    clock.advance(60)
+    port.startds.clear()  # the startd exits after its last job
+    w = state()
+    assert w.state == S.RETIRED
+    submit.unretire([w])
+    w = state()  # condor_on: the master restarts the startd; gap within the grace
+    assert w.state == S.RETIRING
+    clock.advance(121)
+    assert state().state == S.BOOTING  # never came back: the planner times it out as LOST

@@ -16,7 +16,7 @@ venv: $(STAMP)
 
 # Runs the factory on its embedded simulated pool, cloud and PanDA and shows what it did.
 demo: $(STAMP)
-	$(BIN)/pilotfactory demo --every 5
+	$(BIN)/pilotfactory demo
 
 # The full suite: lint, types, unit tests and the integration tests against a real HTCondor
 # pool (booted by scripts/condor-sandbox; the chroot is cached outside the repository).

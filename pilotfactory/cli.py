@@ -75,8 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--factory-conf", metavar="FILE")
         p.add_argument("--hours", type=float, default=6.0, help="simulated hours (6)")
         p.add_argument("--seed", type=int, default=1)
-        p.add_argument("--workload", default="burst", help="workload preset (burst, waves, steady)")
-        p.add_argument("--every", type=int, default=1, help="print every Nth cycle")
+        p.add_argument(
+            "--workload",
+            default="auto",
+            help="auto (PanDA site or pool label), burst, spike, steady, panda, idle",
+        )
+        p.add_argument(
+            "--every",
+            type=int,
+            default=0,
+            help="also print every Nth cycle (default: only cycles that act)",
+        )
         p.add_argument("--json", action="store_true", help="summary as JSON")
         p.add_argument("-v", "--verbose", action="count", default=0)
     return parser

@@ -122,6 +122,8 @@ class BatchQueueInfo:
     """Bounded recent history (only when a plugin asked for it)."""
     unmatched_startds: tuple[str, ...] = ()
     """Startds that carry this queue's join attribute but match no worker (reported)."""
+    pool_startds: int | None = None
+    """Slot ads the collector returned this cycle (all queues): the circuit breaker's gauge."""
 
     def count(self, *states: WorkerState) -> int:
         return sum(1 for w in self.workers if w.state in states)

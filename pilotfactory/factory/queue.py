@@ -129,6 +129,8 @@ class CycleTrace:
 
 
 class Queue:
+    FREEZE_ACCEPT = 3
+
     def __init__(
         self,
         cfg: QueueConfig,
@@ -159,9 +161,13 @@ class Queue:
         self.memory = PlannerMemory()
         self.next_run = 0.0
         self.busy = False
-        self.last_joined: int | None = None
+        self.joined_ids: set[str] = set()
+        self.frozen_cycles = 0
+        self.pool_startds: int | None = None
         self.backoff_until = 0.0
         self.backoff_delay = 0.0
+        self.failure_delay = 0.0
+        self.failed_since: float | None = None
         self.backoff_reason = ""
         self.endings: deque[tuple[bool, str]] = deque(maxlen=max(1, cfg.planner.failure_limit))
         self.history: deque[CycleTrace] = deque(maxlen=history_size)
@@ -253,7 +259,7 @@ class Queue:
             n = trace.chain.n
         trace.n = n
         freeze = self._circuit_breaker(batch)
-        blocked = self._submit_blocked(now)
+        blocked = self._submit_blocked(now, batch)
         result = plan(
             PlanInput(
                 n=n,
@@ -277,40 +283,87 @@ class Queue:
     # ------------------------------------------------------------------ safety rails
 
     def _circuit_breaker(self, batch: BatchQueueInfo) -> str | None:
-        """A missing ad is not an empty worker: freeze when joined workers vanish en masse."""
-        joined = batch.count(*JOINED)
-        retired = batch.count(WorkerState.RETIRED)
-        last = self.last_joined
-        self.last_joined = joined
+        """A missing ad is not an empty worker: freeze when joined workers vanish en masse.
+
+        A worker that retires legitimately loses its startd but keeps its master (the VM is
+        up until reaped); a collector that lost ads loses both. So "vanished" counts workers
+        that were joined last cycle and now show neither. A freeze keeps the old reference,
+        so a lasting outage stays frozen; after ``FREEZE_ACCEPT`` cycles the new picture is
+        accepted (and said so), since real mass deaths also happen.
+        """
+        joined_now = {w.id for w in batch.workers if w.state in JOINED}
+        reference = self.joined_ids
+        vanished = [
+            w.id
+            for w in batch.workers
+            if w.id in reference and w.id not in joined_now and w.extra.get("master") is not True
+        ]
         ratio = self.cfg.planner.shrink_freeze_ratio
-        if last is not None and last >= 4 and joined + retired < last * ratio:
-            return (
-                f"joined workers fell from {last} to {joined} in one cycle "
-                f"(below shrink_freeze_ratio={ratio:g}); suspect a partial snapshot"
+        why = None
+        if len(reference) >= 4 and len(vanished) >= max(2, len(reference) * ratio):
+            why = (
+                f"{len(vanished)} of {len(reference)} joined workers lost their startd and "
+                "master ads in one cycle"
             )
+        ads, last_ads = batch.pool_startds, self.pool_startds
+        if ads is not None and last_ads is not None and last_ads >= 4 and ads < last_ads * ratio:
+            why = f"the collector returned {ads} slot ads, {last_ads} last cycle"
+        if why:
+            self.frozen_cycles += 1
+            if self.frozen_cycles <= self.FREEZE_ACCEPT:
+                return (
+                    f"{why}; suspect a partial collector answer "
+                    f"({self.frozen_cycles}/{self.FREEZE_ACCEPT})"
+                )
+            log.warning(
+                "queue %s: %d workers still vanished after %d frozen cycles; accepting it",
+                self.name,
+                len(vanished),
+                self.FREEZE_ACCEPT,
+            )
+        self.frozen_cycles = 0
+        self.joined_ids = joined_now
+        self.pool_startds = ads
         return None
 
-    def _submit_blocked(self, now: float) -> str | None:
+    def _submit_blocked(self, now: float, batch: BatchQueueInfo) -> str | None:
+        """Submit errors and dead workers back the queue off; reaping goes on regardless.
+
+        The two back-offs grow separately: a submit that succeeds resets the submit back-off,
+        but only a worker submitted since the failure stop that actually joins resets the
+        failure one (a successful submit of VMs that never boot is no recovery).
+        """
+        if self.failed_since is not None and any(
+            w.state in JOINED and (w.submitted_at or 0.0) >= self.failed_since
+            for w in batch.workers
+        ):
+            self.failure_delay = 0.0
+            self.failed_since = None
         if now < self.backoff_until:
             return f"backing off {self.backoff_until - now:.0f}s more: {self.backoff_reason}"
         limit = self.cfg.planner.failure_limit
         if len(self.endings) >= limit and all(fail for fail, _ in self.endings):
             reasons = sorted({why for _, why in self.endings})
-            self._back_off(now, f"last {limit} workers all failed: " + "; ".join(reasons))
+            self.failure_delay = self._next_delay(self.failure_delay)
+            self.failed_since = now
+            self._back_off(
+                now, f"last {limit} workers all failed: " + "; ".join(reasons), self.failure_delay
+            )
             self.endings.clear()
             return f"backing off: {self.backoff_reason}"
         return None
 
-    def _back_off(self, now: float, reason: str) -> None:
+    def _next_delay(self, delay: float) -> float:
         p = self.cfg.planner
-        self.backoff_delay = min(
-            p.backoff_max, max(p.backoff_initial, self.backoff_delay * 2 or p.backoff_initial)
-        )
-        self.backoff_until = now + self.backoff_delay
+        return min(p.backoff_max, max(p.backoff_initial, delay * 2))
+
+    def _back_off(self, now: float, reason: str, delay: float | None = None) -> None:
+        if delay is None:
+            self.backoff_delay = self._next_delay(self.backoff_delay)
+            delay = self.backoff_delay
+        self.backoff_until = now + delay
         self.backoff_reason = bounded(reason)
-        log.warning(
-            "queue %s: backing off %.0fs: %s", self.name, self.backoff_delay, self.backoff_reason
-        )
+        log.warning("queue %s: backing off %.0fs: %s", self.name, delay, self.backoff_reason)
 
     # ------------------------------------------------------------------ acting
 

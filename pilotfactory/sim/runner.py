@@ -25,7 +25,7 @@ from pilotfactory.factory.config import (
     load_queues,
 )
 from pilotfactory.factory.factory import Factory
-from pilotfactory.factory.info import WorkerState
+from pilotfactory.factory.info import BatchQueueInfo, WorkerState
 from pilotfactory.factory.queue import CycleTrace
 from pilotfactory.sim.cloud import CloudConfig
 from pilotfactory.sim.pool import PoolConfig
@@ -200,7 +200,7 @@ def simulate(
                 "last_shrink_at_h": round((shrank_at[name] - START) / 3600, 2)
                 if name in shrank_at
                 else None,
-                "final_workers": final[name].supply if final[name] else None,
+                "final_workers": _supply(final[name]),
             }
             for name, q in factory.queues.items()
         },
@@ -209,6 +209,10 @@ def simulate(
     if verbose:
         print_summary(summary)
     return summary
+
+
+def _supply(info: BatchQueueInfo | None) -> int | None:
+    return info.supply if info is not None else None
 
 
 def print_summary(s: dict[str, Any]) -> None:

@@ -108,6 +108,7 @@ class Snapshot:
     time: float
     infos: dict[str, BatchQueueInfo] = field(default_factory=dict)
     unmatched: tuple[str, ...] = ()
+    pool_startds: int | None = None
 
 
 class CondorBatchStatus(BatchStatusPlugin):
@@ -168,6 +169,8 @@ class CondorBatchStatus(BatchStatusPlugin):
             if w is not None and queue:
                 workers.setdefault(queue, []).append(w)
         snap = Snapshot(now, unmatched=self.unmatched(jobs, extra))
+        if isinstance(extra, Pool):
+            snap.pool_startds = extra.ads
         for queue in set(workers) | set(self._windows):
             snap.infos[queue] = BatchQueueInfo(
                 queue,
@@ -175,6 +178,7 @@ class CondorBatchStatus(BatchStatusPlugin):
                 tuple(workers.get(queue, ())),
                 self._history(queue, now, jobs, history),
                 snap.unmatched,
+                snap.pool_startds,
             )
         self._snap = snap
         self.snapshot_time = now
@@ -201,7 +205,7 @@ class CondorBatchStatus(BatchStatusPlugin):
         if hit is not None:
             return hit
         history = () if queue in self._windows else None
-        return BatchQueueInfo(queue, snap.time, (), history, snap.unmatched)
+        return BatchQueueInfo(queue, snap.time, (), history, snap.unmatched, snap.pool_startds)
 
     def recheck_jobs(self, workers: Sequence[Worker]) -> list[Ad]:
         """One query constrained to these job ids."""
@@ -253,10 +257,12 @@ class Pool:
 
     slots: dict[str, list[Ad]] = field(default_factory=dict)
     masters: dict[str, Ad] = field(default_factory=dict)
+    ads: int = 0
+    """How many slot ads the collector returned (all of them, joined or not)."""
 
     @classmethod
     def build(cls, slots: Sequence[Ad], masters: Sequence[Ad], attr: str) -> Pool:
-        pool = cls()
+        pool = cls(ads=len(slots))
         for ad in slots:
             for key in _join_keys(ad, attr):
                 pool.slots.setdefault(key, []).append(ad)

@@ -139,7 +139,8 @@ class SimCloud:
         except CloudError:
             self.metrics.failed("cloud_launch")
             raise
-        return [r.public_id for r in recs]
+        # like EC2: a spot launch answers with request ids (instances come later)
+        return [r.request_id or r.public_id for r in recs]
 
     def list(self, tags: Mapping[str, str]) -> builtins.list[Instance]:
         self._enter("cloud_list")

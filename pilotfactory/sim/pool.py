@@ -219,6 +219,8 @@ class PoolConfig:
     owner: str = "pilotfactory"
     schedd_name: str = "schedd.pool.test"
     collector_drop_fraction: float = 0.0
+    fill: str = "depth"
+    """Negotiator's slot choice: ``depth`` (fill the busiest startd first) or ``breadth``."""
 
 
 class EventLoop:
@@ -345,6 +347,7 @@ class _Startd:
         self.restart_on_exit = False
         self.last_restart: float | None = None
         self.gen = 0
+        self.free_key = 0
 
     @property
     def accepting(self) -> bool:
@@ -386,7 +389,8 @@ class SimPool:
         self._idle: dict[str, _Job] = {}
         self._idle_pinned: dict[tuple[str, str], deque[_Job]] = {}
         self._startds: dict[str, _Startd] = {}
-        self._free: dict[str, _Startd] = {}
+        # accepting startds by free cpus, so a match picks the fullest (or emptiest) in O(1)
+        self._free: dict[int, dict[str, _Startd]] = {}
         self._dirty = False
         loop.on_step(self._negotiate)
         for i in range(1, self.config.static_nodes + 1):
@@ -700,7 +704,7 @@ class SimPool:
             rec.gen += 1
             was_alive = rec.alive
             rec.alive = False
-            self._free.pop(rec.machine, None)
+            self._refresh_free(rec)
             for running in list(rec.slots.values()):
                 self._evict(running, "startd vanished (instance terminated)")
             if was_alive:
@@ -948,7 +952,7 @@ class SimPool:
             return
         self._dirty = False
         if self._idle_pinned:
-            for rec in list(self._free.values()):
+            for rec in [r for bucket in self._free.values() for r in bucket.values()]:
                 for key in rec.pin_keys:
                     waiting = self._idle_pinned.get(key)
                     while waiting and rec.accepting:
@@ -962,13 +966,26 @@ class SimPool:
             queued = self._idle.pop(jid, None)
             if queued is None or queued.status != IDLE or queued.pin is not None:
                 continue
-            self._start_job(queued, next(iter(self._free.values())))
+            self._start_job(queued, self._pick())
 
     def _refresh_free(self, rec: _Startd) -> None:
-        if rec.accepting:
-            self._free.setdefault(rec.machine, rec)
-        else:
-            self._free.pop(rec.machine, None)
+        free = rec.cpus - len(rec.slots) if rec.alive and rec.mode == "normal" else 0
+        if free == rec.free_key:
+            return
+        if rec.free_key:
+            bucket = self._free[rec.free_key]
+            del bucket[rec.machine]
+            if not bucket:
+                del self._free[rec.free_key]
+        if free > 0:
+            self._free.setdefault(free, {})[rec.machine] = rec
+        rec.free_key = free
+
+    def _pick(self) -> _Startd:
+        """Depth-first fills the busiest startd (NEGOTIATOR_DEPTH_FIRST, what elastic pools
+        set so idle VMs stay idle and can be retired); breadth-first spreads the jobs."""
+        key = min(self._free) if self.config.fill == "depth" else max(self._free)
+        return next(iter(self._free[key].values()))
 
     def _start_job(self, job: _Job, rec: _Startd) -> None:
         now = self.loop.now
@@ -1106,7 +1123,7 @@ class SimPool:
         """The startd leaves the collector; the master stays while the VM lives."""
         rec.alive = False
         rec.exited_at = self.loop.now
-        self._free.pop(rec.machine, None)
+        self._refresh_free(rec)
         if rec.restart_on_exit and rec.mode == "retiring":
             self._schedule_restart(rec)
         rec.restart_on_exit = False

@@ -82,51 +82,15 @@ SUBMIT_KEYS: dict[str, tuple[str, str]] = {
 # Spellings that win when a caller writes a name in another case (ClassAd names ignore case).
 KNOWN_NAMES = (
     *(name for name, _ in SUBMIT_KEYS.values()),
-    "MyType",
-    "TargetType",
-    "ClusterId",
-    "ProcId",
-    "GlobalJobId",
-    "Owner",
-    "User",
-    "QDate",
-    "JobStatus",
-    "LastJobStatus",
-    "EnteredCurrentStatus",
-    "JobUniverse",
-    "JobPrio",
-    "NumJobStarts",
-    "JobStartDate",
-    "JobCurrentStartDate",
-    "CompletionDate",
-    "RemoteHost",
-    "LastRemoteHost",
-    "HoldReason",
-    "HoldReasonCode",
-    "RemoveReason",
-    "ExitCode",
-    "EC2InstanceName",
-    "EC2SpotRequestID",
-    "GridJobStatus",
-    "RemoteWallClockTime",
-    "MATCH_APF_QUEUE",
-    "APF_QUEUE",
-    "FACTORY_JOBID",
-    "PilotFactoryId",
-    "PilotFactoryQueue",
-    "SimDuration",
-    "SimPandaSite",
-    "Name",
-    "Machine",
-    "State",
-    "Activity",
-    "SlotType",
-    "Cpus",
-    "EnteredCurrentActivity",
-    "MaxJobRetirementTime",
-    "Draining",
-    "EC2InstanceID",
-    "PilotFactoryWorker",
+    *(  # noqa: SIM905 - a word list reads better than 45 quoted names
+        "MyType TargetType ClusterId ProcId GlobalJobId Owner User QDate JobStatus "
+        "LastJobStatus EnteredCurrentStatus JobUniverse JobPrio NumJobStarts JobStartDate "
+        "JobCurrentStartDate CompletionDate RemoteHost LastRemoteHost HoldReason "
+        "HoldReasonCode RemoveReason ExitCode EC2InstanceName EC2SpotRequestID GridJobStatus "
+        "RemoteWallClockTime MATCH_APF_QUEUE APF_QUEUE FACTORY_JOBID PilotFactoryId "
+        "PilotFactoryQueue SimDuration SimPandaSite Name Machine State Activity SlotType Cpus "
+        "EnteredCurrentActivity MaxJobRetirementTime Draining EC2InstanceID PilotFactoryWorker"
+    ).split(),
 )
 _MACRO = re.compile(r"(?<!\$)\$\((\w+)\)")
 _INT = re.compile(r"[+-]?\d+\Z")

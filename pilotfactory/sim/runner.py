@@ -151,7 +151,12 @@ def simulate(
         clock,
         SimConfig(
             seed=seed,
-            pool=PoolConfig(),
+            # Pilots carry MATCH_APF_QUEUE = <queue name>; they pull from the queue's site.
+            # Without a VM queue to run them, pilots get a few static worker nodes.
+            pool=PoolConfig(
+                pilot_sites={q.name: q.wmsqueue for q in queues if q.wmsstatus.name == "Panda"},
+                static_nodes=0 if any(q.batchsubmit.name == "CondorEC2" for q in queues) else 8,
+            ),
             # Images built for pilotfactory set MAXJOBRETIREMENTTIME, so drain is safe.
             cloud=CloudConfig(default_retirement_time=86400.0),
             sites=sites,

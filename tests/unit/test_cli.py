@@ -1,0 +1,59 @@
+"""The command line: --help everywhere, meaningful exit codes, machine-readable output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pilotfactory.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("cmd", [[], ["check"], ["run"], ["status"], ["demo"], ["sim"]])
+def test_help_everywhere(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*cmd, "--help"]) == 0
+    assert "usage: pilotfactory" in capsys.readouterr().out
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    assert main(["check", "--frobnicate"]) == 2
+
+
+def test_check_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(ROOT / "etc" / "factory.conf"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is True
+    assert set(out["queues"]) == {"BNL_CLOUD", "BNL_CLOUD-ec2-spot"}
+
+
+def test_demo_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["demo", "-q", str(ROOT / "etc" / "queues.conf"), "--hours", "3", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    ec2 = summary["queues"]["BNL_CLOUD-ec2-spot"]
+    assert ec2["peak_workers"] > 0 and ec2["final_workers"] == 0
+    assert summary["world"]["payload_killed"] == 0
+
+
+def test_console_script_runs_and_logs_to_stderr(tmp_path: Path) -> None:
+    bad = tmp_path / "q.conf"
+    bad.write_text("[Q]\nschedplugin = Ready\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pilotfactory.cli", "run", "--once", "-q", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1  # no usable queue
+    assert proc.stdout == ""
+    assert "missing: every queue needs a wmsstatus plugin" in proc.stderr

@@ -424,6 +424,7 @@ def test_local_description_labels_env_and_logs(tmp_path):
         "output": f"{logdir}/$(Cluster).$(Process).out",
         "error": f"{logdir}/$(Cluster).$(Process).err",
         "log": f"{logdir}/BNL_CLOUD.log",
+        "initialdir": str(logdir),
         "environment": '"APFFID=f1 APFCID=$(Cluster).$(Process) FACTORYQUEUE=BNL_CLOUD A=1 B=2"',
         "+MATCH_APF_QUEUE": '"BNL_CLOUD"',
         "+APF_QUEUE": '"BNL_CLOUD"',

@@ -138,6 +138,9 @@ class CondorSubmitBase(BatchSubmitPlugin):
                 "output": os.path.join(ldir, "$(Cluster).$(Process).out"),
                 "error": os.path.join(ldir, "$(Cluster).$(Process).err"),
                 "log": os.path.join(ldir, f"{q}.log"),
+                # The job's working directory must exist where it runs; the factory's own cwd
+                # (often / for a daemon) is no place for a pilot's files.
+                "initialdir": ldir,
                 "environment": environment(self.env.factory_id, q, self.params.get("environ")),
             }
         )

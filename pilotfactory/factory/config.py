@@ -502,8 +502,12 @@ def _plugin_spec(
     # [Factory] defaults first, then the queue's own keys win.
     layers = [(k, v, True) for k, v in factory.plugin_defaults.items()]
     layers += [(k, v, False) for k, v in plugin_keys.items()]
+    if cls.FAMILY:  # family defaults first, so the plugin's own [Factory] keys win
+        fam = f"{kind}.{cls.FAMILY.lower()}."
+        layers.sort(key=lambda item: not (item[2] and item[0].startswith(fam)))
     for key, text, from_factory in layers:
-        ns = next((n for n in cls.namespaces() if key.startswith(n)), None)
+        spaces = cls.factory_namespaces() if from_factory else cls.namespaces()
+        ns = next((n for n in spaces if key.startswith(n)), None)
         if ns is None:
             continue
         rest = key[len(ns) :]

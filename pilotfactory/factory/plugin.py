@@ -27,11 +27,19 @@ class Plugin:
     NAME: ClassVar[str] = ""
     ALIASES: ClassVar[tuple[str, ...]] = ()
     PARAMS: ClassVar[tuple[Param, ...]] = ()
+    FAMILY: ClassVar[str | None] = None
+    """A parent plugin whose [Factory] defaults apply too (CondorEC2 reads condor's maxage)."""
 
     @classmethod
     def namespaces(cls) -> tuple[str, ...]:
         """Key prefixes this plugin's parameters may use (canonical name and aliases)."""
         return tuple(f"{cls.KIND}.{n.lower()}." for n in (cls.NAME, *cls.ALIASES))
+
+    @classmethod
+    def factory_namespaces(cls) -> tuple[str, ...]:
+        """Prefixes of [Factory] defaults: the family's first, so the plugin's own win."""
+        family = (f"{cls.KIND}.{cls.FAMILY.lower()}.",) if cls.FAMILY else ()
+        return family + cls.namespaces()
 
 
 @dataclass(frozen=True)

@@ -189,3 +189,32 @@ def test_shipped_configs_pass_check() -> None:
     conf = root / "etc" / "queues.conf"
     assert os.path.exists(conf)
     assert main(["check", "-c", str(root / "etc" / "factory.conf")]) == 0
+
+
+def test_factory_defaults_reach_the_plugin_family(tmp_path: Path) -> None:
+    qpath = write(
+        tmp_path,
+        "queues.conf",
+        """
+        [VM]
+        wmsstatusplugin = Condor
+        batchstatusplugin = CondorEC2
+        batchsubmitplugin = CondorEC2
+        schedplugin = Ready
+        [VM2]
+        wmsstatusplugin = Condor
+        batchstatusplugin = CondorEC2
+        batchsubmitplugin = CondorEC2
+        schedplugin = Ready
+        batchstatus.condorec2.maxage = 30
+        """,
+    )
+    fpath = write(
+        tmp_path,
+        "factory.conf",
+        f"[Factory]\nqueueConf = {qpath}\nbatchstatus.condor.maxage = 120\n",
+    )
+    fcfg, _ = load_factory_config(fpath)
+    res = load_queues(list(fcfg.queue_conf), factory=fcfg)
+    got = {q.name: q.batchstatus.params["maxage"] for q in res.queues}
+    assert got == {"VM": 120.0, "VM2": 30.0}

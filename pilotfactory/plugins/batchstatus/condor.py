@@ -348,6 +348,7 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     """VM jobs joined with their startds (one startd + one master query per cycle)."""
 
     NAME = "CondorEC2"
+    FAMILY = "Condor"
     PARAMS = (
         *CondorBatchStatus.PARAMS,
         Param("join_attribute", str, "EC2InstanceID", "startd attribute holding the instance id"),

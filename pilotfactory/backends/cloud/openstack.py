@@ -1,0 +1,313 @@
+"""OpenStack cloud port on python-novaclient (compute API 2.1) with a Keystone v3 session.
+
+Nova server metadata is the tag store. Nova cannot filter on metadata reliably server-side, so
+``list`` pages through every server of the project and filters here: a server without the
+factory's tags is never returned, and so never touched. Servers are created one call per server
+(not ``min_count``/``max_count``), because a multi-create answers with the first id only and
+the factory needs every id it launched. Secrets are read from owner-only files and never logged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import stat
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import session as ks_session
+from keystoneauth1.identity import v3
+from novaclient import client as nova_client
+from novaclient import exceptions as nova_exc
+
+from pilotfactory.backends.cloud.port import (
+    TAG_FACTORY,
+    TAG_QUEUE,
+    CloudAuthError,
+    CloudError,
+    CloudPort,
+    CloudQuotaError,
+    Instance,
+    LaunchSpec,
+)
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "2.1"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRIES = 3
+# Transient admin states of a live VM (reboot, resize, migrate, ...) count as running.
+# fmt: off
+_STATES = {
+    "BUILD": "pending", "ERROR": "error", "UNKNOWN": "error",
+    "DELETED": "terminated", "SOFT_DELETED": "terminated",
+    "ACTIVE": "running", "REBOOT": "running", "HARD_REBOOT": "running", "PASSWORD": "running",
+    "REBUILD": "running", "RESCUE": "running", "RESIZE": "running", "VERIFY_RESIZE": "running",
+    "REVERT_RESIZE": "running", "MIGRATING": "running",
+    "SHUTOFF": "stopping", "STOPPED": "stopping", "PAUSED": "stopping", "SUSPENDED": "stopping",
+    "SHELVED": "stopping", "SHELVED_OFFLOADED": "stopping",
+}
+# fmt: on
+_EXTRA = frozenset({"network_id", "availability_zone"})
+_CLIP = 300
+
+
+def clip(text: str, limit: int = _CLIP) -> str:
+    """Bounded head + tail of provider text, so one huge error page cannot flood a log."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[: limit // 2]} [...] {text[-limit // 2 :]}"
+
+
+def read_secret(path: str, what: str) -> str:
+    """The stripped contents of a secret file that only its owner can access (as ssh insists)."""
+    p = Path(path).expanduser()
+    try:
+        mode = p.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise CloudAuthError(f"{what} file {str(p)!r} is not a regular file")
+        if mode & 0o077:
+            raise CloudAuthError(
+                f"{what} file {str(p)!r} is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):04o}); refusing to use it: chmod 600 it"
+            )
+        text = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise CloudAuthError(f"{what} file {str(p)!r} cannot be read: {reason}") from None
+    if not text:
+        raise CloudAuthError(f"{what} file {str(p)!r} is empty")
+    return text
+
+
+def _text(settings: Mapping[str, Any], name: str, default: str | None = None) -> str | None:
+    value = settings.get(name)
+    return default if value is None or str(value).strip() == "" else str(value).strip()
+
+
+def _number(settings: Mapping[str, Any], name: str, default: float, minimum: float) -> float:
+    value = _text(settings, name)
+    try:
+        out = default if value is None else float(value)
+    except ValueError:
+        raise CloudError(f"setting {name}={value!r} is not a number") from None
+    if out < minimum:
+        raise CloudError(f"setting {name}={value!r} must be >= {minimum:g}")
+    return out
+
+
+def _auth(settings: Mapping[str, Any], auth_url: str) -> Any:
+    """Application credential if configured (scoped and revocable), else user password."""
+    cred_id = _text(settings, "application_credential_id")
+    if cred_id is not None:
+        secret_file = _text(settings, "application_credential_secret_file")
+        if secret_file is None:
+            raise CloudAuthError(
+                "application_credential_id needs application_credential_secret_file"
+            )
+        secret = read_secret(secret_file, "application_credential_secret_file")
+        return v3.ApplicationCredential(
+            auth_url=auth_url,
+            application_credential_id=cred_id,
+            application_credential_secret=secret,
+        )
+    username, password_file = _text(settings, "username"), _text(settings, "password_file")
+    project = _text(settings, "project_name")
+    if username is None or password_file is None or project is None:
+        raise CloudAuthError(
+            "set username, password_file and project_name "
+            "(or application_credential_id and application_credential_secret_file)"
+        )
+    return v3.Password(
+        auth_url=auth_url,
+        username=username,
+        password=read_secret(password_file, "password_file"),
+        project_name=project,
+        user_domain_name=_text(settings, "user_domain_name", "Default"),
+        project_domain_name=_text(settings, "project_domain_name", "Default"),
+    )
+
+
+class OpenStackCloud(CloudPort):
+    """CloudPort on one OpenStack project and region."""
+
+    def __init__(self, nova: Any, where: str, network_id: str | None = None) -> None:
+        self.nova = nova
+        self.where = where
+        self.network_id = network_id
+        self._resolved: dict[tuple[str, str], str] = {}
+        self._seq = itertools.count(int(time.time()))
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> OpenStackCloud:
+        """Settings: auth_url; username + password_file + project_name (+ user_domain_name,
+        project_domain_name, default ``Default``) or application_credential_id +
+        application_credential_secret_file; region, interface, network_id, ca_bundle, timeout,
+        retries. Nothing is contacted until the first call."""
+        auth_url = _text(settings, "auth_url")
+        if auth_url is None:
+            raise CloudError("setting auth_url (Keystone) is not set")
+        auth_url = auth_url.rstrip("/")
+        if not auth_url.endswith("/v3"):
+            auth_url += "/v3"
+        timeout = _number(settings, "timeout", DEFAULT_TIMEOUT, 0.001)
+        retries = int(_number(settings, "retries", DEFAULT_RETRIES, 0))
+        ca_bundle = _text(settings, "ca_bundle")
+        session = ks_session.Session(
+            auth=_auth(settings, auth_url), timeout=timeout, verify=ca_bundle or True
+        )
+        region = _text(settings, "region")
+        nova = nova_client.Client(
+            API_VERSION,
+            session=session,
+            region_name=region,
+            endpoint_type=_text(settings, "interface", "public"),
+            connect_retries=retries,
+        )
+        where = f"{auth_url} region {region}" if region else auth_url
+        return cls(nova, where, _text(settings, "network_id"))
+
+    def __repr__(self) -> str:
+        return f"OpenStackCloud({self.where!r})"
+
+    @contextmanager
+    def _calling(self, op: str) -> Iterator[None]:
+        """Turn Nova and Keystone failures into the port's errors, with code and message."""
+        where = f"OpenStack {self.where} {op}"
+        try:
+            yield
+        except (nova_exc.ClientException, ks_exc.HttpError) as exc:
+            code = getattr(exc, "code", None) or getattr(exc, "http_status", None)
+            message = clip(str(getattr(exc, "message", "") or exc))
+            text = f"{where}: HTTP {code}: {message}"
+            quota = "quota" in message.lower() or "exceeded" in message.lower()
+            if code in (413, 429) or (code == 403 and quota):
+                raise CloudQuotaError(text) from exc
+            if code in (401, 403):
+                raise CloudAuthError(text) from exc
+            raise CloudError(text) from exc
+        except (ks_exc.ClientException, nova_exc.NoUniqueMatch) as exc:
+            raise CloudError(f"{where}: {type(exc).__name__}: {clip(str(exc))}") from exc
+
+    def _image(self, name_or_id: str) -> str:
+        """An image id as is; a name through Glance (the catalog must list an image service)."""
+        try:
+            return str(uuid.UUID(name_or_id))
+        except ValueError:
+            pass
+        key = ("image", name_or_id)
+        if key not in self._resolved:
+            with self._calling(f"find image {name_or_id!r}"):
+                self._resolved[key] = self.nova.glance.find_image(name_or_id).id
+        return self._resolved[key]
+
+    def _flavor(self, name_or_id: str) -> str:
+        """A flavor id, tried as an id first and then as a name (as the nova CLI does)."""
+        key = ("flavor", name_or_id)
+        if key not in self._resolved:
+            with self._calling(f"find flavor {name_or_id!r}"):
+                try:
+                    self._resolved[key] = self.nova.flavors.get(name_or_id).id
+                except nova_exc.NotFound:
+                    self._resolved[key] = self.nova.flavors.find(name=name_or_id).id
+        return self._resolved[key]
+
+    def launch(self, spec: LaunchSpec, count: int, tags: Mapping[str, str]) -> list[str]:
+        """One create per server, named ``pf-<queue>-<n>``. If a later create fails after some
+        succeeded, the ids so far are returned (they carry the tags) and the error is logged; it
+        will surface on the next launch."""
+        if count <= 0:
+            return []
+        if spec.spot_price is not None:
+            raise CloudError("OpenStack has no spot market: unset spot_price for this queue")
+        unknown = set(spec.extra) - _EXTRA
+        if unknown:
+            raise CloudError(f"unsupported OpenStack launch option(s): {sorted(unknown)}")
+        image, flavor = self._image(spec.image), self._flavor(spec.flavor)
+        network = spec.extra.get("network_id") or self.network_id
+        queue = tags.get(TAG_QUEUE) or tags.get(TAG_FACTORY) or "pilot"
+        ids: list[str] = []
+        for _ in range(count):
+            try:
+                with self._calling("create server"):
+                    server = self.nova.servers.create(
+                        name=f"pf-{queue}-{next(self._seq)}",
+                        image=image,
+                        flavor=flavor,
+                        meta={str(k): str(v) for k, v in tags.items()},
+                        userdata=spec.user_data,
+                        key_name=spec.key_name,
+                        security_groups=list(spec.security_groups) or None,
+                        nics=[{"net-id": network}] if network else None,
+                        availability_zone=spec.extra.get("availability_zone"),
+                    )
+            except CloudError as exc:
+                if not ids:
+                    raise
+                log.warning("launched %d of %d servers, then: %s", len(ids), count, exc)
+                break
+            ids.append(server.id)
+        return ids
+
+    def list(self, tags: Mapping[str, str]) -> list[Instance]:
+        """Every page of the project's servers, kept if their metadata holds all ``tags``."""
+        if not tags.get(TAG_FACTORY):
+            raise ValueError(f"list() needs the {TAG_FACTORY} tag, so it sees only our servers")
+        with self._calling("list servers"):
+            servers = self.nova.servers.list(detailed=True, limit=-1)
+        wanted = {str(k): str(v) for k, v in tags.items()}
+        out = []
+        for server in servers:
+            meta = getattr(server, "metadata", None) or {}
+            if all(meta.get(k) == v for k, v in wanted.items()):
+                out.append(self._instance(server, meta))
+        return out
+
+    @staticmethod
+    def _instance(server: Any, meta: Mapping[str, str]) -> Instance:
+        state = _STATES.get(str(getattr(server, "status", "")).upper(), "error")
+        if getattr(server, "OS-EXT-STS:task_state", None) == "deleting" and state != "terminated":
+            state = "stopping"
+        fault = getattr(server, "fault", None)
+        message = fault.get("message") if isinstance(fault, Mapping) else None
+        try:
+            launched = datetime.fromisoformat(str(server.created)).timestamp()
+        except (AttributeError, ValueError):
+            launched = 0.0
+        return Instance(
+            id=str(server.id),
+            state=state,
+            launched_at=launched,
+            tags=dict(meta),
+            fault=clip(str(message)) if message else None,
+        )
+
+    def set_tags(self, instance_ids: Sequence[str], tags: Mapping[str, str]) -> None:
+        """Merge ``tags`` into each server's metadata; a server already gone is skipped."""
+        meta = {str(k): str(v) for k, v in tags.items()}
+        for server_id in instance_ids:
+            with self._calling(f"set metadata on {server_id}"):
+                try:
+                    self.nova.servers.set_meta(server_id, meta)
+                except nova_exc.NotFound:
+                    log.info("server %s is gone; not tagged", server_id)
+
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        """Delete every server (404 = already gone); one failure does not spare the rest, the
+        first error is raised at the end."""
+        errors: list[CloudError] = []
+        for server_id in instance_ids:
+            try:
+                with self._calling(f"delete {server_id}"), suppress(nova_exc.NotFound):
+                    self.nova.servers.delete(server_id)
+            except CloudError as exc:
+                errors.append(exc)
+        for later in errors[1:]:
+            log.warning("%s", later)
+        if errors:
+            raise errors[0]

@@ -206,9 +206,9 @@ def _scale_down(
     kill_mode = s.retire_mode == "kill"
     held = [w for w in inp.workers if w.state is WorkerState.HELD]
     pending = [w for w in inp.workers if w.state is WorkerState.PENDING]
-    held.sort(key=lambda w: -w.since)
+    held.sort(key=_newest_first)
     # Newest pending first: the oldest request is the closest to being fulfilled.
-    pending.sort(key=lambda w: -(w.submitted_at or w.since))
+    pending.sort(key=_newest_first)
     ordered: list[tuple[Worker, ActionKind]] = [(w, ActionKind.CANCEL) for w in held + pending]
     if inp.worker_kind == "vm" or kill_mode:
         idle = [w for w in inp.workers if w.state is WorkerState.IDLE]
@@ -217,7 +217,7 @@ def _scale_down(
         if inp.worker_kind == "vm":
             busy.sort(key=lambda w: (w.slots_busy, w.since))
         else:
-            busy.sort(key=lambda w: -w.since)  # pilots in kill mode: newest first
+            busy.sort(key=_newest_first)  # pilots in kill mode: newest first
         ordered += [(w, ActionKind.RETIRE) for w in idle + busy]
     ordered = [(w, k) for w, k in ordered if w.id not in reaped]
     take = ordered[: -inp.n]
@@ -246,6 +246,13 @@ def _scale_down(
     acted = {w.id for w, _ in confirmed}
     kept = {k: v for k, v in counters.items() if k not in acted}
     return actions, kept, notes
+
+
+def _newest_first(w: Worker) -> tuple[float, tuple[int, ...], str]:
+    """Submission time, then the job id (QDate has whole seconds; one cluster shares it)."""
+    cluster, _, proc = w.id.partition(".")
+    num = (int(cluster), int(proc)) if cluster.isdigit() and proc.isdigit() else ()
+    return (-(w.submitted_at or w.since), tuple(-x for x in num), w.id)
 
 
 def summarize(actions: Sequence[Action]) -> str:

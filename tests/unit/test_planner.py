@@ -241,3 +241,9 @@ def test_memory_is_bounded_to_current_candidates() -> None:
     mem = PlannerMemory(candidate_cycles={"ghost": 2})
     res = plan(PlanInput(n=-1, workers=(w("i", I),), now=NOW, settings=s), mem)
     assert dict(res.memory.candidate_cycles) == {"i": 1}
+
+
+def test_newest_pending_first_within_one_cluster() -> None:
+    # QDate has whole seconds: one cluster's jobs tie on time, the highest proc is newest.
+    workers = [w(f"15.{p}", P, since=NOW - 50, submitted_at=NOW - 50) for p in range(3)]
+    assert summary(-2, workers) == {"cancel": ["15.2", "15.1"]}

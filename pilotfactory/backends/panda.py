@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import pickletools
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from pilotfactory import secretfiles
 from pilotfactory.backends.panda_port import DetailedJobStats, JobStats, PandaError
 
 log = logging.getLogger(__name__)
@@ -115,30 +115,17 @@ def as_float(value: Any, default: float, name: str) -> float:
 
 def check_private(path: str, what: str) -> Path:
     """Refuse a secret file that is missing or open to group/others (as ssh does)."""
-    p = Path(path).expanduser()
     try:
-        mode = p.stat().st_mode
-    except OSError as exc:
-        raise PandaError(f"{what} {str(p)!r} cannot be read: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise PandaError(f"{what} {str(p)!r} is not a regular file")
-    if mode & 0o077:
-        raise PandaError(
-            f"{what} {str(p)!r} is accessible by group or others "
-            f"(mode {stat.S_IMODE(mode):04o}); refusing to use it: chmod 600 it"
-        )
-    return p
+        return secretfiles.check_private(path, what)
+    except secretfiles.SecretFileError as exc:
+        raise PandaError(str(exc)) from None
 
 
 def read_token(path: str) -> str:
-    p = check_private(path, "token file")
     try:
-        token = p.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PandaError(f"token file {str(p)!r} cannot be read: {type(exc).__name__}") from None
-    if not token:
-        raise PandaError(f"token file {str(p)!r} is empty")
-    return token
+        return secretfiles.read_secret(path, "token file")
+    except secretfiles.SecretFileError as exc:
+        raise PandaError(str(exc)) from None
 
 
 class _Bearer(requests.auth.AuthBase):

@@ -39,19 +39,15 @@ from pilotfactory.factory.plugin import (
     SchedPlugin,
     WMSStatusPlugin,
 )
+from pilotfactory.secretfiles import clip
 
 log = logging.getLogger(__name__)
 
 JOINED = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.RETIRING)
 
 
-def bounded(text: str, limit: int = 400) -> str:
-    """Head and tail of an outside world's message: enough to act on, never a log flood."""
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    half = limit // 2 - 3
-    return f"{text[:half]} ... {text[-half:]}"
+bounded = clip
+"""Head and tail of an outside world's message: enough to act on, never a log flood."""
 
 
 @dataclass

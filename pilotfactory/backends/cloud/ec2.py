@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import base64
 import logging
-import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -31,6 +29,12 @@ from pilotfactory.backends.cloud.port import (
     CloudQuotaError,
     Instance,
     LaunchSpec,
+)
+from pilotfactory.backends.cloud.settings import (
+    clip,
+    number_setting,
+    read_secret,
+    text_setting,
 )
 
 log = logging.getLogger(__name__)
@@ -55,52 +59,6 @@ _SPOT = {"open": "pending", "failed": "error", "cancelled": "terminated", "close
 _SPOT_WAITING = frozenset({"pending-evaluation", "pending-fulfillment"})
 _NORMAL_SHUTDOWN = frozenset({"Client.UserInitiatedShutdown", "Client.InstanceInitiatedShutdown"})
 _CHUNK = 500
-_CLIP = 300
-
-
-def clip(text: str, limit: int = _CLIP) -> str:
-    """Bounded head + tail of provider text, so one huge error page cannot flood a log."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else f"{text[: limit // 2]} [...] {text[-limit // 2 :]}"
-
-
-def read_secret(path: str, what: str) -> str:
-    """The stripped contents of a secret file that only its owner can access (as ssh insists)."""
-    p = Path(path).expanduser()
-    try:
-        mode = p.stat().st_mode
-        if not stat.S_ISREG(mode):
-            raise CloudAuthError(f"{what} file {str(p)!r} is not a regular file")
-        if mode & 0o077:
-            raise CloudAuthError(
-                f"{what} file {str(p)!r} is accessible by group or others "
-                f"(mode {stat.S_IMODE(mode):04o}); refusing to use it: chmod 600 it"
-            )
-        text = p.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise CloudAuthError(f"{what} file {str(p)!r} cannot be read: {reason}") from None
-    if not text:
-        raise CloudAuthError(f"{what} file {str(p)!r} is empty")
-    return text
-
-
-def _text(settings: Mapping[str, Any], name: str) -> str | None:
-    value = settings.get(name)
-    return None if value is None or str(value).strip() == "" else str(value).strip()
-
-
-def _number(settings: Mapping[str, Any], name: str, default: float, minimum: float) -> float:
-    value = _text(settings, name)
-    if value is None:
-        return default
-    try:
-        out = float(value)
-    except ValueError:
-        raise CloudError(f"setting {name}={value!r} is not a number") from None
-    if out < minimum:
-        raise CloudError(f"setting {name}={value!r} must be >= {minimum:g}")
-    return out
 
 
 def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
@@ -131,8 +89,8 @@ class Ec2Cloud(CloudPort):
     def from_settings(cls, settings: Mapping[str, Any]) -> Ec2Cloud:
         """Settings: endpoint_url, region, access_key_id / secret_access_key (files), timeout,
         retries. Without the key files boto3's default chain (env, profile, IMDS) is used."""
-        key_file = _text(settings, "access_key_id")
-        secret_file = _text(settings, "secret_access_key")
+        key_file = text_setting(settings, "access_key_id")
+        secret_file = text_setting(settings, "secret_access_key")
         if (key_file is None) != (secret_file is None):
             raise CloudAuthError(
                 "set both access_key_id and secret_access_key (files), or neither to use the "
@@ -142,18 +100,18 @@ class Ec2Cloud(CloudPort):
         if key_file is not None and secret_file is not None:
             keys["aws_access_key_id"] = read_secret(key_file, "access_key_id")
             keys["aws_secret_access_key"] = read_secret(secret_file, "secret_access_key")
-        timeout = _number(settings, "timeout", DEFAULT_TIMEOUT, 0.001)
-        retries = int(_number(settings, "retries", DEFAULT_RETRIES, 0))
+        timeout = number_setting(settings, "timeout", DEFAULT_TIMEOUT, 0.001)
+        retries = int(number_setting(settings, "retries", DEFAULT_RETRIES, 0))
         config = Config(
             connect_timeout=timeout,
             read_timeout=timeout,
             retries={"total_max_attempts": retries + 1, "mode": "standard"},
         )
-        region = _text(settings, "region") or DEFAULT_REGION
+        region = text_setting(settings, "region") or DEFAULT_REGION
         try:
             session = boto3.session.Session(region_name=region, **keys)
             client = session.client(
-                "ec2", endpoint_url=_text(settings, "endpoint_url"), config=config
+                "ec2", endpoint_url=text_setting(settings, "endpoint_url"), config=config
             )
         except (BotoCoreError, ValueError) as exc:
             raise CloudError(f"EC2 client for region {region!r}: {clip(str(exc))}") from None

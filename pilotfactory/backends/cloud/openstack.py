@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import stat
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from keystoneauth1 import exceptions as ks_exc
@@ -35,6 +33,12 @@ from pilotfactory.backends.cloud.port import (
     CloudQuotaError,
     Instance,
     LaunchSpec,
+)
+from pilotfactory.backends.cloud.settings import (
+    clip,
+    number_setting,
+    read_secret,
+    text_setting,
 )
 
 log = logging.getLogger(__name__)
@@ -55,57 +59,13 @@ _STATES = {
 }
 # fmt: on
 _EXTRA = frozenset({"network_id", "availability_zone"})
-_CLIP = 300
-
-
-def clip(text: str, limit: int = _CLIP) -> str:
-    """Bounded head + tail of provider text, so one huge error page cannot flood a log."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else f"{text[: limit // 2]} [...] {text[-limit // 2 :]}"
-
-
-def read_secret(path: str, what: str) -> str:
-    """The stripped contents of a secret file that only its owner can access (as ssh insists)."""
-    p = Path(path).expanduser()
-    try:
-        mode = p.stat().st_mode
-        if not stat.S_ISREG(mode):
-            raise CloudAuthError(f"{what} file {str(p)!r} is not a regular file")
-        if mode & 0o077:
-            raise CloudAuthError(
-                f"{what} file {str(p)!r} is accessible by group or others "
-                f"(mode {stat.S_IMODE(mode):04o}); refusing to use it: chmod 600 it"
-            )
-        text = p.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise CloudAuthError(f"{what} file {str(p)!r} cannot be read: {reason}") from None
-    if not text:
-        raise CloudAuthError(f"{what} file {str(p)!r} is empty")
-    return text
-
-
-def _text(settings: Mapping[str, Any], name: str, default: str | None = None) -> str | None:
-    value = settings.get(name)
-    return default if value is None or str(value).strip() == "" else str(value).strip()
-
-
-def _number(settings: Mapping[str, Any], name: str, default: float, minimum: float) -> float:
-    value = _text(settings, name)
-    try:
-        out = default if value is None else float(value)
-    except ValueError:
-        raise CloudError(f"setting {name}={value!r} is not a number") from None
-    if out < minimum:
-        raise CloudError(f"setting {name}={value!r} must be >= {minimum:g}")
-    return out
 
 
 def _auth(settings: Mapping[str, Any], auth_url: str) -> Any:
     """Application credential if configured (scoped and revocable), else user password."""
-    cred_id = _text(settings, "application_credential_id")
+    cred_id = text_setting(settings, "application_credential_id")
     if cred_id is not None:
-        secret_file = _text(settings, "application_credential_secret_file")
+        secret_file = text_setting(settings, "application_credential_secret_file")
         if secret_file is None:
             raise CloudAuthError(
                 "application_credential_id needs application_credential_secret_file"
@@ -116,8 +76,9 @@ def _auth(settings: Mapping[str, Any], auth_url: str) -> Any:
             application_credential_id=cred_id,
             application_credential_secret=secret,
         )
-    username, password_file = _text(settings, "username"), _text(settings, "password_file")
-    project = _text(settings, "project_name")
+    username = text_setting(settings, "username")
+    password_file = text_setting(settings, "password_file")
+    project = text_setting(settings, "project_name")
     if username is None or password_file is None or project is None:
         raise CloudAuthError(
             "set username, password_file and project_name "
@@ -128,8 +89,8 @@ def _auth(settings: Mapping[str, Any], auth_url: str) -> Any:
         username=username,
         password=read_secret(password_file, "password_file"),
         project_name=project,
-        user_domain_name=_text(settings, "user_domain_name", "Default"),
-        project_domain_name=_text(settings, "project_domain_name", "Default"),
+        user_domain_name=text_setting(settings, "user_domain_name", "Default"),
+        project_domain_name=text_setting(settings, "project_domain_name", "Default"),
     )
 
 
@@ -149,28 +110,28 @@ class OpenStackCloud(CloudPort):
         project_domain_name, default ``Default``) or application_credential_id +
         application_credential_secret_file; region, interface, network_id, ca_bundle, timeout,
         retries. Nothing is contacted until the first call."""
-        auth_url = _text(settings, "auth_url")
+        auth_url = text_setting(settings, "auth_url")
         if auth_url is None:
             raise CloudError("setting auth_url (Keystone) is not set")
         auth_url = auth_url.rstrip("/")
         if not auth_url.endswith("/v3"):
             auth_url += "/v3"
-        timeout = _number(settings, "timeout", DEFAULT_TIMEOUT, 0.001)
-        retries = int(_number(settings, "retries", DEFAULT_RETRIES, 0))
-        ca_bundle = _text(settings, "ca_bundle")
+        timeout = number_setting(settings, "timeout", DEFAULT_TIMEOUT, 0.001)
+        retries = int(number_setting(settings, "retries", DEFAULT_RETRIES, 0))
+        ca_bundle = text_setting(settings, "ca_bundle")
         session = ks_session.Session(
             auth=_auth(settings, auth_url), timeout=timeout, verify=ca_bundle or True
         )
-        region = _text(settings, "region")
+        region = text_setting(settings, "region")
         nova = nova_client.Client(
             API_VERSION,
             session=session,
             region_name=region,
-            endpoint_type=_text(settings, "interface", "public"),
+            endpoint_type=text_setting(settings, "interface", "public"),
             connect_retries=retries,
         )
         where = f"{auth_url} region {region}" if region else auth_url
-        return cls(nova, where, _text(settings, "network_id"))
+        return cls(nova, where, text_setting(settings, "network_id"))
 
     def __repr__(self) -> str:
         return f"OpenStackCloud({self.where!r})"

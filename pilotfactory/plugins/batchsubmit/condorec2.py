@@ -10,7 +10,6 @@ batch status plugin must tell "retired by us" from "vanished" after a restart.
 from __future__ import annotations
 
 import logging
-import os
 import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     UNRETIRED_AT,
     CondorSubmitBase,
 )
+from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +70,21 @@ class CondorEC2Submit(CondorSubmitBase):
             )
 
     def credential(self, key: str) -> str:
-        """A credential file must exist and be readable by its owner only."""
+        """A credential file must be a regular file that only its owner can access."""
         q = self.queue.queue
         path = self.params.get(key)
         if not path:
             raise SubmitError(f"queue {q}: batchsubmit.condorec2.{key} is not set")
         try:
-            mode = os.stat(path).st_mode
-        except OSError as exc:
-            raise SubmitError(f"queue {q}: {key} file {path}: {exc.strerror}") from exc
-        if mode & (stat.S_IRGRP | stat.S_IROTH):
-            raise SubmitError(
-                f"queue {q}: {key} file {path} is readable by group/others "
-                f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
-            )
-        return str(path)
+            return str(check_private(str(path), f"{key} file"))
+        except SecretFileError as exc:
+            # This plugin's long-standing wording when group/others can read the file.
+            if exc.mode is not None and exc.mode & (stat.S_IRGRP | stat.S_IROTH):
+                raise SubmitError(
+                    f"queue {q}: {key} file {path} is readable by group/others "
+                    f"(mode {exc.mode:o}); chmod 600 it"
+                ) from None
+            raise SubmitError(f"queue {q}: {exc}") from None
 
     def template(self) -> dict[str, str]:
         q = self.queue.queue

@@ -28,7 +28,7 @@ SANDBOX = REPO / "scripts" / "condor-sandbox"
 SKIP_ENV = "PILOTFACTORY_SKIP_CONDOR"
 KEEP_ENV = "PILOTFACTORY_SANDBOX_KEEP"
 BOOT_TIMEOUT = 900  # a cold boot downloads a Debian chroot; a cached one takes seconds
-LOG_FILES = ("MasterLog", "SchedLog", "StartLog", "StarterLog", "ShadowLog", "NegotiatorLog")
+LOG_FILES = ("MasterLog", "SchedLog", "StartLog", "StarterLog*", "ShadowLog", "NegotiatorLog")
 
 
 @dataclass(frozen=True)
@@ -175,9 +175,8 @@ def pool_report(pool: CondorPool) -> str:
         except (OSError, subprocess.SubprocessError) as exc:
             out = f"({exc})"
         parts.append(f"$ {' '.join(argv)}\n{_tail(out, 60)}")
-    for name in LOG_FILES:
-        path = pool.log_dir / name
-        if path.exists():
+    for pattern in LOG_FILES:
+        for path in sorted(pool.log_dir.glob(pattern))[:4]:
             text = path.read_text(errors="replace")
             parts.append(f"--- {path} (tail)\n{_tail(text, 40)}")
     return "\n\n".join(parts)

@@ -292,6 +292,13 @@ def test_bad_submit_is_rejected(
     assert job_states(port, tag) == {}
 
 
+def test_bad_constraint_is_rejected(port: CondorPort) -> None:
+    with pytest.raises(CondorRejected, match="constraint"):
+        port.query_jobs({}, ["ProcId"], constraint="ProcId ==")
+    with pytest.raises(CondorRejected, match="constraint"):
+        port.query_startds({}, ["Name"], constraint="(((")
+
+
 @pytest.mark.parametrize("case", ["collector-down", "unknown-schedd"])
 def test_unreachable_target(backend: Backend, condor_pool: CondorPool, case: str) -> None:
     if case == "collector-down":

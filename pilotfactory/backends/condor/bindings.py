@@ -41,6 +41,7 @@ from pilotfactory.backends.condor.port import (
     combine,
     render_match,
 )
+from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,16 @@ def classify(message: str, default: type[CondorError]) -> type[CondorError]:
     if _UNREACHABLE.search(message):
         return CondorUnreachable
     return default
+
+
+def checked_constraint(constraint: str) -> str:
+    """Parse a constraint locally: daemons answer a bad one with vague errors (the collector's
+    reads as if it were down), so it is rejected here with a clear message instead."""
+    try:
+        classad2.ExprTree(constraint)
+    except classad2.ClassAdException as exc:
+        raise CondorRejected(f"invalid ClassAd constraint {constraint!r}: {exc}") from None
+    return constraint
 
 
 def to_python(value: Any) -> Any:
@@ -162,7 +173,7 @@ class BindingsCondor:
         self.target = target
         self.admin_token_dir = admin_token_dir or os.environ.get(ADMIN_TOKEN_DIR_ENV) or None
         if self.admin_token_dir:
-            _check_token_dir(self.admin_token_dir)
+            check_token_dir(self.admin_token_dir)
 
     def __repr__(self) -> str:
         return f"BindingsCondor({self.target!r})"
@@ -273,7 +284,9 @@ class BindingsCondor:
             ads = self._call(
                 self.target.schedd or "schedd",
                 "query jobs",
-                lambda: schedd.query(combine(match, constraint), list(projection)),
+                lambda: schedd.query(
+                    checked_constraint(combine(match, constraint)), list(projection)
+                ),
                 CondorRejected,
             )
         return [plain_ad(ad, projection) for ad in ads]
@@ -315,7 +328,9 @@ class BindingsCondor:
             ads = self._call(
                 self.target.collector or "collector",
                 f"query {ad_type.name} ads",
-                lambda: collector.query(ad_type, combine(match, constraint), list(projection)),
+                lambda: collector.query(
+                    ad_type, checked_constraint(combine(match, constraint)), list(projection)
+                ),
                 CondorUnreachable,
             )
         return [plain_ad(ad, projection) for ad in ads]
@@ -458,15 +473,16 @@ class BindingsCondor:
         log.info("drain of %s cancelled", machine)
 
 
-def _check_token_dir(path: str) -> None:
+def check_token_dir(path: str) -> None:
     """Refuse a token directory others can read: a token is a password (never logged)."""
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise CondorPermission(f"admin token dir {path}: {exc.strerror}") from exc
+        raise CondorPermission(f"token dir {path!r} cannot be read: {exc.strerror}") from None
     if st.st_mode & 0o077:
-        raise CondorPermission(f"admin token dir {path} is accessible by others; chmod 700 it")
-    for name in os.listdir(path):
-        file_mode = os.stat(os.path.join(path, name)).st_mode
-        if file_mode & 0o077:
-            raise CondorPermission(f"token file {name} in {path} is readable by others; chmod 600")
+        raise CondorPermission(f"token dir {path!r} is accessible by others; chmod 700 it")
+    try:
+        for name in sorted(os.listdir(path)):
+            check_private(os.path.join(path, name), "token file")
+    except SecretFileError as exc:
+        raise CondorPermission(str(exc)) from None

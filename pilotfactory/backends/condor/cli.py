@@ -17,13 +17,20 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import classad2
 
-from pilotfactory.backends.condor.bindings import classify, plain_ad
+from pilotfactory.backends.condor.bindings import (
+    ADMIN_TOKEN_DIR_ENV,
+    check_token_dir,
+    checked_constraint,
+    classify,
+    plain_ad,
+)
 from pilotfactory.backends.condor.port import (
     CondorError,
     CondorRejected,
@@ -33,20 +40,14 @@ from pilotfactory.backends.condor.port import (
     combine,
     render_match,
 )
+from pilotfactory.secretfiles import clip
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0
+OUTPUT_LIMIT = 1600  # head + tail of a tool's output kept in an error
 _EXPR = re.compile(r"^/Expr\((.*)\)/$", re.DOTALL)
 _JOB_ID = re.compile(r"^\d+\.\d+$")
-
-
-def bounded(text: str, head: int = 800, tail: int = 800) -> str:
-    """Head and tail of a tool's output: enough to diagnose, never a flood in a log line."""
-    text = text.strip()
-    if len(text) <= head + tail:
-        return text
-    return f"{text[:head]}\n... [{len(text) - head - tail} chars cut] ...\n{text[-tail:]}"
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,9 @@ class CommandResult:
     def describe(self) -> str:
         parts = [f"{shlex.join(self.argv)} exited {self.returncode}"]
         if self.stderr.strip():
-            parts.append(f"stderr: {bounded(self.stderr)}")
+            parts.append(f"stderr: {clip(self.stderr, OUTPUT_LIMIT)}")
         if self.stdout.strip():
-            parts.append(f"stdout: {bounded(self.stdout)}")
+            parts.append(f"stdout: {clip(self.stdout, OUTPUT_LIMIT)}")
         return "; ".join(parts)
 
 
@@ -79,6 +80,7 @@ def run(
     if path is None:
         raise CondorUnreachable(f"{args[0]} not found on PATH", daemon=args[0])
     log.debug("run %s", shlex.join(args))
+    started = time.monotonic()
     try:
         proc = subprocess.run(
             [path, *args[1:]],
@@ -94,10 +96,11 @@ def run(
             f"{shlex.join(args)} timed out after {timeout:g}s", daemon=args[0]
         ) from exc
     result = CommandResult(args, proc.returncode, proc.stdout or "", proc.stderr or "")
+    log.debug("%s exited %d in %.2fs", args[0], result.returncode, time.monotonic() - started)
     if check and result.returncode != 0:
         detail = result.describe()
         cls = classify(f"{result.stderr}\n{result.stdout}", default)
-        raise cls(detail, daemon=args[0], detail=bounded(result.stderr or result.stdout))
+        raise cls(detail, daemon=args[0], detail=clip(result.stderr or result.stdout, OUTPUT_LIMIT))
     return result
 
 
@@ -109,7 +112,7 @@ def parse_json_ads(text: str, projection: Sequence[str]) -> list[dict[str, Any]]
     try:
         objects = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CondorRejected(f"unparseable -json output: {bounded(text, 200, 200)}") from exc
+        raise CondorRejected(f"unparseable -json output: {clip(text)}") from exc
     return [plain_ad(_to_classad(obj), projection) for obj in objects]
 
 
@@ -161,9 +164,9 @@ class CliCondor:
         self.timeout = timeout
         # Admin tools get their own token directory through their environment (per process,
         # unlike the bindings' process-wide switch).
-        self.admin_token_dir = (
-            admin_token_dir or os.environ.get("PILOTFACTORY_CONDOR_ADMIN_TOKEN_DIR") or None
-        )
+        self.admin_token_dir = admin_token_dir or os.environ.get(ADMIN_TOKEN_DIR_ENV) or None
+        if self.admin_token_dir:
+            check_token_dir(self.admin_token_dir)
 
     def __repr__(self) -> str:
         return f"CliCondor({self.target!r})"
@@ -200,7 +203,11 @@ class CliCondor:
         constraint: str | None = None,
     ) -> list[dict[str, Any]]:
         argv = ["condor_q", *self._schedd_args(), "-allusers", "-json"]
-        argv += [*self._attr_args(projection), "-constraint", combine(match, constraint)]
+        argv += [
+            *self._attr_args(projection),
+            "-constraint",
+            checked_constraint(combine(match, constraint)),
+        ]
         return parse_json_ads(self._run(argv).stdout, projection)
 
     def query_history(
@@ -228,7 +235,7 @@ class CliCondor:
         constraint: str | None = None,
     ) -> list[dict[str, Any]]:
         argv = ["condor_status", *self._pool_args(), "-json", *self._attr_args(projection)]
-        argv += ["-constraint", combine(match, constraint)]
+        argv += ["-constraint", checked_constraint(combine(match, constraint))]
         return parse_json_ads(self._run(argv, default=CondorUnreachable).stdout, projection)
 
     def query_masters(
@@ -238,7 +245,8 @@ class CliCondor:
         constraint: str | None = None,
     ) -> list[dict[str, Any]]:
         argv = ["condor_status", *self._pool_args(), "-master", "-json"]
-        argv += [*self._attr_args(projection), "-constraint", combine(match, constraint)]
+        argv += [*self._attr_args(projection)]
+        argv += ["-constraint", checked_constraint(combine(match, constraint))]
         return parse_json_ads(self._run(argv, default=CondorUnreachable).stdout, projection)
 
     # -- schedd actions ----------------------------------------------------------------------
@@ -260,7 +268,7 @@ class CliCondor:
         # -terse prints "<cluster>.<first> - <cluster>.<last>".
         m = re.search(r"(\d+)\.(\d+)\s*-\s*(\d+)\.(\d+)", result.stdout)
         if not m:
-            raise CondorRejected(f"condor_submit: unexpected output: {bounded(result.stdout)}")
+            raise CondorRejected(f"condor_submit: unexpected output: {clip(result.stdout)}")
         submitted = SubmitResult(
             cluster=int(m.group(1)), count=int(m.group(4)) - int(m.group(2)) + 1
         )
@@ -285,7 +293,9 @@ class CliCondor:
             ]
             if other or not (removed or "not found" in result.stderr):
                 cls = classify(result.stderr, CondorUnreachable)
-                raise cls(result.describe(), daemon="condor_rm", detail=bounded(result.stderr))
+                raise cls(
+                    result.describe(), daemon="condor_rm", detail=clip(result.stderr, OUTPUT_LIMIT)
+                )
         return removed
 
     def edit(self, job_ids: Sequence[str], attr: str, value: str) -> None:
@@ -304,7 +314,7 @@ class CliCondor:
 
     def _admin(self, argv: list[str], default: type[CondorError] = CondorRejected) -> None:
         result = self._run(argv, env=self._admin_env(), default=default)
-        log.info("%s: %s", shlex.join(argv), bounded(result.stdout or result.stderr, 200, 200))
+        log.info("%s: %s", shlex.join(argv), clip(result.stdout or result.stderr))
 
     def retire_peaceful(self, machine: str) -> None:
         self._admin(

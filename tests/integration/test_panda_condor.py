@@ -19,10 +19,11 @@ from pilotfactory.factory.clock import WallClock
 from pilotfactory.factory.config import default_factory_config, load_queues
 from pilotfactory.factory.factory import Factory
 from pilotfactory.sim.panda_server import PandaEmulator
+from tests.conftest import example
 
 pytestmark = pytest.mark.condor
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "examples" / "osg2013-queues.conf"
+EXAMPLE = example("osg2013-queues.conf")
 
 
 @pytest.fixture

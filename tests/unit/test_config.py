@@ -14,9 +14,9 @@ from pilotfactory.factory.config import (
     load_factory_config,
     load_queues,
 )
+from tests.conftest import example
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "examples"
-OSG2013 = EXAMPLES / "osg2013-queues.conf"
+OSG2013 = example("osg2013-queues.conf")
 
 BASE = """
 [DEFAULT]
@@ -218,3 +218,8 @@ def test_factory_defaults_reach_the_plugin_family(tmp_path: Path) -> None:
     res = load_queues(list(fcfg.queue_conf), factory=fcfg)
     got = {q.name: q.batchstatus.params["maxage"] for q in res.queues}
     assert got == {"VM": 120.0, "VM2": 30.0}
+
+
+def test_shipped_example_is_the_talks_file_verbatim() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "etc" / "examples" / "osg2013-queues.conf"
+    assert shipped.read_text() == OSG2013.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import tempfile
@@ -62,7 +63,7 @@ def chain_1000_queues() -> tuple[Callable[[], object], Callable[[], str]]:
         cls = reg.get("sched", name)
         full = {p.name: p.default for p in cls.PARAMS}
         full.update(params[name])
-        plugins.append(cls(full))  # type: ignore[call-arg]
+        plugins.append(cls(full))  # type: ignore[call-arg,arg-type]
     rng = random.Random(2)
     ctxs = [
         SchedContext(
@@ -157,7 +158,9 @@ class StaticPort:
                     }
                 )
         for k in range(payload):
-            self.jobs.append({"ClusterId": 1, "ProcId": k, "JobStatus": 1})
+            self.jobs.append(
+                {"ClusterId": 1, "ProcId": k, "JobStatus": 1, "MATCH_APF_QUEUE": f"L{k % 10}"}
+            )
 
     def _pick(
         self, ads: Sequence[Mapping[str, Any]], match: Mapping[str, Any], proj: Sequence[str]
@@ -210,9 +213,74 @@ def ec2_status_1000_vms() -> tuple[Callable[[], object], Callable[[], str]]:
     return run, lambda: f"1000 VMs, 5000 slot ads, 10 queues; {port.queries} queries/refresh"
 
 
+def factory_cycle_1000_vms() -> tuple[Callable[[], object], Callable[[], str]]:
+    """The whole factory: 10 VM queues sharing one schedd, 1000 VMs, 10 000 idle jobs."""
+    from dataclasses import replace
+
+    from pilotfactory.factory.config import default_factory_config
+    from pilotfactory.factory.factory import Factory
+
+    port = StaticPort(vms=1000, jobs_per_vm=4, payload=10_000)
+    lines = [
+        "[DEFAULT]",
+        "wmsstatusplugin = Condor",
+        "batchstatusplugin = CondorEC2",
+        "batchsubmitplugin = CondorEC2",
+        "schedplugin = JobsPerVM, IdleShutdown, MaxPerCycle, MaxVMs",
+        "sched.jobspervm.jobs = 4",
+        "sched.maxpercycle.maximum = 50",
+        "sched.maxvms.maximum = 500",
+    ]
+    for k in range(10):
+        lines += [f"[vmq{k}]", f"wmsqueue = L{k}"]
+    fd, path = tempfile.mkstemp(suffix=".conf")
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines))
+    queues = load_queues([path]).queues
+    fcfg = replace(default_factory_config(), factory_id="bench")
+    clock = VirtualClock(NOW)
+    factory = Factory(fcfg, queues, StaticWorld(port), clock, dry_run=True)  # type: ignore[arg-type]
+
+    def run() -> object:
+        port.queries = 0
+        traces = factory.cycle(force=True)
+        assert len(traces) == 10 and all(t.error is None for t in traces), traces
+        return traces
+
+    return run, lambda: f"10 queues, 1000 VMs, 10k jobs; {port.queries} pool queries/cycle"
+
+
+def demo_6_hours() -> tuple[Callable[[], object], Callable[[], str]]:
+    """The shipped demo: simulated hours per wall second."""
+    from pathlib import Path
+
+    from pilotfactory.factory.config import default_factory_config
+    from pilotfactory.sim.runner import _dummy_secrets, simulate
+
+    conf = Path(__file__).resolve().parents[1] / "etc" / "queues.conf"
+    workdir = tempfile.mkdtemp(prefix="pf-bench-")
+    queues = _dummy_secrets(load_queues([str(conf)]).queues, workdir)
+    fcfg = dataclasses.replace(default_factory_config(), raw={"baseLogDir": workdir})
+    out: dict[str, Any] = {}
+
+    def run() -> object:
+        out.update(simulate(fcfg, queues, 6.0, 1, "auto", verbose=False))
+        return out
+
+    return (
+        run,
+        lambda: (
+            f"6 simulated hours, {out['world']['payload_completed']} jobs, "
+            f"{out['world']['instances_launched']} VMs"
+        ),
+    )
+
+
 ALL: list[tuple[str, Setup, float | None]] = [
     ("planner: 5000 workers, one plan", planner_5000, 0.1),
     ("chain: 1000 queues", chain_1000_queues, 1.0),
     ("config: load 200 queues", config_200_queues, 1.0),
     ("CondorEC2 batch status: 1000 VMs refresh", ec2_status_1000_vms, 1.0),
+    ("factory cycle: 10 queues, 1000 VMs, 10k jobs", factory_cycle_1000_vms, 10.0),
+    ("demo: 6 simulated hours (etc/queues.conf)", demo_6_hours, 10.0),
 ]

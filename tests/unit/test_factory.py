@@ -179,3 +179,29 @@ def test_metrics_follow_the_traces(tmp_path: Path) -> None:
         )
         == 1
     )
+
+
+def test_run_loop_ticks_on_the_clock_and_stops(tmp_path: Path) -> None:
+    factory, port, clock = build(tmp_path)
+    port.jobs = payload("LABEL_A", 1)
+    start = clock.now()
+    factory.run(cycles=3)
+    assert factory.cycles_run == 3
+    assert clock.now() - start >= 120  # queues are due every 60 s
+    factory.stop()
+    factory.run()  # a stopped factory returns at once
+    assert factory.cycles_run == 3
+
+
+def test_reload_keeps_memory_of_unchanged_queues(tmp_path: Path) -> None:
+    factory, _, _ = build(tmp_path)
+    marker = factory.queues["A"].memory
+    conf = tmp_path / "queues.conf"
+    res = load_queues([str(conf)])
+    factory.reload(res.queues)
+    assert factory.queues["A"].memory is marker
+    changed = textwrap.dedent(QUEUES).replace("wmsqueue = LABEL_B", "wmsqueue = LABEL_C")
+    conf.write_text(changed)
+    factory.reload(load_queues([str(conf)]).queues)
+    assert factory.queues["A"].memory is marker
+    assert factory.queues["B"].cfg.wmsqueue == "LABEL_C"

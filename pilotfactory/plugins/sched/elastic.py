@@ -59,7 +59,12 @@ class IdleShutdown(SchedPlugin):
 
 
 class MinVMs(SchedPlugin):
-    """Never take the queue below ``minimum`` workers, and top it up to it."""
+    """Never take the queue below ``minimum`` staying workers, and top it up to it.
+
+    RETIRING workers are leaving, so they do not count: otherwise an idle VM could be retired
+    while another drains, and the pool would fall to zero (ECM's MIN_VMS "are never
+    terminated"). A top-up then un-retires one (the planner's cheapest n > 0).
+    """
 
     NAME = "MinVMs"
     PARAMS = (Param("minimum", int, 0, minimum=0),)
@@ -68,9 +73,9 @@ class MinVMs(SchedPlugin):
         if ctx.batch is None:
             return n, f"MinVMs: no batch info, ret={n}"
         minimum = int(self.params["minimum"])
-        supply = ctx.batch.supply
-        out = max(n, minimum - supply)
-        return out, f"MinVMs: in={n} supply={supply} minimum={minimum} ret={out}"
+        staying = ctx.batch.supply - ctx.batch.count(WorkerState.RETIRING)
+        out = max(n, minimum - staying)
+        return out, f"MinVMs: in={n} staying={staying} minimum={minimum} ret={out}"
 
 
 class MaxVMs(SchedPlugin):

@@ -2,7 +2,9 @@
 
 Every instance the factory launches carries its labels as tags (``pilotfactory:factory``,
 ``pilotfactory:queue``, ``pilotfactory:worker``); listing is always filtered on the factory's
-own tag, so nothing the factory did not create is ever seen or touched.
+own tag, so nothing the factory did not create is ever seen or touched. Retires are recorded
+in tags too (``pilotfactory:retire_requested_at``, ``pilotfactory:retire_mode``,
+``pilotfactory:unretired_at``): the instance is the database.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ TAG_FACTORY = "pilotfactory:factory"
 TAG_QUEUE = "pilotfactory:queue"
 TAG_WORKER = "pilotfactory:worker"
 TAG_RETIRE = "pilotfactory:retire_requested_at"
+TAG_RETIRE_MODE = "pilotfactory:retire_mode"
+TAG_UNRETIRED = "pilotfactory:unretired_at"
 
 
 class CloudError(Exception):

@@ -53,7 +53,15 @@ def _time(ad: Ad, key: str) -> float | None:
     return None
 
 
+WORKER_ID = "PilotFactoryWorker"
+
+
 def job_id(ad: Ad) -> str:
+    """``cluster.proc``; a direct-cloud instance, fed in as a job-like mapping, carries its
+    worker id instead (so ``vm_worker`` and ``Pool`` serve both kinds of VM)."""
+    wid = ad.get(WORKER_ID)
+    if isinstance(wid, str) and wid:
+        return wid
     return f"{ad.get('ClusterId')}.{ad.get('ProcId')}"
 
 
@@ -140,6 +148,17 @@ class CondorBatchStatus(BatchStatusPlugin):
 
     # ------------------------------------------------------------------ per-kind hooks
 
+    def fetch(self, now: float) -> tuple[Sequence[Ad], Sequence[Ad]]:
+        """This factory's workers as job ads, and the history the queues asked for."""
+        match = {"PilotFactoryId": self.env.factory_id}
+        jobs = self.port.query_jobs(match, JOB_ATTRS)
+        history: Sequence[Ad] = []
+        if self._windows:
+            since = now - max(self._windows.values())
+            limit = int(self.params.get("history_limit") or 2000)
+            history = self.port.query_history(match, HISTORY_ATTRS, since, limit)
+        return jobs, history
+
     def collect(self, jobs: Sequence[Ad], now: float) -> Any:
         """Extra per-cycle data (startds) for ``worker``; none for pilots."""
         return None
@@ -154,13 +173,7 @@ class CondorBatchStatus(BatchStatusPlugin):
 
     def refresh(self) -> None:
         now = self.env.clock.now()
-        match = {"PilotFactoryId": self.env.factory_id}
-        jobs = self.port.query_jobs(match, JOB_ATTRS)
-        history: Sequence[Ad] = []
-        if self._windows:
-            since = now - max(self._windows.values())
-            limit = int(self.params.get("history_limit") or 2000)
-            history = self.port.query_history(match, HISTORY_ATTRS, since, limit)
+        jobs, history = self.fetch(now)
         extra = self.collect(jobs, now)
         workers: dict[str, list[Worker]] = {}
         for ad in jobs:
@@ -365,7 +378,7 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     def _slot_query(self, constraint: str) -> list[dict[str, Any]]:
         attrs = (
             "Name", "Machine", "State", "Activity", "SlotType", "Cpus", "EnteredCurrentActivity",
-            "MaxJobRetirementTime", "Draining", "PilotFactoryWorker", self.join,
+            "MaxJobRetirementTime", "Draining", "PilotFactoryWorker", "PilotFactoryId", self.join,
         )  # fmt: skip
         return self.port.query_startds({}, attrs, constraint)
 

@@ -46,6 +46,27 @@ COMMON_SUBMIT_PARAMS: tuple[Param, ...] = (
 PROTECTED = ("+PilotFactoryId", "+PilotFactoryQueue", "+FACTORY_JOBID")
 
 
+def safe_retire_mode(w: Worker, mode: str, expected_job_length: int, queue: str) -> str:
+    """Drain only where it cannot evict: the slots' MaxJobRetirementTime covers a job.
+
+    Shared by every VM submit plugin (grid-universe and direct cloud), so they fall back alike.
+    """
+    if mode != "drain":
+        return mode
+    if w.retirement_time is not None and w.retirement_time >= expected_job_length:
+        return "drain"
+    log.info(
+        "[%s] %s (%s): MaxJobRetirementTime %s < expected_job_length %d, a drain would "
+        "evict; retiring peacefully instead",
+        queue,
+        w.id,
+        w.machine,
+        w.retirement_time,
+        expected_job_length,
+    )
+    return "peaceful"
+
+
 def target_from(params: Mapping[str, Any]) -> CondorTarget:
     return CondorTarget(params.get("scheddhost") or None, params.get("collectorhost") or None)
 

@@ -24,6 +24,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     RETIRE_REQUESTED,
     UNRETIRED_AT,
     CondorSubmitBase,
+    safe_retire_mode,
 )
 from pilotfactory.secretfiles import SecretFileError, check_private
 
@@ -122,21 +123,8 @@ class CondorEC2Submit(CondorSubmitBase):
 
     def effective_mode(self, w: Worker, mode: str) -> str:
         """Drain only where it cannot evict: the slots' retirement time covers a job."""
-        if mode != "drain":
-            return mode
         need = int(self.params.get("expected_job_length") or 0)
-        if w.retirement_time is not None and w.retirement_time >= need:
-            return "drain"
-        log.info(
-            "[%s] %s (%s): MaxJobRetirementTime %s < expected_job_length %d, a drain would "
-            "evict; retiring peacefully instead",
-            self.queue.queue,
-            w.id,
-            w.machine,
-            w.retirement_time,
-            need,
-        )
-        return "peaceful"
+        return safe_retire_mode(w, mode, need, self.queue.queue)
 
     def retire(self, workers: Sequence[Worker], mode: str) -> None:
         """Record first, then act: a recorded retire that failed still shows as RETIRING

@@ -1,0 +1,275 @@
+"""EC2 / OpenStack: VMs the factory launches itself through the cloud port (no grid universe).
+
+The worker id is the join key, and it is chosen *before* launch: one launch call per worker,
+so each instance's tags and user data carry its own id, and its startd advertises
+``PilotFactoryWorker = "<id>"`` from its first ad. (The instance id as worker id would only be
+known after the launch call: the VM would have to look it up itself, and the worker tag would be
+written after the fact, a step a crash between launch and tagging loses.) OpenStack creates one
+server per call anyway; on EC2 it costs one RunInstances per VM, which the few VMs a cycle adds
+afford. Retire acts on the startd as CondorEC2 does, and is recorded in the instance tags.
+
+User data and provider settings: ``cloud_common.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from pilotfactory.backends.cloud.port import (
+    TAG_FACTORY,
+    TAG_QUEUE,
+    TAG_RETIRE,
+    TAG_RETIRE_MODE,
+    TAG_UNRETIRED,
+    TAG_WORKER,
+    CloudError,
+    CloudPort,
+    LaunchSpec,
+)
+from pilotfactory.backends.condor.port import CondorError, CondorPort
+from pilotfactory.factory.info import Worker
+from pilotfactory.factory.params import Param
+from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, SubmitError
+from pilotfactory.plugins.batchsubmit.cloud_common import (
+    EC2_PARAMS,
+    OPENSTACK_PARAMS,
+    condor_config,
+    render_user_data,
+    vm_params,
+)
+from pilotfactory.plugins.batchsubmit.condor_common import safe_retire_mode, target_from
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------- the plugins
+
+
+class CloudSubmit(BatchSubmitPlugin):
+    """Launch, retire and terminate VMs of one queue on one cloud account."""
+
+    WORKERS = "vm"
+    PROVIDER: ClassVar[str] = ""
+
+    def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:
+        super().__init__(params, env, queue)
+        self.target = target_from(params)
+        self._cloud: CloudPort | None = None
+        self._seq = itertools.count()
+
+    @property
+    def cloud(self) -> CloudPort:
+        if self._cloud is None:  # one client (and Keystone session) per plugin, not per call
+            self._cloud = self.env.world.cloud(self.PROVIDER, self.params)
+        return self._cloud
+
+    @property
+    def condor(self) -> CondorPort:
+        return self.env.world.condor(self.target)
+
+    @contextmanager
+    def calling(self, what: str) -> Iterator[None]:
+        """Cloud errors (quota, credentials, API) become SubmitError with the provider's text."""
+        try:
+            yield
+        except CloudError as exc:
+            raise SubmitError(f"queue {self.queue.queue}: {what}: {exc}") from exc
+
+    def worker_ids(self, count: int) -> list[str]:
+        """Unique without a registry (factory, queue, clock to the microsecond, sequence), and
+        a function of the clock, so simulated runs repeat exactly."""
+        q = self.queue.queue
+        now = self.env.clock.now()
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", q)[:40]
+        out = []
+        for _ in range(count):
+            seed = f"{self.env.factory_id}|{q}|{now:.6f}|{next(self._seq)}"
+            out.append(f"{stem}-{hashlib.sha256(seed.encode()).hexdigest()[:12]}")
+        return out
+
+    def spec(self) -> LaunchSpec:
+        p, q = self.params, self.queue.queue
+        kind = f"batchsubmit.{self.NAME.lower()}"
+        for key in ("image", "flavor"):
+            if not p.get(key):
+                raise SubmitError(f"queue {q}: {kind}.{key} is not set")
+        return LaunchSpec(
+            image=str(p["image"]),
+            flavor=str(p["flavor"]),
+            spot_price=p.get("spot_price"),
+            key_name=p.get("key_name") or None,
+            security_groups=tuple(p.get("security_groups") or ()),
+            extra=dict(p.get("launch_options") or {}),
+        )
+
+    def template(self) -> str | None:
+        path = self.params.get("user_data_file")
+        if not path:
+            return None
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise SubmitError(f"queue {self.queue.queue}: user_data_file {path}: {exc}") from None
+
+    def user_data(self, template: str | None, worker_id: str) -> str:
+        fid, q, collector = self.env.factory_id, self.queue.queue, self.target.collector
+        values = {
+            "worker_id": worker_id,
+            "factory_id": fid,
+            "queue": q,
+            "collector": collector or "",
+            "condor_config": condor_config(worker_id, fid, q, collector),
+        }
+        try:
+            return render_user_data(template, values)
+        except ValueError as exc:
+            path = self.params.get("user_data_file")
+            raise SubmitError(f"queue {q}: user_data_file {path} {exc}") from None
+
+    def submit(self, count: int) -> list[str]:
+        """One launch per worker (its own tags and user data); returns the worker ids. A
+        failure after some launches raises all the same (they are tagged and found next
+        cycle): quota and capacity errors must back the queue off."""
+        if count <= 0:
+            return []
+        q = self.queue.queue
+        spec, template = self.spec(), self.template()
+        launched: list[str] = []
+        for wid in self.worker_ids(count):
+            tags = {TAG_FACTORY: self.env.factory_id, TAG_QUEUE: q, TAG_WORKER: wid}
+            one = replace(spec, user_data=self.user_data(template, wid))
+            try:
+                with self.calling(f"launch {len(launched) + 1} of {count}"):
+                    ids = self.cloud.launch(one, 1, tags)
+            except SubmitError:
+                if launched:
+                    log.warning("[%s] launched %d of %d VMs: %s", q, len(launched), count, launched)
+                raise
+            launched.append(wid)
+            log.info("[%s] launched worker %s as %s", q, wid, ", ".join(ids))
+        return launched
+
+    # ------------------------------------------------------------------ stopping
+
+    def own(self, workers: Sequence[Worker]) -> list[Worker]:
+        """Only this queue's workers (label check); anything else is logged and skipped."""
+        out = []
+        for w in workers:
+            if w.queue != self.queue.queue:
+                log.error("[%s] refusing to touch %s of queue %s", self.queue.queue, w.id, w.queue)
+            else:
+                out.append(w)
+        return out
+
+    def terminate(self, workers: Sequence[Worker], why: str) -> None:
+        mine = self.own(workers)
+        if not mine:
+            return
+        ids = [w.instance_id or w.id for w in mine]
+        with self.calling(f"terminate ({why})"):
+            self.cloud.terminate(ids)
+        log.info("[%s] %s: terminated %s", self.queue.queue, why, ids)
+
+    def record(self, workers: Sequence[Worker], tags: Mapping[str, str], what: str) -> None:
+        with self.calling(f"record {what} in tags"):
+            self.cloud.set_tags([w.instance_id or w.id for w in workers], tags)
+
+    def cancel(self, workers: Sequence[Worker]) -> None:
+        self.terminate(workers, "cancel")
+
+    def reap(self, workers: Sequence[Worker]) -> None:
+        self.terminate(workers, "reap")
+
+    def retire(self, workers: Sequence[Worker], mode: str) -> None:
+        """Record first, then act (as CondorEC2 does with the job ad): a recorded retire that
+        failed still shows as RETIRING, an unrecorded one would look like a vanished VM."""
+        q = self.queue.queue
+        need = int(self.params.get("expected_job_length") or 0)
+        unjoined: list[Worker] = []
+        groups: dict[str, list[Worker]] = {}
+        for w in self.own(workers):
+            if w.machine is None and mode != "kill":
+                log.info("[%s] %s has no startd (no work possible): terminating it", q, w.id)
+                unjoined.append(w)
+            else:
+                groups.setdefault(safe_retire_mode(w, mode, need, q), []).append(w)
+        self.terminate(unjoined, "retire (not joined)")
+        stamp = str(int(self.env.clock.now()))
+        errors: list[CondorError] = []
+        for eff, group in groups.items():
+            self.record(group, {TAG_RETIRE: stamp, TAG_RETIRE_MODE: eff}, "retire")
+            if eff == "kill":
+                self.terminate(group, "retire (kill)")
+                continue
+            for w in group:
+                assert w.machine is not None
+                try:
+                    if eff == "drain":
+                        self.condor.drain(w.machine, "pilotfactory")
+                    else:
+                        self.condor.retire_peaceful(w.machine)
+                    log.info("[%s] retire %s on %s (%s)", q, w.id, w.machine, eff)
+                except CondorError as exc:
+                    log.error("[%s] retire %s on %s (%s) failed: %s", q, w.id, w.machine, eff, exc)
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def unretire(self, workers: Sequence[Worker]) -> None:
+        """Act first, then record: a failed un-retire must keep looking retired."""
+        q = self.queue.queue
+        done: list[Worker] = []
+        errors: list[CondorError] = []
+        for w in self.own(workers):
+            if w.machine is None or w.retire_mode not in ("drain", "peaceful"):
+                log.warning(
+                    "[%s] cannot un-retire %s (machine %s, retire mode %s)",
+                    q,
+                    w.id,
+                    w.machine,
+                    w.retire_mode,
+                )
+                continue
+            try:
+                if w.retire_mode == "drain":
+                    self.condor.cancel_drain(w.machine)
+                else:
+                    self.condor.unretire(w.machine)
+            except CondorError as exc:
+                log.error("[%s] un-retire %s on %s failed: %s", q, w.id, w.machine, exc)
+                errors.append(exc)
+                continue
+            log.info("[%s] un-retired %s on %s (%s)", q, w.id, w.machine, w.retire_mode)
+            done.append(w)
+        if done:  # tags cannot be deleted everywhere (Nova merges): blank the request instead
+            stamp = str(int(self.env.clock.now()))
+            self.record(done, {TAG_UNRETIRED: stamp, TAG_RETIRE: ""}, "un-retire")
+        if errors:
+            raise errors[0]
+
+
+class EC2Submit(CloudSubmit):
+    """VMs on EC2 or an EC2-compatible endpoint (boto3), on-demand or spot."""
+
+    NAME = "EC2"
+    PROVIDER = "ec2"
+    PARAMS = (
+        *EC2_PARAMS,
+        *vm_params(("instance_type",)),
+        Param("spot_price", float, None, "spot bid; unset = on-demand", minimum=0.0),
+    )
+
+
+class OpenStackSubmit(CloudSubmit):
+    """VMs on OpenStack (python-novaclient, Keystone v3)."""
+
+    NAME = "OpenStack"
+    PROVIDER = "openstack"
+    PARAMS = (*OPENSTACK_PARAMS, *vm_params())

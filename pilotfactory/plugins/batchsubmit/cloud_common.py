@@ -1,0 +1,115 @@
+"""What the EC2 / OpenStack submit and status plugins share: provider settings, user data.
+
+User data: ``user_data_file`` is a template. ``{worker_id}``, ``{factory_id}``, ``{queue}``,
+``{collector}`` and ``{condor_config}`` (HTCondor config lines that make the startd and master
+advertise the worker id) are substituted; a shell script without ``{worker_id}`` or
+``{condor_config}`` gets a snippet appended that writes that config to
+``/etc/condor/config.d/99-pilotfactory.conf``, and with no file at all the user data is that
+snippet alone. Other formats (``#cloud-config``) must use a placeholder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pilotfactory.factory.params import Param
+from pilotfactory.plugins.batchsubmit.condor_common import TARGET_PARAMS, classad_string
+
+# The provider settings the cloud ports read (backends/cloud/{ec2,openstack}.py from_settings);
+# the status plugins take the same ones, so both reach the same account.
+_API = (
+    Param("timeout", float, 30.0, "seconds per API call", minimum=0.001),
+    Param("retries", int, 3, "API retries", minimum=0),
+)
+EC2_PARAMS: tuple[Param, ...] = (
+    Param("endpoint_url", str, None, "EC2 endpoint (unset: AWS for the region)"),
+    Param("region", str, None, "region (unset: us-east-1)"),
+    Param("access_key_id", str, None, "file holding the access key id (unset: boto3 chain)"),
+    Param("secret_access_key", str, None, "file holding the secret access key"),
+    *_API,
+)
+OPENSTACK_PARAMS: tuple[Param, ...] = (
+    Param("auth_url", str, None, "Keystone URL (/v3 is added)"),
+    Param("username", str, None, "user (with password_file and project_name)"),
+    Param("password_file", str, None, "file holding the password (owner-only)"),
+    Param("project_name", str, None, "project"),
+    Param("user_domain_name", str, None, "user domain (unset: Default)"),
+    Param("project_domain_name", str, None, "project domain (unset: Default)"),
+    Param("application_credential_id", str, None, "instead of username/password"),
+    Param("application_credential_secret_file", str, None, "file holding its secret"),
+    Param("region", str, None, "region"),
+    Param("interface", str, None, "endpoint interface (unset: public)"),
+    Param("network_id", str, None, "network the VMs attach to"),
+    Param("ca_bundle", str, None, "CA bundle for TLS to Keystone/Nova"),
+    *_API,
+)
+PROVIDER_PARAMS: dict[str, tuple[Param, ...]] = {"ec2": EC2_PARAMS, "openstack": OPENSTACK_PARAMS}
+
+
+def provider_key(provider: str, params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The settings that name one cloud account (paths, never secrets)."""
+    return tuple((p.name, str(params.get(p.name))) for p in PROVIDER_PARAMS[provider])
+
+
+def vm_params(flavor_aliases: tuple[str, ...] = ()) -> tuple[Param, ...]:
+    return (
+        *TARGET_PARAMS,
+        Param("image", str, None, "image id (or name, OpenStack)"),
+        Param("flavor", str, None, "flavour / instance type", flavor_aliases),
+        Param("key_name", str, None, "ssh key pair injected into the VMs"),
+        Param("security_groups", list, None, "security group names (EC2: or sg- ids)"),
+        Param("user_data_file", str, None, "user data template ({worker_id}, {condor_config})"),
+        Param("launch_options", dict, {}, "provider extras: availability_zone, subnet_id, ..."),
+        Param(
+            "expected_job_length",
+            int,
+            3600,
+            "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
+            minimum=0,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- user data
+
+CONDOR_CONFIG_PATH = "/etc/condor/config.d/99-pilotfactory.conf"
+SNIPPET = f"""
+# pilotfactory: the startd joins as worker {{worker_id}} (queue {{queue}})
+mkdir -p /etc/condor/config.d
+cat > {CONDOR_CONFIG_PATH} <<'PILOTFACTORY_EOF'
+{{condor_config}}
+PILOTFACTORY_EOF
+systemctl try-restart condor >/dev/null 2>&1 || true
+"""
+_PLACEHOLDER = re.compile(r"\{(worker_id|factory_id|queue|collector|condor_config)\}")
+
+
+def condor_config(worker_id: str, factory_id: str, queue: str, collector: str | None) -> str:
+    """Config lines that make the VM's startd and master advertise who it is."""
+    attrs = "PilotFactoryWorker PilotFactoryId PilotFactoryQueue"
+    lines = [
+        f"PilotFactoryWorker = {classad_string(worker_id)}",
+        f"PilotFactoryId = {classad_string(factory_id)}",
+        f"PilotFactoryQueue = {classad_string(queue)}",
+        f"STARTD_ATTRS = $(STARTD_ATTRS) {attrs}",
+        f"MASTER_ATTRS = $(MASTER_ATTRS) {attrs}",
+    ]
+    if collector:
+        lines.append(f"COLLECTOR_HOST = {collector}")
+    return "\n".join(lines)
+
+
+def render_user_data(template: str | None, values: Mapping[str, str]) -> str:
+    """Substitute the placeholders in one pass (shell ``${x}`` and YAML braces stay as they
+    are); a shell script without a join placeholder gets the config snippet appended."""
+    text = template if template is not None else "#!/bin/sh\n"
+    if "{worker_id}" not in text and "{condor_config}" not in text:
+        if not text.startswith("#!"):
+            raise ValueError(
+                "has no {worker_id} or {condor_config} placeholder and is not a shell script, "
+                "so the VM could not advertise its PilotFactoryWorker"
+            )
+        text = text.rstrip("\n") + "\n" + SNIPPET
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)

@@ -1,0 +1,71 @@
+"""EC2Submit and EC2BatchStatus on the real Ec2Cloud port against a moto server on loopback;
+the startd side is the fake condor port (no HTCondor pool needed)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from pilotfactory.backends.world import RealWorld
+from pilotfactory.factory.info import WorkerState
+from pilotfactory.factory.params import merged
+from pilotfactory.factory.plugin import QueueEnv
+from pilotfactory.plugins.batchstatus.cloud import EC2BatchStatus
+from pilotfactory.plugins.batchsubmit.cloud import EC2Submit
+from tests.integration.test_cloud_ec2 import key_files
+from tests.unit.fakecondor import FakeCondor, FakeWorld, make_env
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+class MotoWorld(FakeWorld):
+    def cloud(self, provider: str, settings: Any) -> Any:
+        return RealWorld().cloud(provider, settings)
+
+
+def test_ec2_queue_on_moto(moto_url: str, tmp_path: Path) -> None:
+    settings = {"endpoint_url": moto_url, "retries": 0, "timeout": 10.0, **key_files(tmp_path)}
+    port = FakeCondor()
+    env, _ = make_env(port)
+    env = replace(env, factory_id=f"pf-{uuid.uuid4().hex[:8]}", world=MotoWorld(port))
+    client = env.world.cloud("ec2", settings).client
+    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    params = {**settings, "image": image, "flavor": "t3.micro"}
+    sub = EC2Submit(merged(EC2Submit.PARAMS, params), env, QueueEnv("q1", "q1"))
+    status = EC2BatchStatus(merged(EC2BatchStatus.PARAMS, settings), env)
+
+    ids = sub.submit(2)
+    status.refresh()
+    workers = {w.id: w for w in status.info("q1").workers}
+    assert set(workers) == set(ids) and {w.state for w in workers.values()} == {WorkerState.BOOTING}
+    w0 = workers[ids[0]]
+    raw = client.describe_instance_attribute(InstanceId=w0.instance_id, Attribute="userData")
+    assert f'PilotFactoryWorker = "{w0.id}"' in base64.b64decode(raw["UserData"]["Value"]).decode()
+
+    slot = {"Name": "slot1@vm0", "Machine": "vm0", "State": "Unclaimed", "SlotType": "Static"}
+    port.startds.append({**slot, "MaxJobRetirementTime": 86400, "PilotFactoryWorker": w0.id})
+    status.refresh()
+    w0 = next(w for w in status.info("q1").workers if w.id == ids[0])
+    sub.retire([w0], "drain")
+    status.refresh()
+    w0 = next(w for w in status.info("q1").workers if w.id == ids[0])
+    assert (w0.state, w0.retire_mode) == (WorkerState.RETIRING, "drain")
+    assert port.named("drain") == [("drain", "vm0", "pilotfactory")]
+
+    sub.reap(status.info("q1").workers)
+    status.refresh()
+    assert status.info("q1").workers == ()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -61,8 +61,15 @@ def _dummy_secrets(queues: Sequence[QueueConfig], workdir: str) -> list[QueueCon
     return out
 
 
-def choose_workload(queues: Sequence[QueueConfig], name: str, seed: int) -> Workload:
+def _makes_vms(q: QueueConfig) -> bool:
+    """A VM queue (CondorEC2, EC2, OpenStack) brings its own startds: no static nodes."""
+    return getattr(q.batchsubmit.cls, "WORKERS", "pilot") == "vm"
+
+
+def choose_workload(queues: Sequence[QueueConfig], name: str | Workload, seed: int) -> Workload:
     """Send the work where the configured queues look for it (a PanDA site or a pool label)."""
+    if isinstance(name, Workload):
+        return name
     sites = [q.wmsqueue for q in queues if q.wmsstatus.name == "Panda"]
     labels = [q.wmsqueue for q in queues if q.wmsstatus.name == "Condor"]
     if name == "auto":
@@ -139,11 +146,15 @@ def simulate(
     queues: Sequence[QueueConfig],
     hours: float,
     seed: int,
-    workload: str,
+    workload: str | Workload,
     every: int = 1,
     verbose: bool = True,
+    observe: Callable[[SimWorld, Factory, list[CycleTrace]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the factory for ``hours`` of simulated time; returns the summary (and prints)."""
+    """Run the factory for ``hours`` of simulated time; returns the summary (and prints).
+
+    ``workload`` is a preset name or a ``Workload``; ``observe`` sees the world, the factory
+    and the traces after every tick (tests check invariants there)."""
     wl = choose_workload(queues, workload, seed)
     sites = {q.wmsqueue: "online" for q in queues if q.wmsstatus.name == "Panda"}
     clock = VirtualClock(START)
@@ -155,7 +166,7 @@ def simulate(
             # Without a VM queue to run them, pilots get a few static worker nodes.
             pool=PoolConfig(
                 pilot_sites={q.name: q.wmsqueue for q in queues if q.wmsstatus.name == "Panda"},
-                static_nodes=0 if any(q.batchsubmit.name == "CondorEC2" for q in queues) else 8,
+                static_nodes=0 if any(_makes_vms(q) for q in queues) else 8,
             ),
             # Images built for pilotfactory set MAXJOBRETIREMENTTIME, so drain is safe.
             cloud=CloudConfig(default_retirement_time=86400.0),
@@ -179,6 +190,8 @@ def simulate(
     while clock.now() < end:
         world.tick()
         traces = factory.cycle()
+        if observe is not None:
+            observe(world, factory, traces)
         for t in traces:
             supply = t.batch.supply if t.batch else 0
             if supply > peak.get(t.queue, 0):

@@ -78,7 +78,8 @@ class Worker:
     """One worker of one queue, as read from the batch system this cycle."""
 
     id: str
-    """``cluster.proc`` for HTCondor jobs, the instance id for direct cloud workers."""
+    """``cluster.proc`` for HTCondor jobs; for direct cloud workers the worker tag, chosen
+    before launch (the instance id when an instance carries none)."""
     queue: str
     state: WorkerState
     since: float

@@ -62,6 +62,7 @@ def test_ecm_example_grows_to_max_keeps_min_and_shrinks_back(tmp_path: Path, var
         seen["joined"] = seen["joined"] or any(w.state in JOINED for w in info.workers)
         for t in traces:
             problems.extend(f"{now}: {r}" for r in t.results if "failed" in r)
+            problems.extend(f"{now}: {n}" for n in t.notes if "match no worker" in n)
             for a in t.planned:
                 if a.kind.value == "retire":
                     retired.extend((t.time - w.since, w.state.value, t.time) for w in a.workers)
@@ -87,3 +88,24 @@ def test_ecm_example_grows_to_max_keeps_min_and_shrinks_back(tmp_path: Path, var
     assert len(alive) == MIN_VMS
     assert w["instances_launched"] == q["submitted"] == MAX_VMS
     assert w["instances_terminated"] == w["instances_launched"] - len(alive)
+
+
+def test_ecm_vm_that_never_joins_is_replaced_after_deploy_time(tmp_path: Path) -> None:
+    """ESTIMATED_VM_DEPLOY_TIME=600: a VM whose startd never joins is terminated and replaced,
+    never kept (a leak) and never counted as a worker once gone."""
+    queues = ecm_queue(tmp_path, "ECM-openstack")
+    fcfg = replace(default_factory_config(), factory_id="ecm", raw={"baseLogDir": str(tmp_path)})
+    ages: list[float] = []
+
+    def observe(world: SimWorld, factory: Factory, traces: list[CycleTrace]) -> None:
+        world.sim_cloud.config.broken_images = ("ECM-worker-image",)
+        now = world.clock.now()
+        ages.extend(
+            now - r.launched_at for r in world.sim_cloud.instances() if r.state == "running"
+        )
+
+    summary = simulate(fcfg, queues, 2.0, 7, Workload(()), verbose=False, observe=observe)
+    q, w = summary["queues"]["ECM-openstack"], summary["world"]
+    assert q["reaped"] >= 2 and w["instances_launched"] == q["submitted"] >= 3
+    assert max(ages) <= 600 + 2 * 60  # boot_timeout plus the cycle that reaps it
+    assert w["instances_launched"] - w["instances_terminated"] <= 1  # MIN_VMS, never more

@@ -263,7 +263,11 @@ def test_user_data_templates(tmp_path: Path):
     )
     (wid,) = submit(env, user_data_file=str(tpl)).submit(1)
     ud = cloud.calls[-1][1].user_data
-    assert f'PilotFactoryWorker = "{wid}"' in ud and "${HOME}" in ud and "pilotfactory:" not in ud
+    assert f'    PilotFactoryWorker = "{wid}"\n    PilotFactoryId = "f1"' in ud  # YAML indent
+    assert "${HOME}" in ud and "PILOTFACTORY_EOF" not in ud
+    yaml = pytest.importorskip("yaml")
+    content = yaml.safe_load(ud)["write_files"][0]["content"]
+    assert content.splitlines()[0] == f'PilotFactoryWorker = "{wid}"' and "STARTD_ATTRS" in content
     tpl.write_text("#!/bin/bash\necho hi {queue}\n")
     submit(env, user_data_file=str(tpl)).submit(1)
     ud = cloud.calls[-1][1].user_data

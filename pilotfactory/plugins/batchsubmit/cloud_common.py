@@ -103,7 +103,9 @@ def condor_config(worker_id: str, factory_id: str, queue: str, collector: str | 
 
 def render_user_data(template: str | None, values: Mapping[str, str]) -> str:
     """Substitute the placeholders in one pass (shell ``${x}`` and YAML braces stay as they
-    are); a shell script without a join placeholder gets the config snippet appended."""
+    are; a placeholder indented on its own line keeps every line of its value at that
+    indentation, for YAML block scalars); a shell script without a join placeholder gets the
+    config snippet appended."""
     text = template if template is not None else "#!/bin/sh\n"
     if "{worker_id}" not in text and "{condor_config}" not in text:
         if not text.startswith("#!"):
@@ -112,4 +114,10 @@ def render_user_data(template: str | None, values: Mapping[str, str]) -> str:
                 "so the VM could not advertise its PilotFactoryWorker"
             )
         text = text.rstrip("\n") + "\n" + SNIPPET
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+    def value(m: re.Match[str]) -> str:
+        indent = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+        out = values[m.group(1)]
+        return out.replace("\n", "\n" + indent) if indent.isspace() else out
+
+    return _PLACEHOLDER.sub(value, text)

@@ -44,7 +44,12 @@ from pilotfactory.plugins.batchsubmit.cloud_common import (
     render_user_data,
     vm_params,
 )
-from pilotfactory.plugins.batchsubmit.condor_common import safe_retire_mode, target_from
+from pilotfactory.plugins.batchsubmit.condor_common import (
+    retire_startds,
+    safe_retire_mode,
+    target_from,
+    unretire_startds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -208,46 +213,13 @@ class CloudSubmit(BatchSubmitPlugin):
             if eff == "kill":
                 self.terminate(group, "retire (kill)")
                 continue
-            for w in group:
-                assert w.machine is not None
-                try:
-                    if eff == "drain":
-                        self.condor.drain(w.machine, "pilotfactory")
-                    else:
-                        self.condor.retire_peaceful(w.machine)
-                    log.info("[%s] retire %s on %s (%s)", q, w.id, w.machine, eff)
-                except CondorError as exc:
-                    log.error("[%s] retire %s on %s (%s) failed: %s", q, w.id, w.machine, eff, exc)
-                    errors.append(exc)
+            errors += retire_startds(self.condor, group, eff, q)
         if errors:
             raise errors[0]
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         """Act first, then record: a failed un-retire must keep looking retired."""
-        q = self.queue.queue
-        done: list[Worker] = []
-        errors: list[CondorError] = []
-        for w in self.own(workers):
-            if w.machine is None or w.retire_mode not in ("drain", "peaceful"):
-                log.warning(
-                    "[%s] cannot un-retire %s (machine %s, retire mode %s)",
-                    q,
-                    w.id,
-                    w.machine,
-                    w.retire_mode,
-                )
-                continue
-            try:
-                if w.retire_mode == "drain":
-                    self.condor.cancel_drain(w.machine)
-                else:
-                    self.condor.unretire(w.machine)
-            except CondorError as exc:
-                log.error("[%s] un-retire %s on %s failed: %s", q, w.id, w.machine, exc)
-                errors.append(exc)
-                continue
-            log.info("[%s] un-retired %s on %s (%s)", q, w.id, w.machine, w.retire_mode)
-            done.append(w)
+        done, errors = unretire_startds(self.condor, self.own(workers), self.queue.queue)
         if done:  # tags cannot be deleted everywhere (Nova merges): blank the request instead
             stamp = str(int(self.env.clock.now()))
             self.record(done, {TAG_UNRETIRED: stamp, TAG_RETIRE: ""}, "un-retire")

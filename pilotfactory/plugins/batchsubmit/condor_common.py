@@ -67,6 +67,55 @@ def safe_retire_mode(w: Worker, mode: str, expected_job_length: int, queue: str)
     return "peaceful"
 
 
+def retire_startds(
+    port: CondorPort, workers: Sequence[Worker], mode: str, queue: str
+) -> list[CondorError]:
+    """Drain or peacefully retire each worker's startd; one refusal does not stop the rest."""
+    errors: list[CondorError] = []
+    for w in workers:
+        assert w.machine is not None
+        try:
+            if mode == "drain":
+                port.drain(w.machine, "pilotfactory")
+            else:
+                port.retire_peaceful(w.machine)
+            log.info("[%s] retire %s on %s (%s)", queue, w.id, w.machine, mode)
+        except CondorError as exc:
+            log.error("[%s] retire %s on %s (%s) failed: %s", queue, w.id, w.machine, mode, exc)
+            errors.append(exc)
+    return errors
+
+
+def unretire_startds(
+    port: CondorPort, workers: Sequence[Worker], queue: str
+) -> tuple[list[Worker], list[CondorError]]:
+    """Cancel the drain or restart the startd, as it was retired; returns (done, errors)."""
+    done: list[Worker] = []
+    errors: list[CondorError] = []
+    for w in workers:
+        if w.machine is None or w.retire_mode not in ("drain", "peaceful"):
+            log.warning(
+                "[%s] cannot un-retire %s (machine %s, retire mode %s)",
+                queue,
+                w.id,
+                w.machine,
+                w.retire_mode,
+            )
+            continue
+        try:
+            if w.retire_mode == "drain":
+                port.cancel_drain(w.machine)
+            else:
+                port.unretire(w.machine)
+        except CondorError as exc:
+            log.error("[%s] un-retire %s on %s failed: %s", queue, w.id, w.machine, exc)
+            errors.append(exc)
+            continue
+        log.info("[%s] un-retired %s on %s (%s)", queue, w.id, w.machine, w.retire_mode)
+        done.append(w)
+    return done, errors
+
+
 def target_from(params: Mapping[str, Any]) -> CondorTarget:
     return CondorTarget(params.get("scheddhost") or None, params.get("collectorhost") or None)
 

@@ -24,7 +24,9 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     RETIRE_REQUESTED,
     UNRETIRED_AT,
     CondorSubmitBase,
+    retire_startds,
     safe_retire_mode,
+    unretire_startds,
 )
 from pilotfactory.secretfiles import SecretFileError, check_private
 
@@ -147,46 +149,14 @@ class CondorEC2Submit(CondorSubmitBase):
             if eff == "kill":
                 self.remove(group, "retire (kill)")
                 continue
-            for w in group:
-                assert w.machine is not None
-                try:
-                    if eff == "drain":
-                        self.port.drain(w.machine, "pilotfactory")
-                    else:
-                        self.port.retire_peaceful(w.machine)
-                    log.info("[%s] retire %s on %s (%s)", q, w.id, w.machine, eff)
-                except CondorError as exc:
-                    log.error("[%s] retire %s on %s (%s) failed: %s", q, w.id, w.machine, eff, exc)
-                    errors.append(exc)
+            errors += retire_startds(self.port, group, eff, q)
         if errors:
             raise errors[0]
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         """Act first, then record: a failed un-retire must keep looking retired."""
-        q = self.queue.queue
-        done: list[str] = []
-        errors: list[CondorError] = []
-        for w in self.own(workers):
-            if w.machine is None or w.retire_mode not in ("drain", "peaceful"):
-                log.warning(
-                    "[%s] cannot un-retire %s (machine %s, retire mode %s)",
-                    q,
-                    w.id,
-                    w.machine,
-                    w.retire_mode,
-                )
-                continue
-            try:
-                if w.retire_mode == "drain":
-                    self.port.cancel_drain(w.machine)
-                else:
-                    self.port.unretire(w.machine)
-            except CondorError as exc:
-                log.error("[%s] un-retire %s on %s failed: %s", q, w.id, w.machine, exc)
-                errors.append(exc)
-                continue
-            log.info("[%s] un-retired %s on %s (%s)", q, w.id, w.machine, w.retire_mode)
-            done.append(w.id)
+        workers_done, errors = unretire_startds(self.port, self.own(workers), self.queue.queue)
+        done = [w.id for w in workers_done]
         if done:
             self.port.edit(done, UNRETIRED_AT, str(int(self.env.clock.now())))
             self.port.edit(done, RETIRE_REQUESTED, "undefined")

@@ -7,6 +7,7 @@ hands each instance its parsed parameters; plugins never read the INI file thems
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from pilotfactory.factory.info import (
     Worker,
 )
 from pilotfactory.factory.params import Param
+
+log = logging.getLogger(__name__)
 
 
 class Plugin:
@@ -185,6 +188,16 @@ class BatchSubmitPlugin(Plugin):
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         raise NotImplementedError
+
+    def own(self, workers: Sequence[Worker]) -> list[Worker]:
+        """Only this queue's workers (label check): nothing else is ever touched."""
+        out = []
+        for w in workers:
+            if w.queue != self.queue.queue:
+                log.error("[%s] refusing to touch %s of queue %s", self.queue.queue, w.id, w.queue)
+            else:
+                out.append(w)
+        return out
 
     def reap(self, workers: Sequence[Worker]) -> None:
         """Remove what is left of retired / lost / held workers (VM job, instance)."""

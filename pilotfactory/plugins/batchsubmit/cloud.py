@@ -163,16 +163,6 @@ class CloudSubmit(BatchSubmitPlugin):
 
     # ------------------------------------------------------------------ stopping
 
-    def own(self, workers: Sequence[Worker]) -> list[Worker]:
-        """Only this queue's workers (label check); anything else is logged and skipped."""
-        out = []
-        for w in workers:
-            if w.queue != self.queue.queue:
-                log.error("[%s] refusing to touch %s of queue %s", self.queue.queue, w.id, w.queue)
-            else:
-                out.append(w)
-        return out
-
     def terminate(self, workers: Sequence[Worker], why: str) -> None:
         mine = self.own(workers)
         if not mine:

@@ -228,16 +228,6 @@ class CondorSubmitBase(BatchSubmitPlugin):
         log.info("[%s] submitted %d job(s) in cluster %d", self.queue.queue, count, result.cluster)
         return result.job_ids
 
-    def own(self, workers: Sequence[Worker]) -> list[Worker]:
-        """Only this queue's workers (label check); anything else is logged and skipped."""
-        out = []
-        for w in workers:
-            if w.queue != self.queue.queue:
-                log.error("[%s] refusing to touch %s of queue %s", self.queue.queue, w.id, w.queue)
-            else:
-                out.append(w)
-        return out
-
     def remove(self, workers: Sequence[Worker], why: str) -> None:
         ids = [w.id for w in self.own(workers)]
         if not ids:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--queue", action="append", help="only this queue (repeatable)")
+    p.add_argument(
+        "--daemon",
+        action="store_true",
+        help="show the running daemon's recent decisions (its statusFile) instead of a new cycle",
+    )
+    p.add_argument("--last", type=int, default=5, help="with --daemon: cycles per queue (5)")
 
     for name in ("demo", "sim"):
         p = sub.add_parser(
@@ -242,6 +249,8 @@ def format_trace(t: Any) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.daemon:
+        return daemon_status(args)
     factory = _make_factory(args, dry_run=True)
     if factory is None:
         return EXIT_CONFIG
@@ -250,6 +259,53 @@ def cmd_status(args: argparse.Namespace) -> int:
         traces = [t for t in traces if t.queue in set(args.queue)]
     _print_traces(traces, args.json)
     return EXIT_QUEUE_ERRORS if any(t.error for t in traces) else EXIT_OK
+
+
+def daemon_status(args: argparse.Namespace) -> int:
+    fcfg, _, _ = load_all(args)
+    if not fcfg.status_file:
+        raise ConfigError(f"{fcfg.source}: [Factory] statusFile is not set")
+    try:
+        with open(fcfg.status_file, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{fcfg.status_file}: cannot read the daemon's status: {exc}") from None
+    wanted = set(args.queue or state["queues"])
+    queues = {k: v for k, v in state["queues"].items() if k in wanted}
+    for q in queues.values():
+        q["history"] = q["history"][-max(1, args.last) :]
+    if args.json:
+        print(json.dumps({**state, "queues": queues}, indent=2))
+        return EXIT_OK
+    print(
+        f"factory {state['factory_id']}: {state['cycles']} cycles, status of {_when(state['time'])}"
+    )
+    for src in state["sources"]:
+        health = (
+            f"failing ({src['failures_in_a_row']} in a row): {src['error']}"
+            if src["error"]
+            else "ok"
+        )
+        print(f"  {src['kind']} {src['plugin']} for {', '.join(src['queues'])}: {health}")
+    for name, q in queues.items():
+        c = q["counters"]
+        print(
+            f"[{name}] cycles {c['cycles']}, submitted {c['submitted']}, "
+            f"unretired {c['unretired']}, cancelled {c['cancelled']}, "
+            f"retired {c['retired']}, reaped {c['reaped']}, "
+            f"errors {c['errors']}, fail-closed {c['failclosed']}"
+        )
+        if q["backoff_reason"] and q["backoff_until"] > state["time"]:
+            print(f"  backing off until {_when(q['backoff_until'])}: {q['backoff_reason']}")
+        for t in q["history"]:
+            acts = ", ".join(f"{a['kind']} {a['count']}" for a in t["actions"]) or "nothing"
+            line = f"  {_when(t['time'])}  n={t['n']:<4} {t['error'] or acts}"
+            print(line + ("  | " + "; ".join(t["notes"]) if t["notes"] else ""))
+    return EXIT_OK
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

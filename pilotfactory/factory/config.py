@@ -64,6 +64,7 @@ FACTORY_PARAMS: tuple[Param, ...] = (
     Param("enablequeues", bool, True),
     Param("condor_backend", str, "bindings", choices=("bindings", "cli")),
     Param("metrics_port", int, None, "serve Prometheus metrics on this port"),
+    Param("statusFile", str, None, "the daemon writes its recent decisions here (JSON)"),
     Param("versionTag", str, None),
     Param("monitorURL", str, None),
     Param("proxyConf", str, None),
@@ -91,6 +92,7 @@ class FactoryConfig:
     plugin_defaults: Mapping[str, str]
     """``<kind>.<plugin>.<param>`` keys from [Factory], defaults under the queues' own."""
     source: str = "<defaults>"
+    status_file: str | None = None
 
 
 def default_factory_config(queue_conf: Iterable[str] = ()) -> FactoryConfig:
@@ -182,6 +184,7 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
         raw=raw,
         plugin_defaults=plugin_defaults,
         source=path,
+        status_file=_resolve(values["statusFile"], base) if values["statusFile"] else None,
     )
     return cfg, problems
 

@@ -7,8 +7,11 @@ queues x jobs. A source that fails makes only its own queues fail closed.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -145,7 +148,52 @@ class Factory:
             q.next_run = now + q.cfg.sleep
         self.cycles_run += 1
         self.metrics.observe(traces)
+        if self.fcfg.status_file and not self.dry_run:
+            self.write_status(self.fcfg.status_file)
         return traces
+
+    def status(self) -> dict[str, Any]:
+        """Each queue's recent decisions and rails, for ``pilotfactory status --daemon``."""
+        return {
+            "factory_id": self.fcfg.factory_id,
+            "time": self.clock.now(),
+            "cycles": self.cycles_run,
+            "sources": [
+                {
+                    "kind": s.source.KIND,
+                    "plugin": s.source.NAME,
+                    "queues": s.queues,
+                    "error": s.error,
+                    "failures_in_a_row": s.failures,
+                    "refreshed_at": s.refreshed_at,
+                }
+                for s in self.sources.values()
+            ],
+            "queues": {
+                name: {
+                    "counters": dict(q.counters),
+                    "next_run": q.next_run,
+                    "backoff_until": q.backoff_until,
+                    "backoff_reason": q.backoff_reason or None,
+                    "history": [t.to_dict() for t in q.history],
+                }
+                for name, q in self.queues.items()
+            },
+            "setup_errors": dict(self.setup_errors),
+        }
+
+    def write_status(self, path: str) -> None:
+        """Atomically (write + rename), so a reader never sees half a file."""
+        try:
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".status-", dir=directory)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.status(), fh)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:  # a status file must never stop the factory
+            log.warning("cannot write status file %s: %s", path, exc)
 
     def _totals(self) -> Any:
         infos = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from pilotfactory.backends.condor.port import CondorRejected, CondorUnreachable
+from pilotfactory.cli import main
 from pilotfactory.factory.config import default_factory_config, load_queues
 from pilotfactory.factory.factory import Factory
 from pilotfactory.factory.plugin import SchedContext, SchedPlugin
@@ -205,3 +207,27 @@ def test_reload_keeps_memory_of_unchanged_queues(tmp_path: Path) -> None:
     factory.reload(load_queues([str(conf)]).queues)
     assert factory.queues["A"].memory is marker
     assert factory.queues["B"].cfg.wmsqueue == "LABEL_C"
+
+
+def test_daemon_status_file_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    factory, port, clock = build(tmp_path)
+    status_file = tmp_path / "run" / "status.json"
+    factory.fcfg = replace(factory.fcfg, status_file=str(status_file))
+    port.jobs = payload("LABEL_A", 2)
+    factory.cycle()
+    port.fail["query_jobs"] = CondorUnreachable("schedd gone")
+    clock.advance(61)
+    factory.cycle()
+    fconf = tmp_path / "factory.conf"
+    fconf.write_text(
+        f"[Factory]\nqueueConf = {tmp_path / 'queues.conf'}\nstatusFile = {status_file}\n"
+    )
+    assert main(["status", "--daemon", "-c", str(fconf), "--queue", "A"]) == 0
+    out = capsys.readouterr().out
+    assert "[A] cycles 2, submitted 2" in out
+    assert "n=2    submit 2" in out
+    assert "fail closed: batch status unavailable" in out
+    assert "failing (1 in a row): CondorUnreachable: schedd gone" in out
+    assert main(["status", "--daemon", "-c", str(fconf), "--json", "--last", "1"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert [len(q["history"]) for q in state["queues"].values()] == [1, 1]

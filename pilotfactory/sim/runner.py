@@ -223,10 +223,32 @@ def simulate(
             for name, q in factory.queues.items()
         },
         "world": sim,
+        "timeline": timeline(world),
     }
     if verbose:
         print_summary(summary)
     return summary
+
+
+def timeline(world: SimWorld, every: float = 900.0) -> list[dict[str, Any]]:
+    """The world every ``every`` seconds: what waited and what was supplied, at a glance."""
+    out: list[dict[str, Any]] = []
+    next_t = START
+    for snap in world.metrics.snapshots:
+        if snap.t + 1e-6 < next_t:
+            continue
+        out.append(
+            {
+                "h": round((snap.t - START) / 3600, 2),
+                "idle_jobs": snap.jobs_idle + snap.pilots_idle,
+                "panda_activated": snap.panda_activated,
+                "vms": snap.instances_running + snap.instances_pending,
+                "cpus_busy": snap.cpus_busy,
+                "cpus_total": snap.cpus_total,
+            }
+        )
+        next_t = snap.t + every
+    return out
 
 
 def _supply(info: BatchQueueInfo | None) -> int | None:
@@ -256,3 +278,18 @@ def print_summary(s: dict[str, Any]) -> None:
     )
     queries = ", ".join(f"{k} {v}" for k, v in w["queries"].items())
     print(f"  port calls: {queries}")
+    rows = s.get("timeline") or []
+    if rows:
+        print("  timeline (every 15 min): waiting work | VMs | busy/total cpus")
+        width = max(1, max(r["vms"] for r in rows))
+        busy = [i for i, r in enumerate(rows) if r["vms"] or r["idle_jobs"] or r["panda_activated"]]
+        quiet_from = busy[-1] + 2 if busy else 1
+        for r in rows[:quiet_from]:
+            waiting = r["idle_jobs"] + r["panda_activated"]
+            bar = "#" * round(20 * r["vms"] / width)
+            print(
+                f"  {int(r['h']):>2}:{round(r['h'] % 1 * 60):02d}  {waiting:>6} waiting  "
+                f"{r['vms']:>4} VMs {bar:<20}  {r['cpus_busy']:>4}/{r['cpus_total']:<4} cpus"
+            )
+        if quiet_from < len(rows):
+            print(f"  ... no work and no VMs from then to {rows[-1]['h']:g} h")

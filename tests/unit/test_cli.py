@@ -43,6 +43,8 @@ def test_demo_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
     ec2 = summary["queues"]["BNL_CLOUD-ec2-spot"]
     assert ec2["peak_workers"] > 0 and ec2["final_workers"] == 0
     assert summary["world"]["payload_killed"] == 0
+    vms = [row["vms"] for row in summary["timeline"]]
+    assert len(vms) == 13 and max(vms) == ec2["peak_workers"] and vms[-1] == 0
 
 
 def test_console_script_runs_and_logs_to_stderr(tmp_path: Path) -> None:

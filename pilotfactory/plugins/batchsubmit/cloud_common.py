@@ -15,7 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from pilotfactory.factory.params import Param
-from pilotfactory.plugins.batchsubmit.condor_common import TARGET_PARAMS, classad_string
+from pilotfactory.plugins.batchsubmit.condor_common import (
+    EXPECTED_JOB_LENGTH,
+    TARGET_PARAMS,
+    classad_string,
+)
 
 # The provider settings the cloud ports read (backends/cloud/{ec2,openstack}.py from_settings);
 # the status plugins take the same ones, so both reach the same account.
@@ -62,13 +66,7 @@ def vm_params(flavor_aliases: tuple[str, ...] = ()) -> tuple[Param, ...]:
         Param("security_groups", list, None, "security group names (EC2: or sg- ids)"),
         Param("user_data_file", str, None, "user data template ({worker_id}, {condor_config})"),
         Param("launch_options", dict, {}, "provider extras: availability_zone, subnet_id, ..."),
-        Param(
-            "expected_job_length",
-            int,
-            3600,
-            "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
-            minimum=0,
-        ),
+        EXPECTED_JOB_LENGTH,
     )
 
 

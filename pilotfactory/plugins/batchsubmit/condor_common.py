@@ -46,6 +46,15 @@ COMMON_SUBMIT_PARAMS: tuple[Param, ...] = (
 PROTECTED = ("+PilotFactoryId", "+PilotFactoryQueue", "+FACTORY_JOBID")
 
 
+EXPECTED_JOB_LENGTH = Param(
+    "expected_job_length",
+    int,
+    3600,
+    "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
+    minimum=0,
+)
+
+
 def safe_retire_mode(w: Worker, mode: str, expected_job_length: int, queue: str) -> str:
     """Drain only where it cannot evict: the slots' MaxJobRetirementTime covers a job.
 

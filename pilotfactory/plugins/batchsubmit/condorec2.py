@@ -20,6 +20,7 @@ from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, QueueEnv, SubmitError
 from pilotfactory.plugins.batchsubmit.condor_common import (
     COMMON_SUBMIT_PARAMS,
+    EXPECTED_JOB_LENGTH,
     RETIRE_MODE,
     RETIRE_REQUESTED,
     UNRETIRED_AT,
@@ -53,13 +54,7 @@ class CondorEC2Submit(CondorSubmitBase):
         Param("keypair_file", str, None, "where the gridmanager writes the key pair"),
         Param("access_key_id", str, None, "file holding the access key id"),
         Param("secret_access_key", str, None, "file holding the secret access key"),
-        Param(
-            "expected_job_length",
-            int,
-            3600,
-            "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
-            minimum=0,
-        ),
+        EXPECTED_JOB_LENGTH,
         Param("peaceful", bool, None, "APF legacy key; the queue's retire_mode decides"),
     )
 

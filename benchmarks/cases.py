@@ -9,13 +9,13 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pilotfactory.backends.condor.port import SubmitResult
 from pilotfactory.factory.chain import run_chain
 from pilotfactory.factory.clock import VirtualClock
-from pilotfactory.factory.config import PlannerSettings, load_queues
+from pilotfactory.factory.config import load_queues
 from pilotfactory.factory.info import BatchQueueInfo, WMSQueueInfo, Worker, WorkerState
-from pilotfactory.factory.planner import PlanInput, plan
+from pilotfactory.factory.planner import PlanInput, PlannerSettings, plan
 from pilotfactory.factory.plugin import Env, SchedContext, SchedPlugin
+from pilotfactory.factory.ports import SubmitResult
 from pilotfactory.factory.registry import default_registry
 
 Setup = Callable[[], tuple[Callable[[], object], Callable[[], str]]]

@@ -1,4 +1,4 @@
-"""Secret files (tokens, keys, passwords) and bounded outside text, shared by every backend.
+"""Secret files (tokens, keys, passwords), shared by every backend.
 
 A secret file must be a regular file that only its owner can access, as ssh insists; anything
 else is refused with a message saying how to fix it. Contents are never put in a message.
@@ -57,13 +57,3 @@ def read_secret(path: str, what: str) -> str:
     if not text:
         raise SecretFileError(f"{what} {str(p)!r} is empty")
     return text
-
-
-def clip(text: str, limit: int = 400) -> str:
-    """Whitespace-collapsed head + tail of outside text, so one huge error page cannot flood a
-    log or a message."""
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]} [...] {text[len(text) - half :]}"

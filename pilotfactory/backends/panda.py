@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from pilotfactory import secretfiles
-from pilotfactory.backends.panda_port import DetailedJobStats, JobStats, PandaError
+from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
 
 log = logging.getLogger(__name__)
 

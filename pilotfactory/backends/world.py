@@ -1,4 +1,4 @@
-"""The world: where plugins get their ports from.
+"""The real world: ports to real services (``pilotfactory.factory.ports.World``).
 
 Production uses ``RealWorld`` (htcondor2 / condor CLI, boto3, novaclient, requests); the demo
 and the simulation tests use ``pilotfactory.sim.world.SimWorld``. Plugins never import a
@@ -8,25 +8,15 @@ backend library themselves, so the same queue runs against either.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
-from pilotfactory.backends.cloud.port import CloudPort
-from pilotfactory.backends.condor.port import CondorPort, CondorTarget
-from pilotfactory.backends.panda_port import PandaPort, SiteStatusPort
-
-
-class World(Protocol):
-    def condor(self, target: CondorTarget) -> CondorPort: ...
-
-    def cloud(self, provider: str, settings: Mapping[str, Any]) -> CloudPort:
-        """``provider`` is ``ec2`` or ``openstack``; ``settings`` the queue's plugin params."""
-        ...
-
-    def panda(self, settings: Mapping[str, Any]) -> PandaPort:
-        """``settings``: the Panda WMS plugin params (server URL, timeout, TLS, ...)."""
-        ...
-
-    def site_status(self, settings: Mapping[str, Any]) -> SiteStatusPort: ...
+from pilotfactory.factory.ports import (
+    CloudPort,
+    CondorPort,
+    CondorTarget,
+    PandaPort,
+    SiteStatusPort,
+)
 
 
 class RealWorld:

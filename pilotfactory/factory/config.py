@@ -16,7 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pilotfactory.factory.info import RetireMode
 from pilotfactory.factory.params import Param, ParamValueError, defaults
+from pilotfactory.factory.planner import PlannerSettings
 from pilotfactory.factory.plugin import Plugin
 from pilotfactory.factory.registry import (
     KINDS,
@@ -229,6 +231,13 @@ QUEUE_PARAMS: tuple[Param, ...] = (
     Param(
         "retire_mode", str, None, "drain | peaceful | kill", choices=("drain", "peaceful", "kill")
     ),
+    Param(
+        "expected_job_length",
+        float,
+        3600.0,
+        "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
+        minimum=0.0,
+    ),
     Param("boot_timeout", float, 1800.0, "BOOTING longer than this is LOST", minimum=0.0),
     Param("held_timeout", float, 3600.0, "HELD longer than this is reaped", minimum=0.0),
     Param("retire_confirm_cycles", int, 2, minimum=1),
@@ -253,21 +262,6 @@ class PluginSpec:
     name: str
     cls: type[Plugin]
     params: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class PlannerSettings:
-    retire_mode: str | None = None
-    boot_timeout: float = 1800.0
-    held_timeout: float = 3600.0
-    retire_confirm_cycles: int = 2
-    max_booting: int | None = None
-    max_retire_per_cycle: str | None = None
-    scale_down_delay: float = 0.0
-    failure_limit: int = 5
-    backoff_initial: float = 60.0
-    backoff_max: float = 1800.0
-    shrink_freeze_ratio: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -436,7 +430,7 @@ def _load_queue(
         if not any(key.startswith(ns) for ns in used) and (section, key) in where:
             problem("warning", key, "set for a plugin this queue does not use; ignored")
 
-    mode = generic["retire_mode"]
+    mode = RetireMode(generic["retire_mode"]) if generic["retire_mode"] else None
     retire_cap = generic["max_retire_per_cycle"]
     if retire_cap is not None and not _valid_cap(retire_cap):
         problem("error", "max_retire_per_cycle", f"got {retire_cap!r}, expected N or N%")
@@ -447,6 +441,7 @@ def _load_queue(
     assert wms is not None and batch is not None and submit is not None
     planner = PlannerSettings(
         retire_mode=mode,
+        expected_job_length=generic["expected_job_length"],
         boot_timeout=generic["boot_timeout"],
         held_timeout=generic["held_timeout"],
         retire_confirm_cycles=generic["retire_confirm_cycles"],
@@ -527,6 +522,8 @@ def _plugin_spec(
                 continue  # [Factory] may carry settings for other plugin versions
             known = sorted({p.name for p in cls.PARAMS})
             hint = _did_you_mean(rest, known)
+            if any(p.name == rest for p in QUEUE_PARAMS):
+                hint = f" (it is a queue setting: write {rest} = {text.strip()})"
             problem(
                 "error",
                 key,

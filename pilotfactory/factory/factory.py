@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from pilotfactory.backends.world import World
 from pilotfactory.factory.clock import Clock
 from pilotfactory.factory.config import FactoryConfig, QueueConfig
 from pilotfactory.factory.info import sum_totals
@@ -29,7 +28,9 @@ from pilotfactory.factory.plugin import (
     StatusSource,
     WMSStatusPlugin,
 )
-from pilotfactory.factory.queue import CycleTrace, Queue, bounded
+from pilotfactory.factory.ports import World
+from pilotfactory.factory.queue import Queue, bounded
+from pilotfactory.factory.trace import CycleTrace
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,8 @@ class Factory:
                 name: {
                     "counters": dict(q.counters),
                     "next_run": q.next_run,
-                    "backoff_until": q.backoff_until,
-                    "backoff_reason": q.backoff_reason or None,
+                    "backoff_until": q.backoff.until,
+                    "backoff_reason": q.backoff.reason or None,
                     "history": [t.to_dict() for t in q.history],
                 }
                 for name, q in self.queues.items()
@@ -221,7 +222,7 @@ class Factory:
         signal.signal(signal.SIGHUP, _hup)
 
     def reload(self, queues: Iterable[QueueConfig]) -> None:
-        """Replace the queue set; queues whose config is unchanged keep their memory."""
+        """Replace the queue set; queues whose config is unchanged keep their state whole."""
         new = {q.name: q for q in queues}
         old = self.queues
         self.queues = {}
@@ -229,8 +230,7 @@ class Factory:
         for name, qcfg in new.items():
             self._add_queue(qcfg)
             if name in old and name in self.queues and old[name].cfg == qcfg:
-                self.queues[name].memory = old[name].memory
-                self.queues[name].next_run = old[name].next_run
+                self.queues[name].carry_over(old[name])
 
     def run(self, cycles: int | None = None) -> None:
         """The daemon loop: tick every ``factory.sleep`` seconds until stopped."""

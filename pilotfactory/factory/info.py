@@ -7,9 +7,43 @@ so they can be tested without any backend.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class WorkerKind(enum.StrEnum):
+    """What a submit plugin makes: the planner treats them differently."""
+
+    PILOT = "pilot"
+    """A batch job: never retired peacefully from outside; taking one away removes it."""
+    VM = "vm"
+    """A cloud VM whose startd joins the pool: retired peacefully, un-retired, then reaped."""
+
+
+class RetireMode(enum.StrEnum):
+    """How a worker is retired (queues.conf ``retire_mode``; DESIGN "Retire mechanisms")."""
+
+    DRAIN = "drain"
+    """``condor_drain -graceful``: cancellable; safe only if MaxJobRetirementTime covers a job."""
+    PEACEFUL = "peaceful"
+    """``condor_off -peaceful``: the running job finishes; un-retired by restarting the startd."""
+    KILL = "kill"
+    """Remove the job / terminate the instance at once."""
+
+    @classmethod
+    def parse(cls, value: object) -> RetireMode | None:
+        """A mode read back from a job ad or tag; anything else (outside text) is None."""
+        try:
+            return cls(value) if isinstance(value, str) and value else None
+        except ValueError:
+            return None
+
+
+DEFAULT_RETIRE_MODE: dict[WorkerKind, RetireMode] = {
+    WorkerKind.VM: RetireMode.DRAIN,
+    WorkerKind.PILOT: RetireMode.KILL,
+}
+"""The one place a queue without ``retire_mode`` gets its mode from."""
 
 
 class WorkerState(enum.Enum):
@@ -91,13 +125,17 @@ class Worker:
     slots_busy: int = 0
     retire_requested_at: float | None = None
     """Written into the job ad / instance tags by the factory; survives restarts."""
-    retire_mode: str | None = None
+    retire_mode: RetireMode | None = None
     unretired_at: float | None = None
     submitted_at: float | None = None
     retirement_time: float | None = None
     """The startd's MaxJobRetirementTime as advertised (drain is only safe when large)."""
     hold_reason: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    master_seen: bool | None = None
+    """VMs: whether the VM's master ad was in the collector (a retired VM keeps its master until
+    reaped; a collector that lost ads loses both). ``None`` for pilots: not applicable."""
+    remote_host: str | None = None
+    """Pilots: the slot the job runs in, as the schedd reports it."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from pilotfactory.factory.info import WorkerState
-from pilotfactory.factory.queue import CycleTrace
+from pilotfactory.factory.trace import CycleTrace
 
 
 class FactoryMetrics:

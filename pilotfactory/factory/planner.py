@@ -15,8 +15,33 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pilotfactory.factory.config import PlannerSettings
-from pilotfactory.factory.info import Worker, WorkerState
+from pilotfactory.factory.info import (
+    DEFAULT_RETIRE_MODE,
+    RetireMode,
+    Worker,
+    WorkerKind,
+    WorkerState,
+)
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    """A queue's planner and safety-rail settings (read from queues.conf by the config loader)."""
+
+    retire_mode: RetireMode | None = None
+    """Unset: ``DEFAULT_RETIRE_MODE`` of the queue's worker kind."""
+    expected_job_length: float = 3600.0
+    """Drain only where the slots' MaxJobRetirementTime is at least this (else peaceful)."""
+    boot_timeout: float = 1800.0
+    held_timeout: float = 3600.0
+    retire_confirm_cycles: int = 2
+    max_booting: int | None = None
+    max_retire_per_cycle: str | None = None
+    scale_down_delay: float = 0.0
+    failure_limit: int = 5
+    backoff_initial: float = 60.0
+    backoff_max: float = 1800.0
+    shrink_freeze_ratio: float = 0.5
 
 
 class ActionKind(enum.Enum):
@@ -32,7 +57,7 @@ class Action:
     kind: ActionKind
     workers: tuple[Worker, ...] = ()
     count: int = 0
-    mode: str | None = None
+    mode: RetireMode | None = None
     reason: str = ""
     failure: bool = False
     """A reap that counts as a failure (LOST / HELD), for the queue's failure rate."""
@@ -61,8 +86,8 @@ class PlanInput:
     workers: tuple[Worker, ...]
     now: float
     settings: PlannerSettings
-    worker_kind: str = "vm"
-    """``vm`` or ``pilot`` (pilots are never retired peacefully: removal only)."""
+    worker_kind: WorkerKind = WorkerKind.VM
+    """Pilots are never retired peacefully: removal only."""
     freeze: str | None = None
     """Circuit breaker: why retire and reap are frozen this cycle (None: not frozen)."""
     submit_blocked: str | None = None
@@ -110,7 +135,9 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
         retiring = [
             w
             for w in inp.workers
-            if w.state is WorkerState.RETIRING and w.id not in reaped and inp.worker_kind == "vm"
+            if w.state is WorkerState.RETIRING
+            and w.id not in reaped
+            and inp.worker_kind is WorkerKind.VM
         ]
         # Most recently asked to retire first: it has the most work left and is furthest from
         # exiting, so un-retiring it is the surest.
@@ -203,18 +230,18 @@ def _scale_down(
 ) -> tuple[list[Action], dict[str, int], list[str]]:
     s = inp.settings
     notes: list[str] = []
-    kill_mode = s.retire_mode == "kill"
+    kill_mode = s.retire_mode is RetireMode.KILL
     held = [w for w in inp.workers if w.state is WorkerState.HELD]
     pending = [w for w in inp.workers if w.state is WorkerState.PENDING]
     held.sort(key=_newest_first)
     # Newest pending first: the oldest request is the closest to being fulfilled.
     pending.sort(key=_newest_first)
     ordered: list[tuple[Worker, ActionKind]] = [(w, ActionKind.CANCEL) for w in held + pending]
-    if inp.worker_kind == "vm" or kill_mode:
+    if inp.worker_kind is WorkerKind.VM or kill_mode:
         idle = [w for w in inp.workers if w.state is WorkerState.IDLE]
         idle.sort(key=lambda w: w.since)  # longest idle first
         busy = [w for w in inp.workers if w.state is WorkerState.BUSY]
-        if inp.worker_kind == "vm":
+        if inp.worker_kind is WorkerKind.VM:
             busy.sort(key=lambda w: (w.slots_busy, w.since))
         else:
             busy.sort(key=_newest_first)  # pilots in kill mode: newest first
@@ -240,12 +267,41 @@ def _scale_down(
     if cancel:
         actions.append(Action(ActionKind.CANCEL, cancel, reason=f"n={inp.n}: not running yet"))
     if retire:
-        mode = s.retire_mode or ("drain" if inp.worker_kind == "vm" else "kill")
-        actions.append(Action(ActionKind.RETIRE, retire, mode=mode, reason=f"n={inp.n}"))
+        actions.extend(_retire_actions(inp, retire, notes))
     # Counters survive only for workers still candidates and not acted on.
     acted = {w.id for w, _ in confirmed}
     kept = {k: v for k, v in counters.items() if k not in acted}
     return actions, kept, notes
+
+
+def _retire_actions(inp: PlanInput, workers: tuple[Worker, ...], notes: list[str]) -> list[Action]:
+    """The mode actually sent, per worker: a drain where the startd's MaxJobRetirementTime
+    covers ``expected_job_length``, else peaceful (a graceful drain on a startd whose retirement
+    time is 0 evicts its jobs at once). Decided here, so the trace records what was sent."""
+    s = inp.settings
+    mode = s.retire_mode or DEFAULT_RETIRE_MODE[inp.worker_kind]
+    reason = f"n={inp.n}"
+    if mode is not RetireMode.DRAIN or inp.worker_kind is not WorkerKind.VM:
+        return [Action(ActionKind.RETIRE, workers, mode=mode, reason=reason)]
+    need = s.expected_job_length
+    safe = tuple(w for w in workers if w.retirement_time is not None and w.retirement_time >= need)
+    unsafe = tuple(w for w in workers if w not in safe)
+    out = []
+    if safe:
+        out.append(Action(ActionKind.RETIRE, safe, mode=RetireMode.DRAIN, reason=reason))
+    if unsafe:
+        times = sorted(
+            {"unknown" if w.retirement_time is None else f"{w.retirement_time:g}s" for w in unsafe}
+        )
+        why = (
+            f"MaxJobRetirementTime {', '.join(times)} < expected_job_length={need:g}s, "
+            "a drain would evict"
+        )
+        notes.append(f"{len(unsafe)} worker(s) retire peacefully instead of drain: {why}")
+        out.append(
+            Action(ActionKind.RETIRE, unsafe, mode=RetireMode.PEACEFUL, reason=f"{reason}; {why}")
+        )
+    return out
 
 
 def _newest_first(w: Worker) -> tuple[float, tuple[int, ...], str]:

@@ -12,15 +12,17 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pilotfactory.backends.world import World
 from pilotfactory.factory.clock import Clock
 from pilotfactory.factory.info import (
     BatchQueueInfo,
     FactoryTotals,
+    RetireMode,
     WMSQueueInfo,
     Worker,
+    WorkerKind,
 )
 from pilotfactory.factory.params import Param
+from pilotfactory.factory.ports import World
 
 log = logging.getLogger(__name__)
 
@@ -155,19 +157,26 @@ class QueueEnv:
     generic: Mapping[str, str] = field(default_factory=dict)
 
 
-class SubmitError(Exception):
+class PluginError(Exception):
+    """Any action a plugin could not carry out, with the outside world's reason.
+
+    Submit plugins raise this (never a port's own exception type), so every failure reaches the
+    queue as one type and lands in its trace the same way."""
+
+
+class SubmitError(PluginError):
     """A submit that failed (quota, credentials, rejected description); backs the queue off."""
 
 
 class BatchSubmitPlugin(Plugin):
     """Carries out the planner's actions for one queue.
 
-    ``WORKERS`` says whether this plugin makes pilots (``pilot``: retire means remove) or VMs
-    (``vm``: retire is peaceful, reaping removes the VM job / terminates the instance).
+    ``WORKERS`` says whether this plugin makes pilots (retire means remove) or VMs (retire is
+    peaceful, reaping removes the VM job / terminates the instance).
     """
 
     KIND = "batchsubmit"
-    WORKERS: ClassVar[str] = "pilot"
+    WORKERS: ClassVar[WorkerKind] = WorkerKind.PILOT
 
     def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:
         self.params = params
@@ -182,8 +191,8 @@ class BatchSubmitPlugin(Plugin):
         """Remove workers that run nothing (pending jobs, open requests, idle pilots)."""
         raise NotImplementedError
 
-    def retire(self, workers: Sequence[Worker], mode: str) -> None:
-        """Retire peacefully (``peaceful`` / ``drain``) or at once (``kill``); record it."""
+    def retire(self, workers: Sequence[Worker], mode: RetireMode) -> None:
+        """Retire in exactly ``mode`` (the planner chose it, per worker); record it."""
         raise NotImplementedError
 
     def unretire(self, workers: Sequence[Worker]) -> None:

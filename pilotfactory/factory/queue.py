@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
-from pilotfactory.factory.chain import ChainError, ChainResult, run_chain
+from pilotfactory.factory.chain import ChainError, run_chain
 from pilotfactory.factory.config import QueueConfig
 from pilotfactory.factory.info import (
-    BatchQueueInfo,
+    DEFAULT_RETIRE_MODE,
     FactoryTotals,
-    WMSQueueInfo,
+    RetireMode,
     Worker,
     WorkerState,
 )
@@ -28,7 +27,6 @@ from pilotfactory.factory.planner import (
     PlanInput,
     PlannerMemory,
     plan,
-    summarize,
 )
 from pilotfactory.factory.plugin import (
     BatchStatusPlugin,
@@ -39,89 +37,14 @@ from pilotfactory.factory.plugin import (
     SchedPlugin,
     WMSStatusPlugin,
 )
-from pilotfactory.secretfiles import clip
+from pilotfactory.factory.rails import Backoff, CircuitBreaker
+from pilotfactory.factory.text import clip
+from pilotfactory.factory.trace import CycleTrace
 
 log = logging.getLogger(__name__)
 
-JOINED = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.RETIRING)
-
-
 bounded = clip
 """Head and tail of an outside world's message: enough to act on, never a log flood."""
-
-
-@dataclass
-class CycleTrace:
-    """Everything one cycle saw and decided: logged, shown by ``status``, exported."""
-
-    queue: str
-    time: float
-    wms: WMSQueueInfo | None = None
-    batch: BatchQueueInfo | None = None
-    wms_error: str | None = None
-    batch_error: str | None = None
-    chain: ChainResult | None = None
-    n: int = 0
-    planned: list[Action] = field(default_factory=list)
-    results: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    error: str | None = None
-    dry_run: bool = False
-
-    def decision(self) -> str:
-        if self.error:
-            return f"error: {self.error}"
-        return summarize(self.planned)
-
-    def to_dict(self) -> dict[str, Any]:
-        batch = self.batch
-        wms = self.wms
-        return {
-            "queue": self.queue,
-            "time": self.time,
-            "wms": None
-            if wms is None
-            else {
-                "ready": wms.ready,
-                "notready": wms.notready,
-                "running": wms.running,
-                "done": wms.done,
-                "failed": wms.failed,
-                "unknown": wms.unknown,
-                "site_status": wms.site_status.value,
-            },
-            "wms_error": self.wms_error,
-            "batch": None
-            if batch is None
-            else {
-                "pending": batch.pending,
-                "running": batch.running,
-                "states": batch.by_state(),
-                "unmatched_startds": list(batch.unmatched_startds),
-            },
-            "batch_error": self.batch_error,
-            "chain": None
-            if self.chain is None
-            else [
-                {"plugin": s.plugin, "in": s.n_in, "out": s.n_out, "reason": s.reason}
-                for s in self.chain.steps
-            ],
-            "n": self.n,
-            "actions": [
-                {
-                    "kind": a.kind.value,
-                    "count": a.size(),
-                    "mode": a.mode,
-                    "workers": [w.id for w in a.workers],
-                    "reason": a.reason,
-                }
-                for a in self.planned
-            ],
-            "results": self.results,
-            "notes": self.notes,
-            "error": self.error,
-            "dry_run": self.dry_run,
-        }
 
 
 class Queue:
@@ -150,22 +73,18 @@ class Queue:
             env,
             QueueEnv(queue=cfg.name, wmsqueue=cfg.wmsqueue, generic=cfg.generic),
         )
-        self.worker_kind = getattr(submit_cls, "WORKERS", "pilot")
+        self.worker_kind = submit_cls.WORKERS
         for plugin in self.sched:
             if plugin.NEEDS_HISTORY:
                 batch_source.want_history(cfg.name, plugin.history_window())
         self.memory = PlannerMemory()
         self.next_run = 0.0
         self.busy = False
-        self.joined_ids: set[str] = set()
-        self.frozen_cycles = 0
-        self.pool_startds: int | None = None
-        self.backoff_until = 0.0
-        self.backoff_delay = 0.0
-        self.failure_delay = 0.0
-        self.failed_since: float | None = None
-        self.backoff_reason = ""
-        self.endings: deque[tuple[bool, str]] = deque(maxlen=max(1, cfg.planner.failure_limit))
+        p = cfg.planner
+        self.breaker = CircuitBreaker(ratio=p.shrink_freeze_ratio, accept_after=self.FREEZE_ACCEPT)
+        self.backoff = Backoff(
+            initial=p.backoff_initial, maximum=p.backoff_max, failure_limit=p.failure_limit
+        )
         self.history: deque[CycleTrace] = deque(maxlen=history_size)
         self.counters: dict[str, int] = {
             "cycles": 0,
@@ -178,6 +97,16 @@ class Queue:
             "errors": 0,
             "failclosed": 0,
         }
+
+    def carry_over(self, old: Queue) -> None:
+        """Keep what an unchanged queue remembers across a reload: planner memory, rails,
+        counters and history (a queue in back-off must not resubmit because of a SIGHUP)."""
+        self.memory = old.memory
+        self.next_run = old.next_run
+        self.breaker = old.breaker
+        self.backoff = old.backoff
+        self.counters = old.counters
+        self.history = old.history
 
     # ------------------------------------------------------------------ one cycle
 
@@ -254,8 +183,8 @@ class Queue:
                 return
             n = trace.chain.n
         trace.n = n
-        freeze = self._circuit_breaker(batch)
-        blocked = self._submit_blocked(now, batch)
+        freeze = self.breaker.check(batch, self.name)
+        blocked = self.backoff.blocked(now, batch.workers, self.name)
         result = plan(
             PlanInput(
                 n=n,
@@ -275,91 +204,6 @@ class Queue:
             trace.notes.append("dry run: nothing done")
             return
         self._execute(trace, now)
-
-    # ------------------------------------------------------------------ safety rails
-
-    def _circuit_breaker(self, batch: BatchQueueInfo) -> str | None:
-        """A missing ad is not an empty worker: freeze when joined workers vanish en masse.
-
-        A worker that retires legitimately loses its startd but keeps its master (the VM is
-        up until reaped); a collector that lost ads loses both. So "vanished" counts workers
-        that were joined last cycle and now show neither. A freeze keeps the old reference,
-        so a lasting outage stays frozen; after ``FREEZE_ACCEPT`` cycles the new picture is
-        accepted (and said so), since real mass deaths also happen.
-        """
-        joined_now = {w.id for w in batch.workers if w.state in JOINED}
-        reference = self.joined_ids
-        vanished = [
-            w.id
-            for w in batch.workers
-            if w.id in reference and w.id not in joined_now and w.extra.get("master") is not True
-        ]
-        ratio = self.cfg.planner.shrink_freeze_ratio
-        why = None
-        if len(reference) >= 4 and len(vanished) >= max(2, len(reference) * ratio):
-            why = (
-                f"{len(vanished)} of {len(reference)} joined workers lost their startd and "
-                "master ads in one cycle"
-            )
-        ads, last_ads = batch.pool_startds, self.pool_startds
-        if ads is not None and last_ads is not None and last_ads >= 4 and ads < last_ads * ratio:
-            why = f"the collector returned {ads} slot ads, {last_ads} last cycle"
-        if why:
-            self.frozen_cycles += 1
-            if self.frozen_cycles <= self.FREEZE_ACCEPT:
-                return (
-                    f"{why}; suspect a partial collector answer "
-                    f"({self.frozen_cycles}/{self.FREEZE_ACCEPT})"
-                )
-            log.warning(
-                "queue %s: %d workers still vanished after %d frozen cycles; accepting it",
-                self.name,
-                len(vanished),
-                self.FREEZE_ACCEPT,
-            )
-        self.frozen_cycles = 0
-        self.joined_ids = joined_now
-        self.pool_startds = ads
-        return None
-
-    def _submit_blocked(self, now: float, batch: BatchQueueInfo) -> str | None:
-        """Submit errors and dead workers back the queue off; reaping goes on regardless.
-
-        The two back-offs grow separately: a submit that succeeds resets the submit back-off,
-        but only a worker submitted since the failure stop that actually joins resets the
-        failure one (a successful submit of VMs that never boot is no recovery).
-        """
-        if self.failed_since is not None and any(
-            w.state in JOINED and (w.submitted_at or 0.0) >= self.failed_since
-            for w in batch.workers
-        ):
-            self.failure_delay = 0.0
-            self.failed_since = None
-        if now < self.backoff_until:
-            return f"backing off {self.backoff_until - now:.0f}s more: {self.backoff_reason}"
-        limit = self.cfg.planner.failure_limit
-        if len(self.endings) >= limit and all(fail for fail, _ in self.endings):
-            reasons = sorted({why for _, why in self.endings})
-            self.failure_delay = self._next_delay(self.failure_delay)
-            self.failed_since = now
-            self._back_off(
-                now, f"last {limit} workers all failed: " + "; ".join(reasons), self.failure_delay
-            )
-            self.endings.clear()
-            return f"backing off: {self.backoff_reason}"
-        return None
-
-    def _next_delay(self, delay: float) -> float:
-        p = self.cfg.planner
-        return min(p.backoff_max, max(p.backoff_initial, delay * 2))
-
-    def _back_off(self, now: float, reason: str, delay: float | None = None) -> None:
-        if delay is None:
-            self.backoff_delay = self._next_delay(self.backoff_delay)
-            delay = self.backoff_delay
-        self.backoff_until = now + delay
-        self.backoff_reason = bounded(reason)
-        log.warning("queue %s: backing off %.0fs: %s", self.name, delay, self.backoff_reason)
 
     # ------------------------------------------------------------------ acting
 
@@ -399,7 +243,7 @@ class Queue:
                 self.counters["errors"] += 1
                 log.error("queue %s: %s", self.name, msg)
                 if action.kind is ActionKind.SUBMIT:
-                    self._back_off(now, msg)
+                    self.backoff.back_off(now, msg, self.name)
 
     def _still_valid(self, action: Action, current: dict[str, Worker], trace: CycleTrace) -> Action:
         keep: list[Worker] = []
@@ -437,7 +281,7 @@ class Queue:
             ids = sub.submit(action.count)
             self.counters["submitted"] += len(ids)
             trace.results.append(f"submitted {len(ids)}")
-            self.backoff_delay = 0.0
+            self.backoff.submitted()
         elif action.kind is ActionKind.UNRETIRE:
             sub.unretire(action.workers)
             self.counters["unretired"] += len(action.workers)
@@ -447,10 +291,10 @@ class Queue:
             self.counters["cancelled"] += len(action.workers)
             trace.results.append(f"cancelled {len(action.workers)}")
         elif action.kind is ActionKind.RETIRE:
-            mode = action.mode or "drain"
+            mode = action.mode or DEFAULT_RETIRE_MODE[self.worker_kind]
             sub.retire(action.workers, mode)
             self.counters["retired"] += len(action.workers)
-            if mode == "kill":
+            if mode is RetireMode.KILL:
                 self.counters["killed"] += sum(
                     1 for w in action.workers if w.state is WorkerState.BUSY
                 )
@@ -460,7 +304,7 @@ class Queue:
             self.counters["reaped"] += len(action.workers)
             for w in action.workers:
                 why = (w.hold_reason or action.reason) if action.failure else "retired"
-                self.endings.append((action.failure, bounded(why, 160)))
+                self.backoff.ended(action.failure, why)
             trace.results.append(f"reaped {len(action.workers)}")
 
     def _log(self, trace: CycleTrace) -> None:

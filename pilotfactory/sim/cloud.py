@@ -12,21 +12,26 @@ import builtins
 import random
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from pilotfactory.backends.cloud.port import (
-    TAG_QUEUE,
-    TAG_WORKER,
-    CloudError,
-    CloudQuotaError,
-    Instance,
-    LaunchSpec,
-)
+from pilotfactory.factory.contract import TAG_QUEUE, TAG_WORKER
+from pilotfactory.factory.ports import CloudError, CloudQuotaError, Instance, LaunchSpec
+from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.metrics import SimMetrics
-from pilotfactory.sim.pool import seeded_rng
 
-if TYPE_CHECKING:
-    from pilotfactory.sim.pool import EventLoop, SimPool
+
+class PoolSide(Protocol):
+    """What the cloud tells the pool (``SimPool`` implements it): the gridmanager's view of
+    instances, and startds joining or vanishing. A protocol, so the cloud never imports the pool."""
+
+    def vm_spot_opened(self, job_id: str, request_id: str) -> None: ...
+
+    def vm_created(self, job_id: str, instance_id: str) -> None: ...
+
+    def vm_joined(self, inst: SimInstance, cpus: int, retirement_time: float) -> None: ...
+
+    def vm_gone(self, inst: SimInstance) -> None: ...
+
 
 DEFAULT_FLAVORS: dict[str, int] = {
     "t2.micro": 1,
@@ -116,7 +121,7 @@ class SimCloud:
         config: CloudConfig | None = None,
         rng: random.Random | None = None,
         metrics: SimMetrics | None = None,
-        pool: SimPool | None = None,
+        pool: PoolSide | None = None,
     ) -> None:
         self.loop = loop
         self.config = config or CloudConfig()

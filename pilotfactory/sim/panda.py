@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pilotfactory.backends.panda_port import DetailedJobStats, JobStats, PandaError
+from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
 from pilotfactory.sim.metrics import SimMetrics
 
 ONLINE = "online"

@@ -13,7 +13,6 @@ tick costs what changed, not jobs x slots.
 from __future__ import annotations
 
 import heapq
-import math
 import random
 import re
 from collections import Counter, deque
@@ -21,9 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pilotfactory.backends.cloud.port import CloudError, LaunchSpec
-from pilotfactory.backends.condor.port import CondorRejected, CondorUnreachable, SubmitResult
-from pilotfactory.factory.clock import Clock
+from pilotfactory.factory.ports import (
+    CloudError,
+    CondorRejected,
+    CondorUnreachable,
+    LaunchSpec,
+    SubmitResult,
+)
+from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.metrics import SimMetrics
 
 if TYPE_CHECKING:
@@ -100,11 +104,6 @@ _ATTR = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _PIN = re.compile(
     r'\b(EC2InstanceID|PilotFactoryWorker)\s*(?:=\?=|==|\bis\b)\s*"([^"]*)"', re.IGNORECASE
 )
-
-
-def seeded_rng(seed: int) -> random.Random:
-    """The simulator's only source of randomness: reproducible, not cryptographic."""
-    return random.Random(seed)  # noqa: S311 - simulation, not security
 
 
 class SimExpr(str):
@@ -185,59 +184,6 @@ class PoolConfig:
     collector_drop_fraction: float = 0.0
     fill: str = "depth"
     """Negotiator's slot choice: ``depth`` (fill the busiest startd first) or ``breadth``."""
-
-
-class EventLoop:
-    """Time-ordered events plus per-step hooks (the negotiator), advanced to the clock on demand.
-
-    The pool, the cloud and the workload share one loop, so a VM boot, a job end and a
-    negotiation cycle happen in time order whoever scheduled them. Steps are bounded and aligned
-    to multiples of ``step``, so results do not depend on how often the caller ticks.
-    """
-
-    def __init__(self, clock: Clock, step: float = 5.0) -> None:
-        if step <= 0:
-            raise ValueError("step must be positive")
-        self.clock = clock
-        self.step = step
-        self.now = clock.now()
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = 0
-        self._hooks: list[Callable[[], None]] = []
-        self._busy = False
-
-    def at(self, when: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (max(when, self.now), self._seq, fn))
-        self._seq += 1
-
-    def after(self, delay: float, fn: Callable[[], None]) -> None:
-        self.at(self.now + delay, fn)
-
-    def on_step(self, fn: Callable[[], None]) -> None:
-        self._hooks.append(fn)
-
-    def pending(self) -> int:
-        return len(self._heap)
-
-    def advance(self, target: float | None = None) -> None:
-        """Run every event up to ``target`` (default: the clock's now); re-entrant calls no-op."""
-        if self._busy:
-            return
-        goal = self.clock.now() if target is None else target
-        self._busy = True
-        try:
-            while self.now < goal:
-                boundary = (math.floor(self.now / self.step) + 1) * self.step
-                end = min(goal, boundary)
-                while self._heap and self._heap[0][0] <= end:
-                    when, _, fn = heapq.heappop(self._heap)
-                    self.now = max(self.now, when)
-                    fn()
-                self.now = end
-                for hook in self._hooks:
-                    hook()
-        finally:
-            self._busy = False
 
 
 class _Job:

@@ -26,7 +26,7 @@ from pilotfactory.factory.config import (
 )
 from pilotfactory.factory.factory import Factory
 from pilotfactory.factory.info import BatchQueueInfo, WorkerState
-from pilotfactory.factory.queue import CycleTrace
+from pilotfactory.factory.trace import CycleTrace
 from pilotfactory.sim.cloud import CloudConfig
 from pilotfactory.sim.pool import PoolConfig
 from pilotfactory.sim.workload import PRESETS, Workload, preset

@@ -10,8 +10,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.panda import SimPanda
-from pilotfactory.sim.pool import EventLoop, SimPool, seeded_rng
+from pilotfactory.sim.pool import SimPool
 
 
 @dataclass(frozen=True)

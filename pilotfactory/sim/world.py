@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilotfactory.backends.condor.port import CondorTarget
 from pilotfactory.factory.clock import Clock
+from pilotfactory.factory.ports import CondorTarget
 from pilotfactory.sim.cloud import CloudConfig, SimCloud
+from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.metrics import SimMetrics, Snapshot
 from pilotfactory.sim.panda import SimPanda
-from pilotfactory.sim.pool import EventLoop, PoolConfig, SimPool, seeded_rng
+from pilotfactory.sim.pool import PoolConfig, SimPool
 from pilotfactory.sim.workload import Workload
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pilotfactory.backends.condor.port import CondorTarget
+from pilotfactory.factory.ports import CondorTarget
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX = REPO / "scripts" / "condor-sandbox"

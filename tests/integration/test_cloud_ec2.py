@@ -24,15 +24,8 @@ from moto.ec2.models import ec2_backends, spot_requests
 from moto.server import ThreadedMotoServer
 
 from pilotfactory.backends.cloud.ec2 import Ec2Cloud
-from pilotfactory.backends.cloud.port import (
-    TAG_FACTORY,
-    TAG_QUEUE,
-    TAG_RETIRE,
-    CloudAuthError,
-    CloudError,
-    CloudQuotaError,
-    LaunchSpec,
-)
+from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
+from pilotfactory.factory.ports import CloudAuthError, CloudError, CloudQuotaError, LaunchSpec
 
 SECRET = "s3cr3t-not-for-logs"
 USER_DATA = "#!/bin/sh\necho pilot\n"

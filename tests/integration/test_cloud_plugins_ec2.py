@@ -14,7 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from pilotfactory.backends.world import RealWorld
-from pilotfactory.factory.info import WorkerState
+from pilotfactory.factory.info import RetireMode, WorkerState
 from pilotfactory.factory.params import merged
 from pilotfactory.factory.plugin import QueueEnv
 from pilotfactory.plugins.batchstatus.cloud import EC2BatchStatus
@@ -60,7 +60,7 @@ def test_ec2_queue_on_moto(moto_url: str, tmp_path: Path) -> None:
     port.startds.append({**slot, "MaxJobRetirementTime": 86400, "PilotFactoryWorker": w0.id})
     status.refresh()
     w0 = next(w for w in status.info("q1").workers if w.id == ids[0])
-    sub.retire([w0], "drain")
+    sub.retire([w0], RetireMode.DRAIN)
     status.refresh()
     w0 = next(w for w in status.info("q1").workers if w.id == ids[0])
     assert (w0.state, w0.retire_mode) == (WorkerState.RETIRING, "drain")

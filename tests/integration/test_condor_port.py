@@ -10,45 +10,33 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pilotfactory.backends.condor.bindings import BindingsCondor, classify
 from pilotfactory.backends.condor.cli import CliCondor
-from pilotfactory.backends.condor.port import (
+from pilotfactory.factory.ports import (
     CondorPermission,
     CondorPort,
     CondorRejected,
     CondorTarget,
     CondorUnreachable,
 )
+from tests.conftest import wait_for
 
 if TYPE_CHECKING:  # tests/integration is not a package; pytest loads conftest itself
     from conftest import CondorPool  # type: ignore[import-not-found,unused-ignore]
 
 pytestmark = [pytest.mark.condor, pytest.mark.timeout(240)]
 
-T = TypeVar("T")
 BACKENDS: dict[str, type[BindingsCondor] | type[CliCondor]] = {
     "bindings": BindingsCondor,
     "cli": CliCondor,
 }
 RUNNING, REMOVED, COMPLETED = 2, 3, 4
-
-
-def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float = 0.5) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with the last value seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
 
 
 Backend = type[BindingsCondor] | type[CliCondor]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -15,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from pilotfactory.backends.condor.port import CondorTarget
 from pilotfactory.backends.world import RealWorld
 from pilotfactory.factory.clock import WallClock
 from pilotfactory.factory.config import QueueConfig, default_factory_config, load_queues
 from pilotfactory.factory.factory import Factory
 from pilotfactory.factory.info import BatchQueueInfo, WorkerState
+from pilotfactory.factory.ports import CondorTarget
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.condor
 
@@ -39,17 +39,6 @@ sched.maxtorun.maximum = {maxtorun}
 retire_confirm_cycles = 1
 apfqueue.sleep = 1
 """
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture

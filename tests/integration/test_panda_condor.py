@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from pilotfactory.backends.condor.port import CondorTarget
 from pilotfactory.backends.world import RealWorld
 from pilotfactory.factory.clock import WallClock
 from pilotfactory.factory.config import default_factory_config, load_queues
 from pilotfactory.factory.factory import Factory
+from pilotfactory.factory.ports import CondorTarget
 from pilotfactory.sim.panda_server import PandaEmulator
 from tests.conftest import example
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilotfactory.backends.condor.port import CondorTarget, SubmitResult
 from pilotfactory.factory.clock import VirtualClock
 from pilotfactory.factory.plugin import Env
+from pilotfactory.factory.ports import CondorTarget, SubmitResult
 
 
 def _select(

@@ -21,20 +21,20 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.parsers import ResponseParserError
 
-from pilotfactory.backends.cloud.port import (
-    TAG_FACTORY,
+from pilotfactory.backends.cloud.settings import (
+    clip,
+    number_setting,
+    read_secret,
+    text_setting,
+)
+from pilotfactory.factory.contract import TAG_FACTORY
+from pilotfactory.factory.ports import (
     CloudAuthError,
     CloudError,
     CloudPort,
     CloudQuotaError,
     Instance,
     LaunchSpec,
-)
-from pilotfactory.backends.cloud.settings import (
-    clip,
-    number_setting,
-    read_secret,
-    text_setting,
 )
 
 log = logging.getLogger(__name__)

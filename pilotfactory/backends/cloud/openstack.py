@@ -24,21 +24,20 @@ from keystoneauth1.identity import v3
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
 
-from pilotfactory.backends.cloud.port import (
-    TAG_FACTORY,
-    TAG_QUEUE,
+from pilotfactory.backends.cloud.settings import (
+    clip,
+    number_setting,
+    read_secret,
+    text_setting,
+)
+from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE
+from pilotfactory.factory.ports import (
     CloudAuthError,
     CloudError,
     CloudPort,
     CloudQuotaError,
     Instance,
     LaunchSpec,
-)
-from pilotfactory.backends.cloud.settings import (
-    clip,
-    number_setting,
-    read_secret,
-    text_setting,
 )
 
 log = logging.getLogger(__name__)

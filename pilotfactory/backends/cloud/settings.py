@@ -10,14 +10,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from pilotfactory import secretfiles
-from pilotfactory.backends.cloud.port import CloudAuthError, CloudError
+from pilotfactory.factory.ports import CloudAuthError, CloudError
+from pilotfactory.factory.text import clip as text_clip
 
 CLIP = 300
 
 
 def clip(text: str) -> str:
     """Bounded head + tail of provider text, so one huge error page cannot flood a log."""
-    return secretfiles.clip(text, CLIP)
+    return text_clip(text, CLIP)
 
 
 def read_secret(path: str, what: str) -> str:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import classad2
 import htcondor2
 
-from pilotfactory.backends.condor.port import (
+from pilotfactory.factory.ports import (
     CondorError,
     CondorPermission,
     CondorRejected,
@@ -86,10 +86,10 @@ def checked_constraint(constraint: str) -> str:
 
 def to_python(value: Any) -> Any:
     """A ClassAd value as a plain Python value; ``_MISSING`` for undefined / error."""
+    if isinstance(value, classad2.Value):  # before int: Value is an IntEnum (Undefined == 2)
+        return _MISSING
     if isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, classad2.Value):
-        return _MISSING
     if isinstance(value, classad2.ExprTree):
         return _expr_to_python(value, None)
     if isinstance(value, list):

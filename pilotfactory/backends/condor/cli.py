@@ -31,7 +31,7 @@ from pilotfactory.backends.condor.bindings import (
     classify,
     plain_ad,
 )
-from pilotfactory.backends.condor.port import (
+from pilotfactory.factory.ports import (
     CondorError,
     CondorRejected,
     CondorTarget,
@@ -40,7 +40,7 @@ from pilotfactory.backends.condor.port import (
     combine,
     render_match,
 )
-from pilotfactory.secretfiles import clip
+from pilotfactory.factory.text import clip
 
 log = logging.getLogger(__name__)
 

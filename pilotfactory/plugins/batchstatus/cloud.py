@@ -23,42 +23,38 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from pilotfactory.backends.cloud.port import (
+from pilotfactory.factory.contract import (
+    RETIRE_MODE,
+    RETIRE_REQUESTED,
     TAG_FACTORY,
     TAG_QUEUE,
     TAG_RETIRE,
     TAG_RETIRE_MODE,
     TAG_UNRETIRED,
     TAG_WORKER,
-    CloudPort,
-    Instance,
+    TARGET_PARAMS,
+    UNRETIRED_AT,
+    WORKER_ID,
+    JobStatus,
+    target_from,
 )
 from pilotfactory.factory.info import BatchQueueInfo, Worker
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env
-from pilotfactory.plugins.batchstatus.condor import (
-    WORKER_ID,
-    Ad,
-    CondorEC2BatchStatus,
-    Pool,
-)
-from pilotfactory.plugins.batchsubmit.cloud_common import (
-    EC2_PARAMS,
-    OPENSTACK_PARAMS,
-    provider_key,
-)
-from pilotfactory.plugins.batchsubmit.condor_common import (
-    RETIRE_MODE,
-    RETIRE_REQUESTED,
-    TARGET_PARAMS,
-    UNRETIRED_AT,
-    target_from,
-)
+from pilotfactory.factory.ports import CloudPort, Instance
+from pilotfactory.plugins.batchstatus.condor import Ad, CondorEC2BatchStatus, Pool
+from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, provider_key
 
 log = logging.getLogger(__name__)
 
 # Instance state -> JobStatus of the job-like mapping (3: not a worker; unknown: present).
-JOB_STATUS = {"pending": 1, "running": 2, "error": 5, "stopping": 3, "terminated": 3}
+JOB_STATUS = {
+    "pending": JobStatus.IDLE,
+    "running": JobStatus.RUNNING,
+    "error": JobStatus.HELD,
+    "stopping": JobStatus.REMOVED,
+    "terminated": JobStatus.REMOVED,
+}
 
 
 def _stamp(text: str | None) -> float | None:
@@ -74,7 +70,7 @@ def instance_ad(inst: Instance) -> dict[str, Any]:
     tags = inst.tags
     ad: dict[str, Any] = {
         WORKER_ID: tags.get(TAG_WORKER) or inst.id,
-        "JobStatus": JOB_STATUS.get(inst.state, 2),
+        "JobStatus": JOB_STATUS.get(inst.state, JobStatus.RUNNING),
         "QDate": inst.launched_at,
         "EnteredCurrentStatus": inst.launched_at,
         "JobStartDate": inst.launched_at,
@@ -87,7 +83,7 @@ def instance_ad(inst: Instance) -> dict[str, Any]:
             ad[attr] = value
     if tags.get(TAG_RETIRE_MODE):
         ad[RETIRE_MODE] = tags[TAG_RETIRE_MODE]
-    if ad["JobStatus"] == 5:
+    if ad["JobStatus"] == JobStatus.HELD:
         ad["HoldReason"] = inst.fault or f"instance {inst.id} is in state {inst.state}"
     return ad
 

@@ -14,18 +14,23 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pilotfactory.backends.condor.port import CondorPort
-from pilotfactory.factory.info import BatchQueueInfo, JobRecord, Worker, WorkerState
-from pilotfactory.factory.params import Param
-from pilotfactory.factory.plugin import BatchStatusPlugin, Env
-from pilotfactory.plugins.batchsubmit.condor_common import (
+from pilotfactory.factory.contract import (
+    QUEUED_STATUSES,
     RETIRE_MODE,
     RETIRE_REQUESTED,
+    RUNNING_STATUSES,
     TARGET_PARAMS,
     UNRETIRED_AT,
+    WORKER_ID,
+    JobStatus,
+    Universe,
     classad_string,
     target_from,
 )
+from pilotfactory.factory.info import BatchQueueInfo, JobRecord, RetireMode, Worker, WorkerState
+from pilotfactory.factory.params import Param
+from pilotfactory.factory.plugin import BatchStatusPlugin, Env
+from pilotfactory.factory.ports import CondorPort
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +46,14 @@ HISTORY_ATTRS = (
     "CompletionDate", "EnteredCurrentStatus",
 )  # fmt: skip
 # JobStatus -> pilot state; 3 (removed) and 4 (completed) are not workers any more.
-PILOT_STATE = {0: S.PENDING, 1: S.PENDING, 2: S.BUSY, 6: S.BUSY, 5: S.HELD}
-RUNNING = (2, 6)
+PILOT_STATE: dict[int, WorkerState] = {
+    JobStatus.UNEXPANDED: S.PENDING,
+    JobStatus.IDLE: S.PENDING,
+    JobStatus.RUNNING: S.BUSY,
+    JobStatus.TRANSFERRING_OUTPUT: S.BUSY,
+    JobStatus.HELD: S.HELD,
+}
+RUNNING = RUNNING_STATUSES
 
 
 def _time(ad: Ad, key: str) -> float | None:
@@ -51,9 +62,6 @@ def _time(ad: Ad, key: str) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return float(value)
     return None
-
-
-WORKER_ID = "PilotFactoryWorker"
 
 
 def job_id(ad: Ad) -> str:
@@ -80,10 +88,10 @@ def base_fields(ad: Ad, queue: str) -> dict[str, Any]:
         "id": job_id(ad),
         "queue": queue,
         "retire_requested_at": requested if retire_active(requested, unretired) else None,
-        "retire_mode": ad.get(RETIRE_MODE),
+        "retire_mode": RetireMode.parse(ad.get(RETIRE_MODE)),
         "unretired_at": unretired,
         "submitted_at": _time(ad, "QDate"),
-        "hold_reason": ad.get("HoldReason") if ad.get("JobStatus") == 5 else None,
+        "hold_reason": ad.get("HoldReason") if ad.get("JobStatus") == JobStatus.HELD else None,
     }
 
 
@@ -93,8 +101,13 @@ def pilot_worker(ad: Ad, queue: str, now: float) -> Worker | None:
     if state is None:
         return None
     since = _time(ad, "EnteredCurrentStatus") or _time(ad, "QDate") or now
-    extra = {"remote_host": ad["RemoteHost"]} if ad.get("RemoteHost") else {}
-    return Worker(state=state, since=since, extra=extra, **base_fields(ad, queue))
+    host = ad.get("RemoteHost")
+    return Worker(
+        state=state,
+        since=since,
+        remote_host=str(host) if host else None,
+        **base_fields(ad, queue),
+    )
 
 
 def history_records(ads: Sequence[Ad], cutoff: float) -> list[JobRecord]:
@@ -319,9 +332,9 @@ def vm_worker(
     f = base_fields(ad, queue)
     entered = _time(ad, "EnteredCurrentStatus") or _time(ad, "QDate") or now
     instance = str(ad["EC2InstanceName"]) if ad.get("EC2InstanceName") else None
-    if status == 5:
+    if status == JobStatus.HELD:
         return Worker(state=S.HELD, since=entered, instance_id=instance, **f)
-    if status in (0, 1) or (status in RUNNING and not (instance or slots or master)):
+    if status in QUEUED_STATUSES or (status in RUNNING and not (instance or slots or master)):
         return Worker(state=S.PENDING, since=entered, instance_id=instance, **f)
     if status not in RUNNING:
         return None
@@ -352,7 +365,7 @@ def vm_worker(
         slots_total=total,
         slots_busy=busy,
         retirement_time=float(min(retire_times)) if retire_times else None,
-        extra={"master": master is not None},
+        master_seen=master is not None,
         **f,
     )
 
@@ -395,7 +408,11 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         return Pool.build(slots, masters, self.join)
 
     def worker(self, ad: Ad, queue: str, now: float, extra: Any) -> Worker | None:
-        if "JobUniverse" in ad and ad["JobUniverse"] != 9 and not ad.get("EC2InstanceName"):
+        if (
+            "JobUniverse" in ad
+            and ad["JobUniverse"] != Universe.GRID
+            and not ad.get("EC2InstanceName")
+        ):
             return pilot_worker(ad, queue, now)  # a pilot under a VM status plugin
         jid = job_id(ad)
         slots, master = extra.lookup(ad) if isinstance(extra, Pool) else ([], None)

@@ -22,21 +22,19 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from pilotfactory.backends.cloud.port import (
+from pilotfactory.factory.contract import (
     TAG_FACTORY,
     TAG_QUEUE,
     TAG_RETIRE,
     TAG_RETIRE_MODE,
     TAG_UNRETIRED,
     TAG_WORKER,
-    CloudError,
-    CloudPort,
-    LaunchSpec,
+    target_from,
 )
-from pilotfactory.backends.condor.port import CondorError, CondorPort
-from pilotfactory.factory.info import Worker
+from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, SubmitError
+from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, LaunchSpec
 from pilotfactory.plugins.batchsubmit.cloud_common import (
     EC2_PARAMS,
     OPENSTACK_PARAMS,
@@ -45,10 +43,8 @@ from pilotfactory.plugins.batchsubmit.cloud_common import (
     vm_params,
 )
 from pilotfactory.plugins.batchsubmit.condor_common import (
-    retire_startds,
-    safe_retire_mode,
-    target_from,
-    unretire_startds,
+    retire_vms,
+    unretire_vms,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +55,7 @@ log = logging.getLogger(__name__)
 class CloudSubmit(BatchSubmitPlugin):
     """Launch, retire and terminate VMs of one queue on one cloud account."""
 
-    WORKERS = "vm"
+    WORKERS = WorkerKind.VM
     PROVIDER: ClassVar[str] = ""
 
     def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:
@@ -182,39 +178,22 @@ class CloudSubmit(BatchSubmitPlugin):
     def reap(self, workers: Sequence[Worker]) -> None:
         self.terminate(workers, "reap")
 
-    def retire(self, workers: Sequence[Worker], mode: str) -> None:
-        """Record first, then act (as CondorEC2 does with the job ad): a recorded retire that
-        failed still shows as RETIRING, an unrecorded one would look like a vanished VM."""
-        q = self.queue.queue
-        need = int(self.params.get("expected_job_length") or 0)
-        unjoined: list[Worker] = []
-        groups: dict[str, list[Worker]] = {}
-        for w in self.own(workers):
-            if w.machine is None and mode != "kill":
-                log.info("[%s] %s has no startd (no work possible): terminating it", q, w.id)
-                unjoined.append(w)
-            else:
-                groups.setdefault(safe_retire_mode(w, mode, need, q), []).append(w)
-        self.terminate(unjoined, "retire (not joined)")
-        stamp = str(int(self.env.clock.now()))
-        errors: list[CondorError] = []
-        for eff, group in groups.items():
-            self.record(group, {TAG_RETIRE: stamp, TAG_RETIRE_MODE: eff}, "retire")
-            if eff == "kill":
-                self.terminate(group, "retire (kill)")
-                continue
-            errors += retire_startds(self.condor, group, eff, q)
-        if errors:
-            raise errors[0]
+    def retire(self, workers: Sequence[Worker], mode: RetireMode) -> None:
+        """The shared VM retire routine; the record is one tag write (request time and mode)."""
+
+        def record(group: Sequence[Worker], eff: RetireMode) -> None:
+            stamp = str(int(self.env.clock.now()))
+            self.record(group, {TAG_RETIRE: stamp, TAG_RETIRE_MODE: str(eff)}, "retire")
+
+        retire_vms(self.condor, self.own(workers), mode, self.queue.queue, record, self.terminate)
 
     def unretire(self, workers: Sequence[Worker]) -> None:
-        """Act first, then record: a failed un-retire must keep looking retired."""
-        done, errors = unretire_startds(self.condor, self.own(workers), self.queue.queue)
-        if done:  # tags cannot be deleted everywhere (Nova merges): blank the request instead
+        def record(done: Sequence[Worker]) -> None:
+            # Tags cannot be deleted everywhere (Nova merges): blank the request instead.
             stamp = str(int(self.env.clock.now()))
             self.record(done, {TAG_UNRETIRED: stamp, TAG_RETIRE: ""}, "un-retire")
-        if errors:
-            raise errors[0]
+
+        unretire_vms(self.condor, self.own(workers), self.queue.queue, record)
 
 
 class EC2Submit(CloudSubmit):

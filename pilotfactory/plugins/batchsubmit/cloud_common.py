@@ -12,49 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
+from pilotfactory.factory.contract import TARGET_PARAMS, classad_string
 from pilotfactory.factory.params import Param
-from pilotfactory.plugins.batchsubmit.condor_common import (
-    EXPECTED_JOB_LENGTH,
-    TARGET_PARAMS,
-    classad_string,
-)
+from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS
 
-# The provider settings the cloud ports read (backends/cloud/{ec2,openstack}.py from_settings);
-# the status plugins take the same ones, so both reach the same account.
-_API = (
-    Param("timeout", float, 30.0, "seconds per API call", minimum=0.001),
-    Param("retries", int, 3, "API retries", minimum=0),
-)
-EC2_PARAMS: tuple[Param, ...] = (
-    Param("endpoint_url", str, None, "EC2 endpoint (unset: AWS for the region)"),
-    Param("region", str, None, "region (unset: us-east-1)"),
-    Param("access_key_id", str, None, "file holding the access key id (unset: boto3 chain)"),
-    Param("secret_access_key", str, None, "file holding the secret access key"),
-    *_API,
-)
-OPENSTACK_PARAMS: tuple[Param, ...] = (
-    Param("auth_url", str, None, "Keystone URL (/v3 is added)"),
-    Param("username", str, None, "user (with password_file and project_name)"),
-    Param("password_file", str, None, "file holding the password (owner-only)"),
-    Param("project_name", str, None, "project"),
-    Param("user_domain_name", str, None, "user domain (unset: Default)"),
-    Param("project_domain_name", str, None, "project domain (unset: Default)"),
-    Param("application_credential_id", str, None, "instead of username/password"),
-    Param("application_credential_secret_file", str, None, "file holding its secret"),
-    Param("region", str, None, "region"),
-    Param("interface", str, None, "endpoint interface (unset: public)"),
-    Param("network_id", str, None, "network the VMs attach to"),
-    Param("ca_bundle", str, None, "CA bundle for TLS to Keystone/Nova"),
-    *_API,
-)
-PROVIDER_PARAMS: dict[str, tuple[Param, ...]] = {"ec2": EC2_PARAMS, "openstack": OPENSTACK_PARAMS}
-
-
-def provider_key(provider: str, params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The settings that name one cloud account (paths, never secrets)."""
-    return tuple((p.name, str(params.get(p.name))) for p in PROVIDER_PARAMS[provider])
+__all__ = ["EC2_PARAMS", "OPENSTACK_PARAMS", "condor_config", "render_user_data", "vm_params"]
 
 
 def vm_params(flavor_aliases: tuple[str, ...] = ()) -> tuple[Param, ...]:
@@ -66,7 +29,6 @@ def vm_params(flavor_aliases: tuple[str, ...] = ()) -> tuple[Param, ...]:
         Param("security_groups", list, None, "security group names (EC2: or sg- ids)"),
         Param("user_data_file", str, None, "user data template ({worker_id}, {condor_config})"),
         Param("launch_options", dict, {}, "provider extras: availability_zone, subnet_id, ..."),
-        EXPECTED_JOB_LENGTH,
     )
 
 

@@ -11,28 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pilotfactory.backends.condor.port import CondorError, CondorPort, CondorTarget
-from pilotfactory.factory.info import Worker
+from pilotfactory.factory.contract import TARGET_PARAMS, classad_string, target_from
+from pilotfactory.factory.info import RetireMode, Worker
 from pilotfactory.factory.params import Param
-from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, SubmitError
+from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, PluginError, QueueEnv, SubmitError
+from pilotfactory.factory.ports import CondorError, CondorPort
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_LOG_DIR = "/var/log/pilotfactory"
-
-# Job-ad attributes the factory writes when it retires / un-retires a VM (the contract).
-RETIRE_REQUESTED = "PilotFactoryRetireRequested"
-RETIRE_MODE = "PilotFactoryRetireMode"
-UNRETIRED_AT = "PilotFactoryUnretiredAt"
-
-# Where the pool is: APF's scheddhost / collectorhost (unset = the local pool).
-TARGET_PARAMS: tuple[Param, ...] = (
-    Param("scheddhost", str, None, "schedd name (unset: the local schedd)"),
-    Param("collectorhost", str, None, "collector host[:port] (unset: the local pool)"),
-)
 
 # APF: "a submit plugin also reads its parent's keys under its own prefix".
 COMMON_SUBMIT_PARAMS: tuple[Param, ...] = (
@@ -46,45 +36,15 @@ COMMON_SUBMIT_PARAMS: tuple[Param, ...] = (
 PROTECTED = ("+PilotFactoryId", "+PilotFactoryQueue", "+FACTORY_JOBID")
 
 
-EXPECTED_JOB_LENGTH = Param(
-    "expected_job_length",
-    int,
-    3600,
-    "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
-    minimum=0,
-)
-
-
-def safe_retire_mode(w: Worker, mode: str, expected_job_length: int, queue: str) -> str:
-    """Drain only where it cannot evict: the slots' MaxJobRetirementTime covers a job.
-
-    Shared by every VM submit plugin (grid-universe and direct cloud), so they fall back alike.
-    """
-    if mode != "drain":
-        return mode
-    if w.retirement_time is not None and w.retirement_time >= expected_job_length:
-        return "drain"
-    log.info(
-        "[%s] %s (%s): MaxJobRetirementTime %s < expected_job_length %d, a drain would "
-        "evict; retiring peacefully instead",
-        queue,
-        w.id,
-        w.machine,
-        w.retirement_time,
-        expected_job_length,
-    )
-    return "peaceful"
-
-
 def retire_startds(
-    port: CondorPort, workers: Sequence[Worker], mode: str, queue: str
+    port: CondorPort, workers: Sequence[Worker], mode: RetireMode, queue: str
 ) -> list[CondorError]:
     """Drain or peacefully retire each worker's startd; one refusal does not stop the rest."""
     errors: list[CondorError] = []
     for w in workers:
         assert w.machine is not None
         try:
-            if mode == "drain":
+            if mode is RetireMode.DRAIN:
                 port.drain(w.machine, "pilotfactory")
             else:
                 port.retire_peaceful(w.machine)
@@ -102,7 +62,7 @@ def unretire_startds(
     done: list[Worker] = []
     errors: list[CondorError] = []
     for w in workers:
-        if w.machine is None or w.retire_mode not in ("drain", "peaceful"):
+        if w.machine is None or w.retire_mode not in (RetireMode.DRAIN, RetireMode.PEACEFUL):
             log.warning(
                 "[%s] cannot un-retire %s (machine %s, retire mode %s)",
                 queue,
@@ -112,7 +72,7 @@ def unretire_startds(
             )
             continue
         try:
-            if w.retire_mode == "drain":
+            if w.retire_mode is RetireMode.DRAIN:
                 port.cancel_drain(w.machine)
             else:
                 port.unretire(w.machine)
@@ -125,13 +85,59 @@ def unretire_startds(
     return done, errors
 
 
-def target_from(params: Mapping[str, Any]) -> CondorTarget:
-    return CondorTarget(params.get("scheddhost") or None, params.get("collectorhost") or None)
+Record = Callable[[Sequence[Worker], RetireMode], None]
+Stop = Callable[[Sequence[Worker], str], None]
 
 
-def classad_string(value: str) -> str:
-    """A ClassAd string literal."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def retire_vms(
+    port: CondorPort,
+    workers: Sequence[Worker],
+    mode: RetireMode,
+    queue: str,
+    record: Record,
+    stop: Stop,
+) -> None:
+    """The one retire routine of every VM plugin (grid-universe and direct cloud).
+
+    Record first, then act: a recorded retire that failed still shows as RETIRING (and can be
+    un-retired), while an unrecorded one would look like a vanished VM. A VM without a startd
+    can run no work: it is stopped (job removed / instance terminated) instead.
+    """
+    unjoined = [w for w in workers if w.machine is None and mode is not RetireMode.KILL]
+    joined = [w for w in workers if w not in unjoined]
+    for w in unjoined:
+        log.info("[%s] %s has no startd (no work possible): stopping it", queue, w.id)
+    if unjoined:
+        stop(unjoined, "retire (not joined)")
+    if not joined:
+        return
+    record(joined, mode)
+    if mode is RetireMode.KILL:
+        stop(joined, "retire (kill)")
+        return
+    errors = retire_startds(port, joined, mode, queue)
+    if errors:
+        raise PluginError(
+            f"queue {queue}: retire ({mode}) failed for {len(errors)} of {len(joined)} "
+            f"worker(s): {errors[0]}"
+        ) from errors[0]
+
+
+def unretire_vms(
+    port: CondorPort,
+    workers: Sequence[Worker],
+    queue: str,
+    record: Callable[[Sequence[Worker]], None],
+) -> None:
+    """Act first, then record: a failed un-retire must keep looking retired."""
+    done, errors = unretire_startds(port, workers, queue)
+    if done:
+        record(done)
+    if errors:
+        raise PluginError(
+            f"queue {queue}: un-retire failed for {len(errors)} of {len(workers)} worker(s): "
+            f"{errors[0]}"
+        ) from errors[0]
 
 
 def labels(factory_id: str, queue: str) -> dict[str, str]:

@@ -14,34 +14,32 @@ import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pilotfactory.backends.condor.port import CondorError
-from pilotfactory.factory.info import Worker
+from pilotfactory.factory.contract import (
+    GRID_TAG_FACTORY,
+    GRID_TAG_QUEUE,
+    RETIRE_MODE,
+    RETIRE_REQUESTED,
+    UNRETIRED_AT,
+)
+from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, QueueEnv, SubmitError
 from pilotfactory.plugins.batchsubmit.condor_common import (
     COMMON_SUBMIT_PARAMS,
-    EXPECTED_JOB_LENGTH,
-    RETIRE_MODE,
-    RETIRE_REQUESTED,
-    UNRETIRED_AT,
     CondorSubmitBase,
-    retire_startds,
-    safe_retire_mode,
-    unretire_startds,
+    retire_vms,
+    unretire_vms,
 )
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger(__name__)
-
-TAG_FACTORY = "pilotfactory_factory"
-TAG_QUEUE = "pilotfactory_queue"
 
 
 class CondorEC2Submit(CondorSubmitBase):
     """EC2 (or EC2-compatible) VMs as grid-universe jobs; retire acts on their startds."""
 
     NAME = "CondorEC2"
-    WORKERS = "vm"
+    WORKERS = WorkerKind.VM
     PARAMS = (
         *COMMON_SUBMIT_PARAMS,
         Param("gridresource", str, None, "EC2 endpoint URL (grid_resource = ec2 <url>)"),
@@ -54,7 +52,6 @@ class CondorEC2Submit(CondorSubmitBase):
         Param("keypair_file", str, None, "where the gridmanager writes the key pair"),
         Param("access_key_id", str, None, "file holding the access key id"),
         Param("secret_access_key", str, None, "file holding the secret access key"),
-        EXPECTED_JOB_LENGTH,
         Param("peaceful", bool, None, "APF legacy key; the queue's retire_mode decides"),
     )
 
@@ -98,9 +95,9 @@ class CondorEC2Submit(CondorSubmitBase):
             "ec2_secret_access_key": self.credential("secret_access_key"),
             "ec2_ami_id": p["ami_id"],
             "ec2_instance_type": p["instance_type"],
-            "ec2_tag_names": f"{TAG_FACTORY}, {TAG_QUEUE}",
-            f"ec2_tag_{TAG_FACTORY}": self.env.factory_id,
-            f"ec2_tag_{TAG_QUEUE}": q,
+            "ec2_tag_names": f"{GRID_TAG_FACTORY}, {GRID_TAG_QUEUE}",
+            f"ec2_tag_{GRID_TAG_FACTORY}": self.env.factory_id,
+            f"ec2_tag_{GRID_TAG_QUEUE}": q,
         }
         if p.get("spot_price") is not None:
             desc["ec2_spot_price"] = f"{p['spot_price']:g}"
@@ -118,42 +115,20 @@ class CondorEC2Submit(CondorSubmitBase):
 
     # ------------------------------------------------------------------ retire / unretire
 
-    def effective_mode(self, w: Worker, mode: str) -> str:
-        """Drain only where it cannot evict: the slots' retirement time covers a job."""
-        need = int(self.params.get("expected_job_length") or 0)
-        return safe_retire_mode(w, mode, need, self.queue.queue)
+    def retire(self, workers: Sequence[Worker], mode: RetireMode) -> None:
+        """The shared VM retire routine; the record is two job-ad edits (mode, then time)."""
 
-    def retire(self, workers: Sequence[Worker], mode: str) -> None:
-        """Record first, then act: a recorded retire that failed still shows as RETIRING
-        (and can be un-retired), while an unrecorded one would look like a vanished VM."""
-        q = self.queue.queue
-        groups: dict[str, list[Worker]] = {}
-        for w in self.own(workers):
-            if w.machine is None and mode != "kill":
-                log.info("[%s] %s has no startd (no work possible): removing it", q, w.id)
-                groups.setdefault("remove", []).append(w)
-            else:
-                groups.setdefault(self.effective_mode(w, mode), []).append(w)
-        self.remove(groups.pop("remove", []), "retire (not joined)")
-        now = self.env.clock.now()
-        errors: list[CondorError] = []
-        for eff, group in groups.items():
+        def record(group: Sequence[Worker], eff: RetireMode) -> None:
             ids = [w.id for w in group]
             self.port.edit(ids, RETIRE_MODE, f'"{eff}"')
-            self.port.edit(ids, RETIRE_REQUESTED, str(int(now)))
-            if eff == "kill":
-                self.remove(group, "retire (kill)")
-                continue
-            errors += retire_startds(self.port, group, eff, q)
-        if errors:
-            raise errors[0]
+            self.port.edit(ids, RETIRE_REQUESTED, str(int(self.env.clock.now())))
+
+        retire_vms(self.port, self.own(workers), mode, self.queue.queue, record, self.remove)
 
     def unretire(self, workers: Sequence[Worker]) -> None:
-        """Act first, then record: a failed un-retire must keep looking retired."""
-        workers_done, errors = unretire_startds(self.port, self.own(workers), self.queue.queue)
-        done = [w.id for w in workers_done]
-        if done:
-            self.port.edit(done, UNRETIRED_AT, str(int(self.env.clock.now())))
-            self.port.edit(done, RETIRE_REQUESTED, "undefined")
-        if errors:
-            raise errors[0]
+        def record(done: Sequence[Worker]) -> None:
+            ids = [w.id for w in done]
+            self.port.edit(ids, UNRETIRED_AT, str(int(self.env.clock.now())))
+            self.port.edit(ids, RETIRE_REQUESTED, "undefined")
+
+        unretire_vms(self.port, self.own(workers), self.queue.queue, record)

@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from pilotfactory.factory.info import Worker
+from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import SubmitError
 from pilotfactory.plugins.batchsubmit.condor_common import COMMON_SUBMIT_PARAMS, CondorSubmitBase
@@ -22,7 +22,7 @@ class CondorLocalSubmit(CondorSubmitBase):
     """Pilot jobs in the vanilla universe, labelled so the factory finds them again."""
 
     NAME = "CondorLocal"
-    WORKERS = "pilot"
+    WORKERS = WorkerKind.PILOT
     PARAMS = (
         *COMMON_SUBMIT_PARAMS,
         Param("executable", str, None, "pilot wrapper (overrides the queue's executable)"),
@@ -72,9 +72,9 @@ class CondorLocalSubmit(CondorSubmitBase):
             desc["x509userproxy"] = proxy
         return desc
 
-    def retire(self, workers: Sequence[Worker], mode: str) -> None:
+    def retire(self, workers: Sequence[Worker], mode: RetireMode) -> None:
         """Pilots cannot be retired peacefully from outside: every mode removes the job."""
-        if mode != "kill" and workers:
+        if mode is not RetireMode.KILL and workers:
             log.warning(
                 "[%s] retire mode %r is not meaningful for pilots: removing %d job(s)",
                 self.queue.queue,

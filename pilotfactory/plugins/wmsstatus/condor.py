@@ -12,11 +12,11 @@ from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from pilotfactory.backends.condor.port import CondorTarget
+from pilotfactory.factory.contract import TARGET_PARAMS, target_from
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
-from pilotfactory.plugins.batchsubmit.condor_common import TARGET_PARAMS, target_from
+from pilotfactory.factory.ports import CondorTarget
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pilotfactory.backends.panda import DEFAULT_URL, redact_url, split_base
-from pilotfactory.backends.panda_port import DetailedJobStats, JobStats, PandaError
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
+from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
 
 log = logging.getLogger(__name__)
 

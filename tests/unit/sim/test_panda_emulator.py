@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from pilotfactory.backends.panda import HttpSettings, PandaClient, SiteStatusSource
-from pilotfactory.backends.panda_port import PandaError, PandaPort, SiteStatusPort
 from pilotfactory.factory.clock import VirtualClock
 from pilotfactory.factory.info import SiteStatus
 from pilotfactory.factory.params import defaults
 from pilotfactory.factory.plugin import Env
+from pilotfactory.factory.ports import PandaError, PandaPort, SiteStatusPort
 from pilotfactory.plugins.wmsstatus.panda import PandaWMSStatus
 from pilotfactory.sim.panda_server import DETAILED, STATS, PandaEmulator
 

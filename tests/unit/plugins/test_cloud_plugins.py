@@ -5,29 +5,30 @@ One call log is shared by both fakes, so "recorded before acting" is an order in
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pilotfactory.backends.cloud.port import (
+from pilotfactory.factory.contract import (
     TAG_FACTORY,
     TAG_QUEUE,
     TAG_RETIRE,
     TAG_RETIRE_MODE,
     TAG_UNRETIRED,
     TAG_WORKER,
+)
+from pilotfactory.factory.info import RetireMode, Worker, WorkerState
+from pilotfactory.factory.params import merged
+from pilotfactory.factory.plugin import PluginError, QueueEnv, SubmitError
+from pilotfactory.factory.ports import (
     CloudAuthError,
     CloudQuotaError,
+    CondorUnreachable,
     Instance,
     LaunchSpec,
 )
-from pilotfactory.backends.condor.port import CondorUnreachable
-from pilotfactory.factory.info import Worker, WorkerState
-from pilotfactory.factory.params import merged
-from pilotfactory.factory.plugin import QueueEnv, SubmitError
 from pilotfactory.plugins.batchstatus.cloud import (
     CloudBatchStatus,
     EC2BatchStatus,
@@ -186,7 +187,7 @@ def test_one_list_one_startd_one_master_query_and_pool_gauge():
     assert [c[0] for c in port.calls] == ["list", "query_startds", "query_masters"]
     assert port.calls[0][1] == {TAG_FACTORY: "f1"}
     info = plugin.info(Q)
-    assert info.pool_startds == 2 and info.workers[0].extra == {"master": True}
+    assert info.pool_startds == 2 and info.workers[0].master_seen is True
     assert info.unmatched_startds == ()  # wn1 carries no worker id: not ours to judge
 
 
@@ -305,44 +306,50 @@ def test_cloud_errors_become_submit_errors_with_the_provider_text(error):
     assert [i.tags[TAG_QUEUE] for i in cloud.instances.values()] == [Q]
 
 
-def vm(i: int, rt: float | None = 86400, mode: str | None = None, machine: str | None = "vm"):
+def vm(
+    i: int, rt: float | None = 86400, mode: RetireMode | None = None, machine: str | None = "vm"
+):
     m = f"{machine}{i}" if machine else None
     return Worker(f"w{i}", Q, S.BUSY, 0, f"i-{i}", m, retirement_time=rt, retire_mode=mode)
 
 
-def test_retire_records_before_acting_and_falls_back_from_drain(caplog):
+def test_retire_records_before_acting():
     port, _cloud, env, _ = setup()
-    plugin = submit(env, expected_job_length=3600)
-    with caplog.at_level(logging.INFO):
-        plugin.retire([vm(1), vm(2, rt=0), vm(3, rt=None), vm(4, machine=None)], "drain")
-    assert "retiring peacefully instead" in caplog.text
+    plugin = submit(env)
+    plugin.retire([vm(1), vm(4, machine=None)], RetireMode.DRAIN)
     stamp = str(int(NOW))
     assert [c for c in port.calls if c[0] != "query_startds"] == [
         ("terminate", ["i-4"]),
         ("set_tags", ["i-1"], {TAG_RETIRE: stamp, TAG_RETIRE_MODE: "drain"}),
         ("drain", "vm1", "pilotfactory"),
+    ]
+    port.calls.clear()
+    plugin.retire([vm(2, rt=0), vm(3, rt=None)], RetireMode.PEACEFUL)
+    assert [c for c in port.calls if c[0] != "query_startds"] == [
         ("set_tags", ["i-2", "i-3"], {TAG_RETIRE: stamp, TAG_RETIRE_MODE: "peaceful"}),
         ("retire_peaceful", "vm2"),
         ("retire_peaceful", "vm3"),
     ]
     port.calls.clear()
-    plugin.retire([vm(5)], "kill")
+    plugin.retire([vm(5)], RetireMode.KILL)
     assert [c[0] for c in port.calls] == ["set_tags", "terminate"]
 
 
 def test_retire_failure_still_recorded_and_raised():
     port, _cloud, env, _ = setup()
     port.fail["drain"] = CondorUnreachable("startd gone")
-    with pytest.raises(CondorUnreachable):
-        submit(env).retire([vm(1), vm(2)], "drain")
+    with pytest.raises(PluginError, match="startd gone"):
+        submit(env).retire([vm(1), vm(2)], RetireMode.DRAIN)
     assert [c[0] for c in port.calls] == ["set_tags", "drain", "drain"]
 
 
 def test_unretire_acts_then_records():
     port, _cloud, env, _ = setup()
     port.fail["unretire"] = CondorUnreachable("no master")
-    with pytest.raises(CondorUnreachable):
-        submit(env).unretire([vm(1, mode="drain"), vm(2, mode="peaceful"), vm(3, mode=None)])
+    with pytest.raises(PluginError, match="no master"):
+        submit(env).unretire(
+            [vm(1, mode=RetireMode.DRAIN), vm(2, mode=RetireMode.PEACEFUL), vm(3, mode=None)]
+        )
     stamp = str(int(NOW))
     assert port.calls == [
         ("cancel_drain", "vm1"),
@@ -377,7 +384,7 @@ def test_roundtrip_through_the_tags():
     port.startds.append(slot("vm1", PilotFactoryWorker=wid))
     w = state()
     assert (w.id, w.state, w.machine) == (wid, S.IDLE, "vm1")
-    sub.retire([w], "drain")
+    sub.retire([w], RetireMode.DRAIN)
     w = state()
     assert (w.state, w.retire_mode, w.retire_requested_at) == (S.RETIRING, "drain", NOW)
     clock.advance(60)
@@ -385,7 +392,7 @@ def test_roundtrip_through_the_tags():
     w = state()
     assert (w.state, w.retire_requested_at, w.unretired_at) == (S.IDLE, None, NOW + 60)
     clock.advance(60)
-    sub.retire([w], "peaceful")
+    sub.retire([w], RetireMode.PEACEFUL)
     port.startds.clear()  # the startd exits
     w = state()
     assert w.state == S.RETIRED

@@ -185,7 +185,7 @@ def test_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_shipped_configs_pass_check() -> None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     conf = root / "etc" / "queues.conf"
     assert os.path.exists(conf)
     assert main(["check", "-c", str(root / "etc" / "factory.conf")]) == 0
@@ -221,5 +221,5 @@ def test_factory_defaults_reach_the_plugin_family(tmp_path: Path) -> None:
 
 
 def test_shipped_example_is_the_talks_file_verbatim() -> None:
-    shipped = Path(__file__).resolve().parents[2] / "etc" / "examples" / "osg2013-queues.conf"
+    shipped = Path(__file__).resolve().parents[3] / "etc" / "examples" / "osg2013-queues.conf"
     assert shipped.read_text() == OSG2013.read_text()

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from pilotfactory.backends.cloud.port import TAG_QUEUE, LaunchSpec
-from pilotfactory.backends.world import World
 from pilotfactory.factory.clock import VirtualClock
+from pilotfactory.factory.contract import TAG_QUEUE
+from pilotfactory.factory.ports import LaunchSpec, World
 from pilotfactory.sim.cloud import CloudConfig
 from pilotfactory.sim.metrics import SimMetrics, percentile
 from pilotfactory.sim.pool import PoolConfig

@@ -6,13 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from pilotfactory.backends.condor.port import (
-    CondorPort,
-    CondorRejected,
-    CondorTarget,
-    CondorUnreachable,
-)
 from pilotfactory.factory.clock import VirtualClock
+from pilotfactory.factory.ports import CondorPort, CondorRejected, CondorTarget, CondorUnreachable
 from pilotfactory.sim.pool import PoolConfig, SimExpr, parse_literal
 from pilotfactory.sim.world import SimConfig, SimWorld
 

@@ -14,9 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pilotfactory.factory.chain import run_chain
-from pilotfactory.factory.config import PlannerSettings
 from pilotfactory.factory.info import BatchQueueInfo, WMSQueueInfo, Worker, WorkerState
-from pilotfactory.factory.planner import ActionKind, PlanInput, PlannerMemory, plan
+from pilotfactory.factory.planner import ActionKind, PlanInput, PlannerMemory, PlannerSettings, plan
 from pilotfactory.factory.plugin import SchedContext, SchedPlugin
 from pilotfactory.factory.registry import default_registry
 
@@ -91,6 +90,10 @@ def test_elastic_chain_converges(demand: int, jobs: int, start: int, per_cycle: 
     assert flips <= 1, history  # at most one change of direction (overshoot from `start`)
 
 
+STEADY = 30
+"""Cycles a converged pilot chain must hold n = 0 before the test stops early."""
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     demand=st.integers(0, 500),
@@ -124,5 +127,9 @@ def test_apf_pilot_chain_converges(
         # submissions become pending. Pilots that find no job exit.
         running = min(demand, running + pending)
         pending = max(0, n)
+        # Converged and held for STEADY cycles: the rest of the budget would only repeat n=0
+        # (it cost ~70 % of the unit suite's time), so stop here.
+        if running == demand and pending == 0 and history[-STEADY:] == [0] * STEADY:
+            break
     assert history[-10:] == [0] * 10, history
     assert running == demand

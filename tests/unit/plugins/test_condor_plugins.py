@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from pilotfactory.backends.condor.port import CondorRejected, CondorTarget, CondorUnreachable
-from pilotfactory.factory.info import Worker, WorkerState
+from pilotfactory.factory.info import RetireMode, Worker, WorkerState
 from pilotfactory.factory.params import defaults, merged
-from pilotfactory.factory.plugin import QueueEnv, SubmitError
+from pilotfactory.factory.plugin import PluginError, QueueEnv, SubmitError
+from pilotfactory.factory.ports import CondorRejected, CondorTarget, CondorUnreachable
 from pilotfactory.plugins.batchstatus.condor import (
     CondorBatchStatus,
     CondorEC2BatchStatus,
@@ -471,7 +471,7 @@ def test_local_errors_and_removal(tmp_path):
         p.submit(2)
     ws = [Worker("1.0", "BNL_CLOUD", S.BUSY, 0), Worker("2.0", "elsewhere", S.BUSY, 0)]
     p.cancel(ws)
-    p.retire(ws, "peaceful")
+    p.retire(ws, RetireMode.PEACEFUL)
     p.reap(ws[:1])
     p.unretire(ws)
     assert [c[:2] for c in port.named("remove")] == [("remove", ["1.0"])] * 3
@@ -531,43 +531,38 @@ def test_ec2_credentials_checked(tmp_path):
     assert port.count("submit") == 0
 
 
-def vm(i: int, rt: float | None = 3600, mode: str | None = None, machine: str | None = "vm"):
+def vm(i: int, rt: float | None = 3600, mode: RetireMode | None = None, machine: str | None = "vm"):
     m = f"{machine}{i}" if machine else None
     return Worker(f"{i}.0", Q, S.BUSY, 0, f"i-{i}", m, retirement_time=rt, retire_mode=mode)
 
 
-def test_ec2_retire_modes_and_drain_fallback(tmp_path, caplog):
+def test_ec2_retire_sends_the_planned_mode(tmp_path):
+    """The planner chose drain or peaceful per worker; the plugin sends exactly that (the
+    fallback from drain is the planner's: test_planner.py::test_drain_falls_back_...)."""
     port = FakeCondor()
-    plugin = ec2(tmp_path, port, expected_job_length=3600)
-    with caplog.at_level(logging.INFO):
-        plugin.retire([vm(1), vm(2, rt=0), vm(3, rt=None), vm(4, machine=None)], "drain")
-    assert (
-        "[BNL_CLOUD-ec2-spot] 2.0" in caplog.text and "retiring peacefully instead" in caplog.text
-    )
+    plugin = ec2(tmp_path, port)
+    plugin.retire([vm(1), vm(2, rt=0), vm(4, machine=None)], RetireMode.DRAIN)
     assert port.named("remove")[0][1] == ["4.0"]
-    assert [c[1] for c in port.named("drain")] == ["vm1"]
-    assert [c[1] for c in port.named("retire_peaceful")] == ["vm2", "vm3"]
+    assert [c[1] for c in port.named("drain")] == ["vm1", "vm2"]
     edits = [c[1:] for c in port.named("edit")]
     assert edits == [
-        (["1.0"], "PilotFactoryRetireMode", '"drain"'),
-        (["1.0"], "PilotFactoryRetireRequested", str(int(NOW))),
-        (["2.0", "3.0"], "PilotFactoryRetireMode", '"peaceful"'),
-        (["2.0", "3.0"], "PilotFactoryRetireRequested", str(int(NOW))),
+        (["1.0", "2.0"], "PilotFactoryRetireMode", '"drain"'),
+        (["1.0", "2.0"], "PilotFactoryRetireRequested", str(int(NOW))),
     ]
     port.calls.clear()
-    plugin.retire([vm(5)], "kill")
+    plugin.retire([vm(5)], RetireMode.KILL)
     assert [c[0] for c in port.calls] == ["edit", "edit", "remove"]
     port.calls.clear()
-    plugin.retire([vm(6)], "peaceful")
-    assert port.named("retire_peaceful") == [("retire_peaceful", "vm6")]
+    plugin.retire([vm(6), vm(7, rt=None)], RetireMode.PEACEFUL)
+    assert port.named("retire_peaceful") == [("retire_peaceful", "vm6"), ("retire_peaceful", "vm7")]
 
 
 def test_ec2_retire_failure_still_recorded_and_raised(tmp_path):
     port = FakeCondor()
     port.fail["drain"] = CondorUnreachable("startd gone")
     plugin = ec2(tmp_path, port)
-    with pytest.raises(CondorUnreachable):
-        plugin.retire([vm(1), vm(2)], "drain")
+    with pytest.raises(PluginError, match="startd gone"):
+        plugin.retire([vm(1), vm(2)], RetireMode.DRAIN)
     assert port.count("drain") == 2 and port.count("edit") == 2
 
 
@@ -575,8 +570,10 @@ def test_ec2_unretire(tmp_path):
     port = FakeCondor()
     port.fail["unretire"] = CondorUnreachable("no master")
     plugin = ec2(tmp_path, port)
-    with pytest.raises(CondorUnreachable):
-        plugin.unretire([vm(1, mode="drain"), vm(2, mode="peaceful"), vm(3, mode=None)])
+    with pytest.raises(PluginError, match="no master"):
+        plugin.unretire(
+            [vm(1, mode=RetireMode.DRAIN), vm(2, mode=RetireMode.PEACEFUL), vm(3, mode=None)]
+        )
     assert port.named("cancel_drain") == [("cancel_drain", "vm1")]
     assert port.named("unretire") == [("unretire", "vm2")]
     assert [c[1:] for c in port.named("edit")] == [
@@ -608,14 +605,14 @@ def test_retire_roundtrip_through_the_job_ad(tmp_path):
 
     w = state()
     assert w.state == S.BUSY
-    submit.retire([w], "drain")
+    submit.retire([w], RetireMode.DRAIN)
     w = state()
     assert (w.state, w.retire_mode, w.retire_requested_at) == (S.RETIRING, "drain", NOW)
     clock.advance(10)
     submit.unretire([w])
     w = state()
     assert (w.state, w.retire_requested_at, w.unretired_at) == (S.BUSY, None, NOW + 10)
-    submit.retire([w], "peaceful")  # same second as... later: retire wins again
+    submit.retire([w], RetireMode.PEACEFUL)  # same second as... later: retire wins again
     clock.advance(60)
     port.startds.clear()  # the startd exits after its last job
     w = state()

@@ -16,7 +16,7 @@ from pilotfactory.factory.clock import VirtualClock
 from pilotfactory.factory.config import default_factory_config, load_queues
 from pilotfactory.factory.factory import Factory
 from pilotfactory.factory.info import WorkerState
-from pilotfactory.factory.queue import CycleTrace
+from pilotfactory.factory.trace import CycleTrace
 from pilotfactory.sim.cloud import CloudConfig
 from pilotfactory.sim.pool import PoolConfig
 from pilotfactory.sim.runner import START, _dummy_secrets, simulate
@@ -173,7 +173,7 @@ def test_vms_that_never_join_are_reaped_and_the_queue_backs_off(tmp_path: Path) 
     assert launched <= 12, launched  # bounded by max_booting and the failure back-off
     assert any("lost: never joined" in a.reason for t in traces for a in t.planned)
     assert any("last 4 workers all failed" in n for t in traces for n in t.notes)
-    assert factory.queues["VMS"].failure_delay == 1800  # 600, 1200, then backoff.max
+    assert factory.queues["VMS"].backoff.failure_delay == 1800  # 600, 1200, then backoff.max
 
 
 def test_held_vm_jobs_are_reaped_after_held_timeout(tmp_path: Path) -> None:

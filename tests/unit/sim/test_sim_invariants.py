@@ -7,9 +7,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pilotfactory.backends.cloud.port import LaunchSpec
-from pilotfactory.backends.condor.port import CondorRejected
 from pilotfactory.factory.clock import VirtualClock
+from pilotfactory.factory.ports import CondorRejected, LaunchSpec
 from pilotfactory.sim.cloud import CloudConfig
 from pilotfactory.sim.pool import RUNNING, PoolConfig
 from pilotfactory.sim.world import SimConfig, SimWorld

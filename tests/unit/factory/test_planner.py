@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pilotfactory.factory.config import PlannerSettings
-from pilotfactory.factory.info import Worker, WorkerState
+from pilotfactory.factory.info import RetireMode, Worker, WorkerKind, WorkerState
 from pilotfactory.factory.planner import (
     ActionKind,
     PlanInput,
     PlannerMemory,
+    PlannerSettings,
     plan,
     retire_cap,
 )
@@ -36,6 +36,7 @@ P, B, I, U, R, RD, H, L = (
 def w(
     wid: str, state: WorkerState, since: float = NOW - 100, busy: int = 0, **kw: object
 ) -> Worker:
+    kw.setdefault("retirement_time", 86400.0)  # drain-safe unless a case says otherwise
     return Worker(id=wid, queue="q", state=state, since=since, slots_busy=busy, **kw)  # type: ignore[arg-type]
 
 
@@ -43,8 +44,15 @@ def summary(
     n: int, workers: list[Worker], settings: PlannerSettings = S, kind: str = "vm", **kw: object
 ) -> dict[str, list[str] | int]:
     result = plan(
-        PlanInput(n=n, workers=tuple(workers), now=NOW, settings=settings, worker_kind=kind, **kw)
-    )  # type: ignore[arg-type]
+        PlanInput(
+            n=n,
+            workers=tuple(workers),
+            now=NOW,
+            settings=settings,
+            worker_kind=WorkerKind(kind),
+            **kw,  # type: ignore[arg-type]
+        )
+    )
     out: dict[str, list[str] | int] = {}
     for a in result.actions:
         if a.kind is ActionKind.SUBMIT:
@@ -128,8 +136,46 @@ def test_plan_table(name: str, n: int, workers: list[Worker], expected: dict[str
     assert summary(n, workers, kind=kind) == expected
 
 
+DRAIN_CASES = [
+    # (name, retirement times of the workers, expected)
+    (
+        "drain where the retirement time covers a job",
+        [7200.0, 3600.0],
+        {"retire:drain": ["v0", "v1"]},
+    ),
+    ("peaceful where it does not", [3599.0, 0.0], {"retire:peaceful": ["v0", "v1"]}),
+    ("peaceful where it is not advertised", [None], {"retire:peaceful": ["v0"]}),
+    ("split per worker", [0.0, 86400.0], {"retire:drain": ["v1"], "retire:peaceful": ["v0"]}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "times", "expected"), DRAIN_CASES, ids=[c[0] for c in DRAIN_CASES]
+)
+def test_drain_falls_back_to_peaceful_per_worker(
+    name: str, times: list[float | None], expected: dict[str, object]
+) -> None:
+    """A graceful drain on a startd whose MaxJobRetirementTime is below the queue's
+    expected_job_length evicts its jobs at once; the planner decides, so the trace says it."""
+    s = replace(S, expected_job_length=3600.0)
+    workers = [w(f"v{i}", I, since=NOW - 100 + i, retirement_time=t) for i, t in enumerate(times)]
+    assert summary(-len(times), workers, settings=s) == expected
+    notes = plan(PlanInput(-len(times), tuple(workers), NOW, s)).notes
+    assert any("instead of drain" in x for x in notes) == ("retire:peaceful" in expected)
+
+
+def test_explicit_peaceful_and_pilots_never_drain() -> None:
+    workers = [w("v", I, retirement_time=None)]
+    assert summary(-1, workers, settings=replace(S, retire_mode=RetireMode.PEACEFUL)) == {
+        "retire:peaceful": ["v"]
+    }
+    assert summary(
+        -1, [w("p", U)], settings=replace(S, retire_mode=RetireMode.KILL), kind="pilot"
+    ) == {"retire:kill": ["p"]}
+
+
 def test_pilots_kill_mode_newest_first() -> None:
-    s = replace(S, retire_mode="kill")
+    s = replace(S, retire_mode=RetireMode.KILL)
     workers = [w("old", U, since=1.0), w("new", U, since=5.0), w("p", P)]
     assert summary(-2, workers, settings=s, kind="pilot") == {
         "cancel": ["p"],

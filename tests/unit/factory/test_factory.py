@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from pilotfactory.backends.condor.port import CondorRejected, CondorUnreachable
 from pilotfactory.cli import main
 from pilotfactory.factory.config import default_factory_config, load_queues
 from pilotfactory.factory.factory import Factory
 from pilotfactory.factory.plugin import SchedContext, SchedPlugin
+from pilotfactory.factory.ports import CondorRejected, CondorUnreachable
 from tests.unit.fakecondor import FakeCondor, make_env
 
 QUEUES = """
@@ -108,7 +108,7 @@ def test_submit_failure_backs_off(tmp_path: Path) -> None:
     assert any("submit failed" in r and "quota exceeded" in r for r in t1.results)
     del port.fail["submit"]
     clock.advance(61)  # back-off is 60 s initially: this cycle is still inside it
-    factory.queues["A"].backoff_until = clock.now() + 1
+    factory.queues["A"].backoff.until = clock.now() + 1
     t2 = next(t for t in factory.cycle() if t.queue == "A")
     assert any("blocked" in n for n in t2.notes)
     clock.advance(61)

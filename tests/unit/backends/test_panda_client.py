@@ -21,7 +21,7 @@ from pilotfactory.backends.panda import (
     restricted_loads,
     split_base,
 )
-from pilotfactory.backends.panda_port import PandaError, PandaPort, SiteStatusPort
+from pilotfactory.factory.ports import PandaError, PandaPort, SiteStatusPort
 
 BASE = "http://panda.example:25080/api/v1"
 STATS = BASE + "/statistics/active_job_stats_by_site"

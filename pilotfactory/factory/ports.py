@@ -1,17 +1,25 @@
-"""The condor port: everything the factory asks of an HTCondor pool.
+"""The ports: every outside system the engine and the plugins talk to, as protocols.
 
-Three implementations share this protocol: ``bindings`` (htcondor2), ``cli`` (condor_* tools)
-and the simulated pool in ``pilotfactory.sim``. Queries take an equality filter (``match``) that
-every implementation can honour cheaply, plus an optional raw ClassAd ``constraint`` for the
-real pool. Ads come back as plain dicts holding only the projected attributes (missing ones
-are absent, never ``None``).
+The engine is the floor: these protocols live here, and their real implementations live in
+``pilotfactory.backends`` (htcondor2 / condor CLI, boto3, novaclient, requests), the simulated
+ones in ``pilotfactory.sim``. Plugins get their ports from a ``World``, so the same queue code
+runs against a production pool, the real sandbox pool in tests, and the simulator.
+
+Condor: queries take an equality filter (``match``) that every implementation can honour
+cheaply, plus an optional raw ClassAd ``constraint``; ads come back as plain dicts holding only
+the projected attributes (missing ones are absent, never ``None``).
+Cloud: every instance carries the factory's labels as tags (``pilotfactory.factory.contract``)
+and listing is always filtered on the factory's own tag.
+PanDA: job statistics and site status as plain mappings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+# ---------------------------------------------------------------------------- condor
 
 
 class CondorError(Exception):
@@ -142,3 +150,105 @@ class CondorPort(Protocol):
     def cancel_drain(self, machine: str) -> None:
         """Cancel a drain: running jobs untouched, slots take new jobs at once."""
         ...
+
+
+# ---------------------------------------------------------------------------- cloud
+
+
+class CloudError(Exception):
+    """Base of the cloud port's errors, with the provider's message."""
+
+
+class CloudQuotaError(CloudError):
+    """Quota, capacity or spot stock-out: back off this queue."""
+
+
+class CloudAuthError(CloudError):
+    """Credentials refused or expired."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What to launch: image, flavour, optional spot price, user data, key, security groups."""
+
+    image: str
+    flavor: str
+    spot_price: float | None = None
+    user_data: str | None = None
+    key_name: str | None = None
+    security_groups: tuple[str, ...] = ()
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    state: str
+    """Provider-neutral: ``pending``, ``running``, ``stopping``, ``terminated``, ``error``."""
+    launched_at: float
+    tags: Mapping[str, str] = field(default_factory=dict)
+    spot_request_id: str | None = None
+    fault: str | None = None
+
+
+@runtime_checkable
+class CloudPort(Protocol):
+    def launch(self, spec: LaunchSpec, count: int, tags: Mapping[str, str]) -> list[str]:
+        """Launch ``count`` instances (or spot requests) tagged ``tags``; returns their ids."""
+        ...
+
+    def list(self, tags: Mapping[str, str]) -> list[Instance]:
+        """Instances (and open spot requests) whose tags include every pair in ``tags``."""
+        ...
+
+    def set_tags(self, instance_ids: Sequence[str], tags: Mapping[str, str]) -> None: ...
+
+    def terminate(self, instance_ids: Sequence[str]) -> None: ...
+
+
+# ---------------------------------------------------------------------------- PanDA
+
+
+# site -> jobStatus -> count
+JobStats = Mapping[str, Mapping[str, int]]
+# site -> resource_type -> prodSourceLabel -> jobStatus -> count
+DetailedJobStats = Mapping[str, Mapping[str, Mapping[str, Mapping[str, int]]]]
+
+
+class PandaError(Exception):
+    """The server could not be read or answered something unusable (names the URL)."""
+
+
+@runtime_checkable
+class PandaPort(Protocol):
+    def active_job_stats(self) -> JobStats:
+        """``active_job_stats_by_site`` (one request)."""
+        ...
+
+    def active_job_detailed_stats(self) -> DetailedJobStats:
+        """``active_job_detailed_stats_by_site`` (one request)."""
+        ...
+
+
+@runtime_checkable
+class SiteStatusPort(Protocol):
+    def site_status(self) -> Mapping[str, str]:
+        """PanDA queue name -> status text (online / test / offline / brokeroff)."""
+        ...
+
+
+# ---------------------------------------------------------------------------- the world
+
+
+class World(Protocol):
+    def condor(self, target: CondorTarget) -> CondorPort: ...
+
+    def cloud(self, provider: str, settings: Mapping[str, Any]) -> CloudPort:
+        """``provider`` is ``ec2`` or ``openstack``; ``settings`` the queue's plugin params."""
+        ...
+
+    def panda(self, settings: Mapping[str, Any]) -> PandaPort:
+        """``settings``: the Panda WMS plugin params (server URL, timeout, TLS, ...)."""
+        ...
+
+    def site_status(self, settings: Mapping[str, Any]) -> SiteStatusPort: ...

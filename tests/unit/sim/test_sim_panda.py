@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pilotfactory.backends.panda_port import PandaError, PandaPort, SiteStatusPort
 from pilotfactory.factory.clock import VirtualClock
+from pilotfactory.factory.ports import PandaError, PandaPort, SiteStatusPort
 from pilotfactory.sim.world import SimConfig, SimWorld
 
 

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pilotfactory.backends.cloud.port import (
-    TAG_FACTORY,
-    TAG_QUEUE,
-    TAG_WORKER,
-    CloudError,
-    CloudPort,
-    CloudQuotaError,
-    LaunchSpec,
-)
 from pilotfactory.factory.clock import VirtualClock
+from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_WORKER
+from pilotfactory.factory.ports import CloudError, CloudPort, CloudQuotaError, LaunchSpec
 from pilotfactory.sim.cloud import CloudConfig
 from pilotfactory.sim.pool import PoolConfig
 from pilotfactory.sim.world import SimConfig, SimWorld
@@ -256,7 +249,7 @@ def test_vm_retirement_time_per_image_and_cpus_per_flavour() -> None:
 
 
 def test_unretire_on_a_terminated_vm_is_rejected() -> None:
-    from pilotfactory.backends.condor.port import CondorRejected
+    from pilotfactory.factory.ports import CondorRejected
 
     w = world()
     (iid,) = w.sim_cloud.launch(LaunchSpec("ami-good", "m1.small"), 1, {})

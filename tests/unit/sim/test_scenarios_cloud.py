@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from pilotfactory.backends.cloud.port import TAG_QUEUE, TAG_WORKER
 from pilotfactory.factory.config import default_factory_config, load_queues
+from pilotfactory.factory.contract import TAG_QUEUE, TAG_WORKER
 from pilotfactory.factory.factory import Factory
 from pilotfactory.factory.info import WorkerState
-from pilotfactory.factory.queue import CycleTrace
+from pilotfactory.factory.trace import CycleTrace
 from pilotfactory.sim.runner import simulate
 from pilotfactory.sim.workload import Burst, Workload
 from pilotfactory.sim.world import SimWorld
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "etc" / "examples" / "ecm-elastiq-queues.conf"
 MAX_VMS, MIN_VMS, IDLE_TIME = 3, 1, 2400
 JOINED = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.RETIRING)

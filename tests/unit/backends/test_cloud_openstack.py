@@ -18,15 +18,8 @@ import requests
 import responses
 
 from pilotfactory.backends.cloud.openstack import OpenStackCloud
-from pilotfactory.backends.cloud.port import (
-    TAG_FACTORY,
-    TAG_QUEUE,
-    TAG_RETIRE,
-    CloudAuthError,
-    CloudError,
-    CloudQuotaError,
-    LaunchSpec,
-)
+from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
+from pilotfactory.factory.ports import CloudAuthError, CloudError, CloudQuotaError, LaunchSpec
 
 KEYSTONE = "http://keystone.test:5000/v3"
 NOVA = "http://nova.test:8774/v2.1"

@@ -14,7 +14,7 @@ from pilotfactory.factory.info import BatchQueueInfo, WMSQueueInfo
 from pilotfactory.factory.plugin import SchedContext, SchedPlugin
 from pilotfactory.factory.registry import Registry
 
-SITE_PLUGIN = Path(__file__).resolve().parents[1] / "site_plugin"
+SITE_PLUGIN = Path(__file__).resolve().parents[2] / "site_plugin"
 
 
 @pytest.fixture(scope="module")

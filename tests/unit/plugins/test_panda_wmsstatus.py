@@ -13,11 +13,11 @@ import pytest
 import responses
 
 from pilotfactory.backends.panda import PandaClient, SiteStatusSource
-from pilotfactory.backends.panda_port import PandaError, PandaPort, SiteStatusPort
 from pilotfactory.factory.clock import VirtualClock
 from pilotfactory.factory.info import SiteStatus
 from pilotfactory.factory.params import defaults
 from pilotfactory.factory.plugin import Env
+from pilotfactory.factory.ports import PandaError, PandaPort, SiteStatusPort
 from pilotfactory.plugins.wmsstatus.panda import PandaWMSStatus
 
 BASE = "http://panda.example:25080/api/v1"

@@ -1,0 +1,88 @@
+"""One cycle's trace: what a queue saw and decided (DESIGN principle 6, "explain every decision").
+
+Its own module because the log, ``status``, the status file and the metrics all read it, and none
+of them should need the queue that wrote it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pilotfactory.factory.chain import ChainResult
+from pilotfactory.factory.info import BatchQueueInfo, WMSQueueInfo
+from pilotfactory.factory.planner import Action, summarize
+
+
+@dataclass
+class CycleTrace:
+    """Everything one cycle saw and decided: logged, shown by ``status``, exported."""
+
+    queue: str
+    time: float
+    wms: WMSQueueInfo | None = None
+    batch: BatchQueueInfo | None = None
+    wms_error: str | None = None
+    batch_error: str | None = None
+    chain: ChainResult | None = None
+    n: int = 0
+    planned: list[Action] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    dry_run: bool = False
+
+    def decision(self) -> str:
+        if self.error:
+            return f"error: {self.error}"
+        return summarize(self.planned)
+
+    def to_dict(self) -> dict[str, Any]:
+        batch = self.batch
+        wms = self.wms
+        return {
+            "queue": self.queue,
+            "time": self.time,
+            "wms": None
+            if wms is None
+            else {
+                "ready": wms.ready,
+                "notready": wms.notready,
+                "running": wms.running,
+                "done": wms.done,
+                "failed": wms.failed,
+                "unknown": wms.unknown,
+                "site_status": wms.site_status.value,
+            },
+            "wms_error": self.wms_error,
+            "batch": None
+            if batch is None
+            else {
+                "pending": batch.pending,
+                "running": batch.running,
+                "states": batch.by_state(),
+                "unmatched_startds": list(batch.unmatched_startds),
+            },
+            "batch_error": self.batch_error,
+            "chain": None
+            if self.chain is None
+            else [
+                {"plugin": s.plugin, "in": s.n_in, "out": s.n_out, "reason": s.reason}
+                for s in self.chain.steps
+            ],
+            "n": self.n,
+            "actions": [
+                {
+                    "kind": a.kind.value,
+                    "count": a.size(),
+                    "mode": a.mode,
+                    "workers": [w.id for w in a.workers],
+                    "reason": a.reason,
+                }
+                for a in self.planned
+            ],
+            "results": self.results,
+            "notes": self.notes,
+            "error": self.error,
+            "dry_run": self.dry_run,
+        }

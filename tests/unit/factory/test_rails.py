@@ -1,0 +1,103 @@
+"""The safety rails as tables of cycles: what each sees, what it answers, what it remembers."""
+
+from __future__ import annotations
+
+import pytest
+
+from pilotfactory.factory.info import BatchQueueInfo, Worker, WorkerState
+from pilotfactory.factory.rails import Backoff, CircuitBreaker, next_delay
+
+S = WorkerState
+
+
+def vm(wid: str, state: WorkerState, master: bool | None = True, submitted: float = 0.0) -> Worker:
+    return Worker(wid, "q", state, 0.0, master_seen=master, submitted_at=submitted)
+
+
+def snap(workers: list[Worker], ads: int | None = None) -> BatchQueueInfo:
+    return BatchQueueInfo("q", 0.0, tuple(workers), pool_startds=ads)
+
+
+JOINED4 = [vm(f"w{i}", S.BUSY) for i in range(4)]
+
+BREAKER_CASES = [
+    # (name, cycles: list of (workers, slot ads), expected answers: frozen or not)
+    ("steady pool", [(JOINED4, 8), (JOINED4, 8)], [False, False]),
+    (
+        "retiring VMs keep their master: not a vanish",
+        [(JOINED4, 8), ([vm(f"w{i}", S.RETIRED, master=True) for i in range(4)], 8)],
+        [False, False],
+    ),
+    (
+        "joined workers lose startd and master at once: freeze",
+        [(JOINED4, 8), ([vm(f"w{i}", S.BOOTING, master=False) for i in range(4)], 8)],
+        [False, True],
+    ),
+    ("collector returns far fewer slot ads: freeze", [(JOINED4, 8), (JOINED4, 3)], [False, True]),
+    (
+        "a lasting outage stays frozen, then is accepted after accept_after cycles",
+        [(JOINED4, 8)] + [(JOINED4, 2)] * 4 + [(JOINED4, 2)],
+        [False, True, True, True, False, False],
+    ),
+    ("too small a pool to judge", [(JOINED4[:3], 3), ([], 0)], [False, False]),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "cycles", "frozen"), BREAKER_CASES, ids=[c[0] for c in BREAKER_CASES]
+)
+def test_circuit_breaker(name: str, cycles: list, frozen: list[bool]) -> None:
+    breaker = CircuitBreaker(ratio=0.5, accept_after=3)
+    answers = [breaker.check(snap(ws, ads)) is not None for ws, ads in cycles]
+    assert answers == frozen
+
+
+def test_breaker_keeps_its_reference_while_frozen() -> None:
+    breaker = CircuitBreaker()
+    breaker.check(snap(JOINED4, 8))
+    assert breaker.check(snap(JOINED4, 1)) is not None
+    assert breaker.pool_startds == 8 and breaker.joined_ids == {w.id for w in JOINED4}
+
+
+@pytest.mark.parametrize(
+    ("delay", "expected"), [(0.0, 60.0), (60.0, 120.0), (1000.0, 1800.0), (1800.0, 1800.0)]
+)
+def test_next_delay(delay: float, expected: float) -> None:
+    assert next_delay(delay, 60.0, 1800.0) == expected
+
+
+def test_submit_backoff_grows_and_resets() -> None:
+    b = Backoff(initial=60, maximum=200)
+    b.back_off(0.0, "quota")
+    assert b.blocked(59.0, []) == "backing off 1s more: quota"
+    assert b.blocked(60.0, []) is None
+    b.back_off(60.0, "quota")
+    b.back_off(180.0, "quota")
+    assert (b.delay, b.until) == (200.0, 380.0)
+    b.submitted()
+    b.back_off(400.0, "again")
+    assert b.delay == 60.0
+
+
+def test_failure_stop_needs_all_of_the_last_k_to_fail() -> None:
+    b = Backoff(initial=60, maximum=1800, failure_limit=3)
+    for failure in (True, False, True):
+        b.ended(failure, "lost")
+    assert b.blocked(0.0, []) is None
+    for _ in range(3):
+        b.ended(True, "never joined\nwithin boot_timeout")
+    why = b.blocked(10.0, [])
+    assert why is not None and "last 3 workers all failed" in why and "\n" not in why
+    assert (b.failure_delay, b.until, len(b.endings)) == (60.0, 70.0, 0)
+
+
+def test_only_a_worker_that_joins_after_the_stop_resets_it() -> None:
+    b = Backoff(initial=60, maximum=1800, failure_limit=1)
+    b.ended(True, "lost")
+    assert b.blocked(100.0, []) is not None
+    old_joined = [vm("old", S.BUSY, submitted=50.0)]
+    booting = [vm("new", S.BOOTING, master=False, submitted=200.0)]
+    b.blocked(300.0, old_joined + booting)
+    assert b.failed_since == 100.0 and b.failure_delay == 60.0
+    b.blocked(400.0, [vm("new", S.IDLE, submitted=200.0)])
+    assert b.failed_since is None and b.failure_delay == 0.0

@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilotfactory.factory.info import RetireMode
 from pilotfactory.factory.params import Param, ParamValueError, defaults
-from pilotfactory.factory.planner import PlannerSettings
+from pilotfactory.factory.planner import PLANNER_PARAMS, PlannerSettings
 from pilotfactory.factory.plugin import Plugin
 from pilotfactory.factory.registry import (
     KINDS,
@@ -227,27 +226,8 @@ QUEUE_PARAMS: tuple[Param, ...] = (
     Param("cleanlogs.keepdays", int, None),
     Param("override", bool, None),
     Param("autofill", bool, None),
-    # Planner and safety rails (pilotfactory's own; DESIGN.md "The planner").
-    Param(
-        "retire_mode", str, None, "drain | peaceful | kill", choices=("drain", "peaceful", "kill")
-    ),
-    Param(
-        "expected_job_length",
-        float,
-        3600.0,
-        "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
-        minimum=0.0,
-    ),
-    Param("boot_timeout", float, 1800.0, "BOOTING longer than this is LOST", minimum=0.0),
-    Param("held_timeout", float, 3600.0, "HELD longer than this is reaped", minimum=0.0),
-    Param("retire_confirm_cycles", int, 2, minimum=1),
-    Param("max_booting", int, None, "cap on PENDING+BOOTING workers", minimum=0),
-    Param("max_retire_per_cycle", str, None, "count or percentage, e.g. 5 or 10%"),
-    Param("scale_down_delay", float, 0.0, "no retire this long after a scale-up", minimum=0.0),
-    Param("failure_limit", int, 5, "last K workers all failed -> stop submitting", minimum=1),
-    Param("backoff.initial", float, 60.0, minimum=0.0),
-    Param("backoff.max", float, 1800.0, minimum=0.0),
-    Param("shrink_freeze_ratio", float, 0.5, "snapshot shrink that freezes retire", minimum=0.0),
+    # Planner and safety rails (pilotfactory's own; declared with the planner).
+    *PLANNER_PARAMS,
 )
 _PLUGIN_SELECTORS = {
     "wmsstatus": "wmsstatusplugin",
@@ -430,7 +410,6 @@ def _load_queue(
         if not any(key.startswith(ns) for ns in used) and (section, key) in where:
             problem("warning", key, "set for a plugin this queue does not use; ignored")
 
-    mode = RetireMode(generic["retire_mode"]) if generic["retire_mode"] else None
     retire_cap = generic["max_retire_per_cycle"]
     if retire_cap is not None and not _valid_cap(retire_cap):
         problem("error", "max_retire_per_cycle", f"got {retire_cap!r}, expected N or N%")
@@ -439,20 +418,7 @@ def _load_queue(
         return None, problems, True
     wms, batch, submit = specs["wmsstatus"], specs["batchstatus"], specs["batchsubmit"]
     assert wms is not None and batch is not None and submit is not None
-    planner = PlannerSettings(
-        retire_mode=mode,
-        expected_job_length=generic["expected_job_length"],
-        boot_timeout=generic["boot_timeout"],
-        held_timeout=generic["held_timeout"],
-        retire_confirm_cycles=generic["retire_confirm_cycles"],
-        max_booting=generic["max_booting"],
-        max_retire_per_cycle=retire_cap,
-        scale_down_delay=generic["scale_down_delay"],
-        failure_limit=generic["failure_limit"],
-        backoff_initial=generic["backoff.initial"],
-        backoff_max=generic["backoff.max"],
-        shrink_freeze_ratio=generic["shrink_freeze_ratio"],
-    )
+    planner = PlannerSettings.from_values(generic)
     qcfg = QueueConfig(
         name=section,
         wmsqueue=wmsqueue,

@@ -37,6 +37,12 @@ class Param:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
 
+    def of(self, params: Mapping[str, Any]) -> Any:
+        """This parameter's value in ``params``, or its declared default when unset (``None``);
+        so a default is written once, here, and 0 stays 0."""
+        value = params.get(self.name)
+        return self.default if value is None else value
+
     @property
     def expected(self) -> str:
         if self.choices:

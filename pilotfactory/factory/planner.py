@@ -14,6 +14,7 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pilotfactory.factory.info import (
     DEFAULT_RETIRE_MODE,
@@ -22,26 +23,66 @@ from pilotfactory.factory.info import (
     WorkerKind,
     WorkerState,
 )
+from pilotfactory.factory.params import Param
+
+PLANNER_PARAMS: tuple[Param, ...] = (
+    Param(
+        "retire_mode",
+        str,
+        None,
+        "drain | peaceful | kill",
+        choices=tuple(m.value for m in RetireMode),
+    ),
+    Param(
+        "expected_job_length",
+        float,
+        3600.0,
+        "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
+        minimum=0.0,
+    ),
+    Param("boot_timeout", float, 1800.0, "BOOTING longer than this is LOST", minimum=0.0),
+    Param("held_timeout", float, 3600.0, "HELD longer than this is reaped", minimum=0.0),
+    Param("retire_confirm_cycles", int, 2, minimum=1),
+    Param("max_booting", int, None, "cap on PENDING+BOOTING workers", minimum=0),
+    Param("max_retire_per_cycle", str, None, "count or percentage, e.g. 5 or 10%"),
+    Param("scale_down_delay", float, 0.0, "no retire this long after a scale-up", minimum=0.0),
+    Param("failure_limit", int, 5, "last K workers all failed -> stop submitting", minimum=1),
+    Param("backoff.initial", float, 60.0, minimum=0.0),
+    Param("backoff.max", float, 1800.0, minimum=0.0),
+    Param("shrink_freeze_ratio", float, 0.5, "snapshot shrink that freezes retire", minimum=0.0),
+)
+"""The queue keys the planner and the rails read (DESIGN "The planner", "Safety rails"): the
+one place their names, types and defaults are declared; ``PlannerSettings`` follows from it."""
+
+_D = {p.name: p.default for p in PLANNER_PARAMS}
 
 
 @dataclass(frozen=True)
 class PlannerSettings:
-    """A queue's planner and safety-rail settings (read from queues.conf by the config loader)."""
+    """A queue's planner and safety-rail settings; defaults come from ``PLANNER_PARAMS``."""
 
     retire_mode: RetireMode | None = None
     """Unset: ``DEFAULT_RETIRE_MODE`` of the queue's worker kind."""
-    expected_job_length: float = 3600.0
+    expected_job_length: float = _D["expected_job_length"]
     """Drain only where the slots' MaxJobRetirementTime is at least this (else peaceful)."""
-    boot_timeout: float = 1800.0
-    held_timeout: float = 3600.0
-    retire_confirm_cycles: int = 2
-    max_booting: int | None = None
-    max_retire_per_cycle: str | None = None
-    scale_down_delay: float = 0.0
-    failure_limit: int = 5
-    backoff_initial: float = 60.0
-    backoff_max: float = 1800.0
-    shrink_freeze_ratio: float = 0.5
+    boot_timeout: float = _D["boot_timeout"]
+    held_timeout: float = _D["held_timeout"]
+    retire_confirm_cycles: int = _D["retire_confirm_cycles"]
+    max_booting: int | None = _D["max_booting"]
+    max_retire_per_cycle: str | None = _D["max_retire_per_cycle"]
+    scale_down_delay: float = _D["scale_down_delay"]
+    failure_limit: int = _D["failure_limit"]
+    backoff_initial: float = _D["backoff.initial"]
+    backoff_max: float = _D["backoff.max"]
+    shrink_freeze_ratio: float = _D["shrink_freeze_ratio"]
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> PlannerSettings:
+        """From parsed ``PLANNER_PARAMS`` values (``backoff.initial`` -> ``backoff_initial``)."""
+        kw = {p.name.replace(".", "_"): values[p.name] for p in PLANNER_PARAMS if p.name in values}
+        mode = kw.get("retire_mode")
+        kw["retire_mode"] = RetireMode(mode) if mode else None
+        return cls(**kw)
 
 
 class ActionKind(enum.Enum):

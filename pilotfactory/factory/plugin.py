@@ -101,7 +101,14 @@ class StatusSource(Plugin):
     ``refresh`` raises on failure; the factory records the error and the queues fail closed.
     """
 
-    DEFAULT_MAXAGE: ClassVar[float] = 600.0
+    MAXAGE: ClassVar[Param] = Param(
+        "maxage",
+        float,
+        600.0,
+        "snapshot older than this (s) is not used (queue fails closed)",
+        minimum=0,
+    )
+    """Every status source declares this one ``maxage`` in its PARAMS."""
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         self.params = params

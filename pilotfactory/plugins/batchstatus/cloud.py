@@ -42,7 +42,13 @@ from pilotfactory.factory.info import BatchQueueInfo, Worker
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env
 from pilotfactory.factory.ports import CloudPort, Instance
-from pilotfactory.plugins.batchstatus.condor import Ad, CondorEC2BatchStatus, Pool
+from pilotfactory.plugins.batchstatus.condor import (
+    JOIN_ATTRIBUTE,
+    UNRETIRE_GRACE,
+    Ad,
+    CondorEC2BatchStatus,
+    Pool,
+)
 from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, provider_key
 
 log = logging.getLogger(__name__)
@@ -94,9 +100,9 @@ class CloudBatchStatus(CondorEC2BatchStatus):
     PROVIDER: ClassVar[str] = ""
     COMMON: ClassVar[tuple[Param, ...]] = (
         *TARGET_PARAMS,
-        Param("maxage", float, 600.0, "snapshot older than this (s) is not used", minimum=0),
-        Param("join_attribute", str, "EC2InstanceID", "startd attribute holding the instance id"),
-        Param("unretire_grace", float, 120.0, "s an un-retired startd may be absent", minimum=0),
+        CondorEC2BatchStatus.MAXAGE,
+        JOIN_ATTRIBUTE,
+        UNRETIRE_GRACE,
     )
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:

@@ -138,7 +138,7 @@ class CondorBatchStatus(BatchStatusPlugin):
     NAME = "Condor"
     PARAMS = (
         *TARGET_PARAMS,
-        Param("maxage", float, 600.0, "snapshot older than this (s) is not used", minimum=0),
+        BatchStatusPlugin.MAXAGE,
         Param("history_limit", int, 2000, "at most this many history ads per cycle", minimum=1),
     )
 
@@ -222,7 +222,7 @@ class CondorBatchStatus(BatchStatusPlugin):
 
     def info(self, queue: str) -> BatchQueueInfo | None:
         snap = self._snap
-        maxage = float(self.params.get("maxage") or self.DEFAULT_MAXAGE)
+        maxage = float(self.MAXAGE.of(self.params))
         now = self.env.clock.now()
         if snap is None or now - snap.time > maxage:
             log.warning("[%s] no batch status (snapshot missing or older than %gs)", queue, maxage)
@@ -258,6 +258,14 @@ class CondorBatchStatus(BatchStatusPlugin):
 
 
 # ---------------------------------------------------------------------------- VMs
+
+
+JOIN_ATTRIBUTE = Param(
+    "join_attribute", str, "EC2InstanceID", "startd attribute holding the instance id"
+)
+UNRETIRE_GRACE = Param(
+    "unretire_grace", float, 120.0, "s an un-retired startd may be absent", minimum=0
+)
 
 
 def _join_keys(ad: Ad, attr: str) -> list[str]:
@@ -377,14 +385,14 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     FAMILY = "Condor"
     PARAMS = (
         *CondorBatchStatus.PARAMS,
-        Param("join_attribute", str, "EC2InstanceID", "startd attribute holding the instance id"),
-        Param("unretire_grace", float, 120.0, "s an un-retired startd may be absent", minimum=0),
+        JOIN_ATTRIBUTE,
+        UNRETIRE_GRACE,
     )
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)
-        self.join = str(params.get("join_attribute") or "EC2InstanceID")
-        self.grace = float(params.get("unretire_grace") or 0.0)
+        self.join = str(JOIN_ATTRIBUTE.of(params))
+        self.grace = float(UNRETIRE_GRACE.of(params))
         self._last_joined: dict[str, float] = {}  # job id -> last time its slots were seen
         self._idle_from: dict[str, float] = {}  # job id -> first cycle that saw it idle
 

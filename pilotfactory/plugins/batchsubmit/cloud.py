@@ -32,7 +32,6 @@ from pilotfactory.factory.contract import (
     target_from,
 )
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
-from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, SubmitError
 from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, LaunchSpec
 from pilotfactory.plugins.batchsubmit.cloud_common import (
@@ -43,6 +42,7 @@ from pilotfactory.plugins.batchsubmit.cloud_common import (
     vm_params,
 )
 from pilotfactory.plugins.batchsubmit.condor_common import (
+    SPOT_PRICE,
     retire_vms,
     unretire_vms,
 )
@@ -204,7 +204,7 @@ class EC2Submit(CloudSubmit):
     PARAMS = (
         *EC2_PARAMS,
         *vm_params(("instance_type",)),
-        Param("spot_price", float, None, "spot bid; unset = on-demand", minimum=0.0),
+        SPOT_PRICE,
     )
 
 

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_LOG_DIR = "/var/log/pilotfactory"
 
+SPOT_PRICE = Param(
+    "spot_price", float, None, "spot bid; unset = on-demand", ("ec2_spot_price",), minimum=0.0
+)
+"""Both VM submit plugins' spot bid (APF spells it ``ec2_spot_price`` too)."""
+
 # APF: "a submit plugin also reads its parent's keys under its own prefix".
 COMMON_SUBMIT_PARAMS: tuple[Param, ...] = (
     *TARGET_PARAMS,

@@ -26,6 +26,7 @@ from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, QueueEnv, SubmitError
 from pilotfactory.plugins.batchsubmit.condor_common import (
     COMMON_SUBMIT_PARAMS,
+    SPOT_PRICE,
     CondorSubmitBase,
     retire_vms,
     unretire_vms,
@@ -45,7 +46,7 @@ class CondorEC2Submit(CondorSubmitBase):
         Param("gridresource", str, None, "EC2 endpoint URL (grid_resource = ec2 <url>)"),
         Param("ami_id", str, None, "image id"),
         Param("instance_type", str, None, "instance type"),
-        Param("spot_price", float, None, "spot bid; unset = on-demand", ("ec2_spot_price",)),
+        SPOT_PRICE,
         Param("user_data", str, None, "user data (one line; else use user_data_file)"),
         Param("user_data_file", str, None, "file with the user data"),
         Param("security_groups", list, None, "security group names"),

@@ -14,7 +14,6 @@ from typing import Any
 
 from pilotfactory.factory.contract import TARGET_PARAMS, target_from
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
-from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
 from pilotfactory.factory.ports import CondorTarget
 
@@ -41,7 +40,7 @@ class CondorWMSStatus(WMSStatusPlugin):
     ALIASES = ("CondorLocal",)
     PARAMS = (
         *TARGET_PARAMS,
-        Param("maxage", float, 600.0, "snapshot older than this (s) is not used", minimum=0),
+        WMSStatusPlugin.MAXAGE,
     )
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
@@ -70,7 +69,7 @@ class CondorWMSStatus(WMSStatusPlugin):
         log.debug("[%s] %d payload job(s) under %d label(s)", self.NAME, len(ads), len(counts))
 
     def info(self, wmsqueue: str, params: Mapping[str, Any]) -> WMSQueueInfo | None:
-        maxage = float(params.get("maxage") or self.params.get("maxage") or self.DEFAULT_MAXAGE)
+        maxage = float(self.MAXAGE.of(params if params.get("maxage") is not None else self.params))
         now = self.env.clock.now()
         if self.snapshot_time is None or now - self.snapshot_time > maxage:
             log.warning("[%s] no Condor WMS status (missing or older than %gs)", wmsqueue, maxage)

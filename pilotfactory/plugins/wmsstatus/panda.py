@@ -108,9 +108,7 @@ class PandaWMSStatus(WMSStatusPlugin):
         Param("key", str, None, "client private key (must be chmod 600)"),
         Param("token_file", str, None, "file holding a bearer token (must be chmod 600)"),
         Param("legacy", bool, False, "use the pre-2024 pickle API (opt-in, restricted decoder)"),
-        Param(
-            "maxage", float, 600.0, "older snapshots are not used (queue fails closed)", minimum=0
-        ),
+        WMSStatusPlugin.MAXAGE,
         Param("sitestatus_url", str, None, "queue configuration JSON (CRIC/schedconfig style)"),
         Param("sitestatus_file", str, None, "local queue configuration JSON file"),
         Param("prodsourcelabel", list, None, "count only these prodSourceLabels"),
@@ -230,8 +228,7 @@ class PandaWMSStatus(WMSStatusPlugin):
         snap = self.snapshot
         if snap is None:
             return None
-        maxage = params.get("maxage")
-        maxage = self.DEFAULT_MAXAGE if maxage is None else float(maxage)
+        maxage = float(self.MAXAGE.of(params))
         age = self.env.clock.now() - snap.time
         if age > maxage:
             log.warning(

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pilotfactory.factory.contract import (
-    QUEUED_STATUSES,
     RETIRE_MODE,
     RETIRE_REQUESTED,
     RUNNING_STATUSES,
@@ -31,6 +30,7 @@ from pilotfactory.factory.info import BatchQueueInfo, JobRecord, RetireMode, Wor
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import BatchStatusPlugin, Env
 from pilotfactory.factory.ports import CondorPort
+from pilotfactory.factory.vmstate import Phase, VMObservation, derive_state
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,44 @@ def _slot_counts(slots: Sequence[Ad]) -> tuple[int, int]:
     return total, claimed
 
 
+PHASE: dict[int, Phase] = {
+    JobStatus.UNEXPANDED: Phase.QUEUED,
+    JobStatus.IDLE: Phase.QUEUED,
+    JobStatus.RUNNING: Phase.RUNNING,
+    JobStatus.TRANSFERRING_OUTPUT: Phase.RUNNING,
+    JobStatus.HELD: Phase.HELD,
+}
+"""A VM job's JobStatus as a phase; any other status (removed, completed, suspended) is GONE."""
+
+
+def vm_observation(
+    ad: Ad,
+    now: float,
+    slots: Sequence[Ad],
+    master: Ad | None,
+    last_joined: float | None = None,
+) -> VMObservation:
+    """The adapter from a VM job ad (or a job-like instance mapping) and its startd ads."""
+    f = base_fields(ad, "")
+    total, busy = _slot_counts(slots) if slots else (0, 0)
+    activity = [t for s in slots if (t := _time(s, "EnteredCurrentActivity")) is not None]
+    return VMObservation(
+        phase=PHASE.get(int(ad.get("JobStatus", -1)), Phase.GONE),
+        entered=_time(ad, "EnteredCurrentStatus") or _time(ad, "QDate") or now,
+        started=_time(ad, "JobStartDate"),
+        instance_known=bool(ad.get("EC2InstanceName")),
+        slots_total=total,
+        slots_busy=busy,
+        slot_ads=len(slots),
+        first_activity=min(activity, default=None),
+        last_activity=max(activity, default=None),
+        master_seen=master is not None,
+        retire_requested_at=f["retire_requested_at"],
+        unretired_at=f["unretired_at"],
+        last_joined=last_joined,
+    )
+
+
 def vm_worker(
     ad: Ad,
     queue: str,
@@ -335,45 +373,27 @@ def vm_worker(
     grace: float,
     last_joined: float | None = None,
 ) -> Worker | None:
-    """One VM job joined with its slot and master ads (the state table is in the tests)."""
-    status = int(ad.get("JobStatus", -1))
-    f = base_fields(ad, queue)
-    entered = _time(ad, "EnteredCurrentStatus") or _time(ad, "QDate") or now
-    instance = str(ad["EC2InstanceName"]) if ad.get("EC2InstanceName") else None
-    if status == JobStatus.HELD:
-        return Worker(state=S.HELD, since=entered, instance_id=instance, **f)
-    if status in QUEUED_STATUSES or (status in RUNNING and not (instance or slots or master)):
-        return Worker(state=S.PENDING, since=entered, instance_id=instance, **f)
-    if status not in RUNNING:
+    """One VM job joined with its slot and master ads, judged by ``STATE_TABLE``."""
+    obs = vm_observation(ad, now, slots, master, last_joined)
+    derived = derive_state(obs, now, grace)
+    if derived is None:
         return None
+    state, since = derived
+    instance = str(ad["EC2InstanceName"]) if ad.get("EC2InstanceName") else None
+    f = base_fields(ad, queue)
+    if state in (S.HELD, S.PENDING):
+        return Worker(state=state, since=since, instance_id=instance, **f)
     machine = (slots[0] if slots else master or {}).get("Machine")
     retire_times = [s["MaxJobRetirementTime"] for s in slots if "MaxJobRetirementTime" in s]
-    requested, unretired = f["retire_requested_at"], f["unretired_at"]
-    total = busy = 0
-    if slots:
-        total, busy = _slot_counts(slots)
-        activity = [t for s in slots if (t := _time(s, "EnteredCurrentActivity")) is not None]
-        if requested is not None:
-            state, since = S.RETIRING, requested
-        elif busy:
-            state, since = S.BUSY, min(activity, default=entered)
-        else:
-            state, since = S.IDLE, max(activity, default=entered)
-    elif requested is not None:
-        state, since = S.RETIRED, requested
-    elif unretired is not None and now - max(unretired, last_joined or 0.0) <= grace:
-        state, since = S.RETIRING, unretired  # startd restarting after an un-retire
-    else:
-        state, since = S.BOOTING, _time(ad, "JobStartDate") or entered
     return Worker(
         state=state,
         since=since,
         instance_id=instance,
         machine=machine,
-        slots_total=total,
-        slots_busy=busy,
+        slots_total=obs.slots_total,
+        slots_busy=obs.slots_busy,
         retirement_time=float(min(retire_times)) if retire_times else None,
-        master_seen=master is not None,
+        master_seen=obs.master_seen,
         **f,
     )
 

@@ -1,0 +1,101 @@
+"""The VM state table: what one VM's observations this cycle mean (DESIGN "Joining VMs").
+
+Status plugins turn what they read (a grid job ad, a cloud instance, the startd and master ads)
+into one typed ``VMObservation`` with a small adapter each; ``derive_state`` then reads the
+table below, first matching row wins. The table is the documentation, and the tests run it as
+a matrix. It is what closes APF's boot race: a VM without startd ads is RETIRED only if the
+factory recorded a retire; otherwise it is BOOTING (LOST past ``boot_timeout``), or RETIRING
+for ``unretire_grace`` after an un-retire while its startd restarts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pilotfactory.factory.info import WorkerState
+
+
+class Phase(enum.Enum):
+    """Where the request for the VM stands (grid job status, or cloud instance state)."""
+
+    QUEUED = "queued"
+    """Job idle / instance or spot request pending."""
+    RUNNING = "running"
+    """Job running / instance running."""
+    HELD = "held"
+    """Job held / instance in error."""
+    GONE = "gone"
+    """Job removed or completed / instance stopping or terminated: not a worker."""
+
+
+@dataclass(frozen=True, slots=True)
+class VMObservation:
+    """Everything the state of one VM depends on, read this cycle."""
+
+    phase: Phase
+    entered: float
+    """When the job / instance entered its phase."""
+    started: float | None = None
+    """When the VM started running (JobStartDate / launch time)."""
+    instance_known: bool = False
+    """The instance id is known (grid jobs learn it from the gridmanager)."""
+    slots_total: int = 0
+    slots_busy: int = 0
+    slot_ads: int = 0
+    """How many startd slot ads joined this VM (0: its startd is not in the collector)."""
+    first_activity: float | None = None
+    last_activity: float | None = None
+    master_seen: bool = False
+    retire_requested_at: float | None = None
+    """A retire the factory recorded and has not un-retired since."""
+    unretired_at: float | None = None
+    last_joined: float | None = None
+    """The last time this factory saw the VM's slots (for the un-retire grace)."""
+
+    @property
+    def joined(self) -> bool:
+        return self.slot_ads > 0
+
+
+Rule = Callable[[VMObservation, float, float], bool]
+Since = Callable[[VMObservation], float]
+
+
+def _recent_unretire(o: VMObservation, now: float, grace: float) -> bool:
+    return o.unretired_at is not None and now - max(o.unretired_at, o.last_joined or 0.0) <= grace
+
+
+# (what the row says, condition(observation, now, grace), state, since)
+STATE_TABLE: tuple[tuple[str, Rule, WorkerState | None, Since], ...] = (
+    ("held job / instance in error", lambda o, n, g: o.phase is Phase.HELD,
+     WorkerState.HELD, lambda o: o.entered),
+    ("queued job / pending instance", lambda o, n, g: o.phase is Phase.QUEUED,
+     WorkerState.PENDING, lambda o: o.entered),
+    ("removed, completed, stopping or terminated: not a worker",
+     lambda o, n, g: o.phase is Phase.GONE, None, lambda o: o.entered),
+    ("running job, no instance, startd or master yet (gridmanager still launching)",
+     lambda o, n, g: not (o.instance_known or o.joined or o.master_seen),
+     WorkerState.PENDING, lambda o: o.entered),
+    ("joined, retire recorded", lambda o, n, g: o.joined and o.retire_requested_at is not None,
+     WorkerState.RETIRING, lambda o: o.retire_requested_at or o.entered),
+    ("joined, a slot claimed", lambda o, n, g: o.joined and o.slots_busy > 0,
+     WorkerState.BUSY, lambda o: o.first_activity or o.entered),
+    ("joined, every slot idle", lambda o, n, g: o.joined,
+     WorkerState.IDLE, lambda o: o.last_activity or o.entered),
+    ("startd gone after a recorded retire", lambda o, n, g: o.retire_requested_at is not None,
+     WorkerState.RETIRED, lambda o: o.retire_requested_at or o.entered),
+    ("startd absent within unretire_grace of an un-retire (restarting)", _recent_unretire,
+     WorkerState.RETIRING, lambda o: o.unretired_at or o.entered),
+    ("running, startd never seen or vanished unasked", lambda o, n, g: True,
+     WorkerState.BOOTING, lambda o: o.started or o.entered),
+)  # fmt: skip
+
+
+def derive_state(obs: VMObservation, now: float, grace: float) -> tuple[WorkerState, float] | None:
+    """(state, since) by the first row of ``STATE_TABLE`` that matches; None: not a worker."""
+    for _, rule, state, since in STATE_TABLE:
+        if rule(obs, now, grace):
+            return None if state is None else (state, since(obs))
+    raise AssertionError("STATE_TABLE ends with a catch-all row")  # pragma: no cover

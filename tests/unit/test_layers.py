@@ -94,6 +94,14 @@ def test_no_status_plugin_imports_a_submit_plugin() -> None:
     assert bad == []
 
 
+def test_the_cloud_status_composes_the_vm_join_not_the_condor_plugin() -> None:
+    """Direct-cloud VMs are judged by the shared join (vmjoin), never by disguising instances
+    as job ads for the CondorEC2 plugin."""
+    deps = GRAPH["pilotfactory.plugins.batchstatus.cloud"]
+    assert "pilotfactory.plugins.batchstatus.vmjoin" in deps
+    assert "pilotfactory.plugins.batchstatus.condor" not in deps
+
+
 def test_backends_import_no_plugin_and_no_simulator() -> None:
     bad = sorted(
         f"{m} -> {i}"

@@ -1,9 +1,8 @@
 """EC2 / OpenStack batch status: instances this factory launched, joined with their startds.
 
 Each refresh is one cloud list (by the factory's tag), one startd and one master query, shared
-by every queue on the same account and collector. Each instance is fed to CondorEC2's join and
-state table (``vm_worker``, ``Pool``) as a job-like mapping whose id is its worker tag, so a
-direct-cloud VM and a grid-universe VM are judged by the same rules:
+by every queue on the same account and collector. Each instance becomes a ``VMRecord`` (its id
+is its worker tag) and ``StartdJoin`` judges it by the same state table as a grid-universe VM:
 
     instance    startd        -> state
     pending     -                PENDING (spot requests too)
@@ -24,8 +23,6 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from pilotfactory.factory.contract import (
-    RETIRE_MODE,
-    RETIRE_REQUESTED,
     TAG_FACTORY,
     TAG_QUEUE,
     TAG_RETIRE,
@@ -33,80 +30,70 @@ from pilotfactory.factory.contract import (
     TAG_UNRETIRED,
     TAG_WORKER,
     TARGET_PARAMS,
-    UNRETIRED_AT,
-    WORKER_ID,
-    JobStatus,
     target_from,
 )
-from pilotfactory.factory.info import BatchQueueInfo, Worker
+from pilotfactory.factory.info import BatchQueueInfo, RetireMode, Worker
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env
-from pilotfactory.factory.ports import CloudPort, Instance
-from pilotfactory.plugins.batchstatus.condor import (
+from pilotfactory.factory.ports import CloudPort, CondorPort, Instance
+from pilotfactory.factory.vmstate import Phase
+from pilotfactory.plugins.batchstatus.common import Snapshot, SnapshotStatus, timestamp
+from pilotfactory.plugins.batchstatus.vmjoin import (
     JOIN_ATTRIBUTE,
     UNRETIRE_GRACE,
-    Ad,
-    CondorEC2BatchStatus,
-    Pool,
+    StartdJoin,
+    VMRecord,
 )
 from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, provider_key
 
 log = logging.getLogger(__name__)
 
-# Instance state -> JobStatus of the job-like mapping (3: not a worker; unknown: present).
-JOB_STATUS = {
-    "pending": JobStatus.IDLE,
-    "running": JobStatus.RUNNING,
-    "error": JobStatus.HELD,
-    "stopping": JobStatus.REMOVED,
-    "terminated": JobStatus.REMOVED,
+PHASE = {
+    "pending": Phase.QUEUED,
+    "running": Phase.RUNNING,
+    "error": Phase.HELD,
+    "stopping": Phase.GONE,
+    "terminated": Phase.GONE,
 }
+"""Provider-neutral instance state as a phase; an unknown state counts as running."""
 
 
-def _stamp(text: str | None) -> float | None:
-    try:
-        value = float(text) if text else None
-    except ValueError:
-        return None
-    return value if value and value > 0 else None
-
-
-def instance_ad(inst: Instance) -> dict[str, Any]:
-    """An instance as the job ad ``vm_worker`` reads: worker id, status, times, retire record."""
+def instance_record(inst: Instance, now: float) -> VMRecord:
+    """The adapter from a cloud instance: times and the retire record come from its tags."""
     tags = inst.tags
-    ad: dict[str, Any] = {
-        WORKER_ID: tags.get(TAG_WORKER) or inst.id,
-        "JobStatus": JOB_STATUS.get(inst.state, JobStatus.RUNNING),
-        "QDate": inst.launched_at,
-        "EnteredCurrentStatus": inst.launched_at,
-        "JobStartDate": inst.launched_at,
-        "EC2InstanceName": inst.id,
-    }
-    if tags.get(TAG_QUEUE):
-        ad["PilotFactoryQueue"] = tags[TAG_QUEUE]
-    for tag, attr in ((TAG_RETIRE, RETIRE_REQUESTED), (TAG_UNRETIRED, UNRETIRED_AT)):
-        if (value := _stamp(tags.get(tag))) is not None:
-            ad[attr] = value
-    if tags.get(TAG_RETIRE_MODE):
-        ad[RETIRE_MODE] = tags[TAG_RETIRE_MODE]
-    if ad["JobStatus"] == JobStatus.HELD:
-        ad["HoldReason"] = inst.fault or f"instance {inst.id} is in state {inst.state}"
-    return ad
+    phase = PHASE.get(inst.state, Phase.RUNNING)
+    launched = timestamp(inst.launched_at)
+    return VMRecord(
+        id=tags.get(TAG_WORKER) or inst.id,
+        phase=phase,
+        entered=launched or now,
+        started=launched,
+        submitted_at=launched,
+        instance_id=inst.id,
+        retire_requested_at=timestamp(tags.get(TAG_RETIRE)),
+        unretired_at=timestamp(tags.get(TAG_UNRETIRED)),
+        retire_mode=RetireMode.parse(tags.get(TAG_RETIRE_MODE)),
+        hold_reason=(inst.fault or f"instance {inst.id} is in state {inst.state}")
+        if phase is Phase.HELD
+        else None,
+    )
 
 
-class CloudBatchStatus(CondorEC2BatchStatus):
-    """CondorEC2's join and state table over cloud instances instead of VM jobs."""
+class CloudBatchStatus(SnapshotStatus):
+    """The instances of one cloud account, joined with one collector's startds."""
 
     PROVIDER: ClassVar[str] = ""
     COMMON: ClassVar[tuple[Param, ...]] = (
         *TARGET_PARAMS,
-        CondorEC2BatchStatus.MAXAGE,
+        SnapshotStatus.MAXAGE,
         JOIN_ATTRIBUTE,
         UNRETIRE_GRACE,
     )
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)
+        self.target = target_from(params)
+        self.vms = StartdJoin.from_params(params)
         self._cloud: CloudPort | None = None
         self._queues: set[str] = set()
         self._by_queue: dict[str, list[str]] = {}  # queue tag -> live instance ids
@@ -121,36 +108,41 @@ class CloudBatchStatus(CondorEC2BatchStatus):
             self._cloud = self.env.world.cloud(self.PROVIDER, self.params)
         return self._cloud
 
+    @property
+    def port(self) -> CondorPort:
+        return self.env.world.condor(self.target)
+
     def want_history(self, queue: str, window: float) -> None:
         log.warning(
             "[%s] %s batch status keeps no job history; Throttle sees none", queue, self.NAME
         )
 
-    def fetch(self, now: float) -> tuple[Sequence[Ad], Sequence[Ad]]:
-        """One list of this factory's instances; terminated ones are history, not workers."""
-        ads = []
-        by_queue: dict[str, list[str]] = {}
-        for inst in self.cloud.list({TAG_FACTORY: self.env.factory_id}):
-            if inst.state == "terminated":
-                continue
-            ads.append(instance_ad(inst))
-            if inst.state != "stopping":
-                by_queue.setdefault(inst.tags.get(TAG_QUEUE) or "", []).append(inst.id)
-        self._by_queue = by_queue
-        return ads, []
+    def _instances(self, tags: Mapping[str, str], now: float) -> list[tuple[str, VMRecord]]:
+        """(queue tag, record) of the live instances; terminated ones are history, not workers."""
+        return [
+            (inst.tags.get(TAG_QUEUE) or "", instance_record(inst, now))
+            for inst in self.cloud.list(tags)
+            if inst.state != "terminated"
+        ]
 
-    def unmatched(self, jobs: Sequence[Ad], extra: Any) -> tuple[str, ...]:
-        """Startds advertising a worker id (of this factory, when they say) that no instance
-        claims; CondorEC2's rule, on the ``PilotFactoryWorker`` carriers only."""
-        if not isinstance(extra, Pool):
-            return ()
-        mine = (None, self.env.factory_id)
-        carriers = {
-            key: [s for s in slots if s.get("PilotFactoryId") in mine]
-            for key, slots in extra.slots.items()
-            if key.startswith("w:")
-        }
-        return super().unmatched(jobs, Pool(slots=carriers))
+    def observe(self, now: float) -> Snapshot:
+        live = self._instances({TAG_FACTORY: self.env.factory_id}, now)
+        pool = self.vms.read(self.port, (rec.id for _, rec in live))
+        workers: dict[str, list[Worker]] = {}
+        by_queue: dict[str, list[str]] = {}
+        for queue, rec in live:
+            if rec.phase is not Phase.GONE:
+                by_queue.setdefault(queue, []).append(rec.instance_id or rec.id)
+            w = self.vms.worker(rec, queue, now, pool) if queue else None
+            if w is not None:
+                workers.setdefault(queue, []).append(w)
+        self._by_queue = by_queue
+        unmatched = self.vms.unmatched((rec for _, rec in live), pool, self.env.factory_id)
+        snap = Snapshot(now, unmatched=unmatched, pool_startds=pool.ads)
+        for queue, ws in workers.items():
+            snap.infos[queue] = BatchQueueInfo(queue, now, tuple(ws), None, unmatched, pool.ads)
+        log.debug("[%s] %d instance(s), %d queue(s)", self.NAME, len(live), len(workers))
+        return snap
 
     def info(self, queue: str) -> BatchQueueInfo | None:
         """Also reports live instances whose queue tag no queue has asked for. The factory asks
@@ -170,16 +162,27 @@ class CloudBatchStatus(CondorEC2BatchStatus):
             replace(base, unmatched_startds=base.unmatched_startds + orphans) if orphans else base
         )
 
-    def recheck_jobs(self, workers: Sequence[Worker]) -> list[Ad]:
-        """One list (narrowed to the queue when all candidates share one), as job-like ads;
-        CondorEC2's ``recheck`` then does the one constrained startd query."""
+    def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
+        """One list (narrowed to the queue when all candidates share one), then one startd
+        query for the candidates that may be joined."""
+        now = self.env.clock.now()
         wanted = {w.id for w in workers}
         tags = {TAG_FACTORY: self.env.factory_id}
         queues = {w.queue for w in workers}
         if len(queues) == 1:
             tags[TAG_QUEUE] = queues.pop()
-        ads = [instance_ad(i) for i in self.cloud.list(tags) if i.state != "terminated"]
-        return [ad for ad in ads if ad[WORKER_ID] in wanted]
+        live = [(q, rec) for q, rec in self._instances(tags, now) if rec.id in wanted]
+        pool = self.vms.reread(self.port, [rec for _, rec in live])
+        old = {w.id: w for w in workers}
+        out: dict[str, Worker] = {}
+        for queue, rec in live:
+            w = self.vms.worker(rec, queue, now, pool)
+            if w is None:
+                continue
+            if w.machine is None and old[w.id].machine:
+                w = replace(w, machine=old[w.id].machine)  # the master ad is not re-read
+            out[w.id] = w
+        return out
 
 
 class EC2BatchStatus(CloudBatchStatus):

@@ -2,16 +2,16 @@
 
 One instance per schedd (and collector) serves every queue that points there. Jobs are found
 by the factory's own label (``PilotFactoryId``), so two factories on one schedd never see each
-other. Each VM job is joined to its startd and master ads by instance id; what the factory
-recorded in the job ad (retire requested / un-retired) decides between RETIRING, RETIRED and
-"vanished" (BOOTING, which the planner turns into LOST past ``boot_timeout``).
+other. CondorEC2 turns each VM job into a ``VMRecord`` (``vm_record``) and leaves the join
+with its startd and master ads, and the state table, to ``StartdJoin`` (shared with the
+direct-cloud plugins).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from pilotfactory.factory.contract import (
@@ -20,17 +20,29 @@ from pilotfactory.factory.contract import (
     RUNNING_STATUSES,
     TARGET_PARAMS,
     UNRETIRED_AT,
-    WORKER_ID,
     JobStatus,
     Universe,
-    classad_string,
     target_from,
 )
 from pilotfactory.factory.info import BatchQueueInfo, JobRecord, RetireMode, Worker, WorkerState
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import BatchStatusPlugin, Env
 from pilotfactory.factory.ports import CondorPort
-from pilotfactory.factory.vmstate import Phase, VMObservation, derive_state
+from pilotfactory.factory.vmstate import Phase
+from pilotfactory.plugins.batchstatus.common import (
+    Snapshot,
+    SnapshotStatus,
+    retire_active,
+    timestamp,
+)
+from pilotfactory.plugins.batchstatus.vmjoin import (
+    JOIN_ATTRIBUTE,
+    UNRETIRE_GRACE,
+    Pool,
+    StartdJoin,
+    VMRecord,
+    join_worker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +69,15 @@ RUNNING = RUNNING_STATUSES
 
 
 def _time(ad: Ad, key: str) -> float | None:
-    """A positive timestamp, else None (0 means "never" in job ads)."""
-    value = ad.get(key)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
+    return timestamp(ad.get(key))
 
 
 def job_id(ad: Ad) -> str:
-    """``cluster.proc``; a direct-cloud instance, fed in as a job-like mapping, carries its
-    worker id instead (so ``vm_worker`` and ``Pool`` serve both kinds of VM)."""
-    wid = ad.get(WORKER_ID)
-    if isinstance(wid, str) and wid:
-        return wid
     return f"{ad.get('ClusterId')}.{ad.get('ProcId')}"
 
 
 def queue_of(ad: Ad) -> str | None:
     return ad.get("PilotFactoryQueue") or ad.get("APF_QUEUE")
-
-
-def retire_active(requested: float | None, unretired: float | None) -> bool:
-    """A retire the factory recorded and has not un-retired since."""
-    return requested is not None and (unretired is None or unretired <= requested)
 
 
 def base_fields(ad: Ad, queue: str) -> dict[str, Any]:
@@ -124,15 +122,7 @@ def history_records(ads: Sequence[Ad], cutoff: float) -> list[JobRecord]:
     return out
 
 
-@dataclass
-class Snapshot:
-    time: float
-    infos: dict[str, BatchQueueInfo] = field(default_factory=dict)
-    unmatched: tuple[str, ...] = ()
-    pool_startds: int | None = None
-
-
-class CondorBatchStatus(BatchStatusPlugin):
+class CondorBatchStatus(SnapshotStatus):
     """Pilot jobs of this factory on one schedd, per queue."""
 
     NAME = "Condor"
@@ -145,8 +135,6 @@ class CondorBatchStatus(BatchStatusPlugin):
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)
         self.target = target_from(params)
-        self._windows: dict[str, float] = {}
-        self._snap: Snapshot | None = None
 
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
@@ -155,9 +143,6 @@ class CondorBatchStatus(BatchStatusPlugin):
     @property
     def port(self) -> CondorPort:
         return self.env.world.condor(self.target)
-
-    def want_history(self, queue: str, window: float) -> None:
-        self._windows[queue] = max(window, self._windows.get(queue, 0.0))
 
     # ------------------------------------------------------------------ per-kind hooks
 
@@ -184,8 +169,7 @@ class CondorBatchStatus(BatchStatusPlugin):
 
     # ------------------------------------------------------------------ the cycle
 
-    def refresh(self) -> None:
-        now = self.env.clock.now()
+    def observe(self, now: float) -> Snapshot:
         jobs, history = self.fetch(now)
         extra = self.collect(jobs, now)
         workers: dict[str, list[Worker]] = {}
@@ -206,9 +190,8 @@ class CondorBatchStatus(BatchStatusPlugin):
                 snap.unmatched,
                 snap.pool_startds,
             )
-        self._snap = snap
-        self.snapshot_time = now
         log.debug("[%s] %d job(s), %d queue(s)", self.NAME, len(jobs), len(workers))
+        return snap
 
     def _history(
         self, queue: str, now: float, jobs: Sequence[Ad], history: Sequence[Ad]
@@ -219,19 +202,6 @@ class CondorBatchStatus(BatchStatusPlugin):
         mine = [ad for ad in [*history, *jobs] if queue_of(ad) == queue]
         records = {r.id: r for r in history_records(mine, now - window)}
         return tuple(records.values())
-
-    def info(self, queue: str) -> BatchQueueInfo | None:
-        snap = self._snap
-        maxage = float(self.MAXAGE.of(self.params))
-        now = self.env.clock.now()
-        if snap is None or now - snap.time > maxage:
-            log.warning("[%s] no batch status (snapshot missing or older than %gs)", queue, maxage)
-            return None
-        hit = snap.infos.get(queue)
-        if hit is not None:
-            return hit
-        history = () if queue in self._windows else None
-        return BatchQueueInfo(queue, snap.time, (), history, snap.unmatched, snap.pool_startds)
 
     def recheck_jobs(self, workers: Sequence[Worker]) -> list[Ad]:
         """One query constrained to these job ids."""
@@ -260,72 +230,6 @@ class CondorBatchStatus(BatchStatusPlugin):
 # ---------------------------------------------------------------------------- VMs
 
 
-JOIN_ATTRIBUTE = Param(
-    "join_attribute", str, "EC2InstanceID", "startd attribute holding the instance id"
-)
-UNRETIRE_GRACE = Param(
-    "unretire_grace", float, 120.0, "s an un-retired startd may be absent", minimum=0
-)
-
-
-def _join_keys(ad: Ad, attr: str) -> list[str]:
-    """Keys a startd/master ad joins on: ``i:<instance id>`` and ``w:<worker id>``."""
-    keys = []
-    if isinstance(ad.get(attr), str) and ad[attr]:
-        keys.append("i:" + ad[attr])
-    if isinstance(ad.get("PilotFactoryWorker"), str) and ad["PilotFactoryWorker"]:
-        keys.append("w:" + ad["PilotFactoryWorker"])
-    return keys
-
-
-def _job_keys(ad: Ad) -> list[str]:
-    keys = ["w:" + job_id(ad)]
-    if ad.get("EC2InstanceName"):
-        keys.append("i:" + str(ad["EC2InstanceName"]))
-    return keys
-
-
-@dataclass
-class Pool:
-    """Startd slot ads and master ads of one collector, indexed by join key."""
-
-    slots: dict[str, list[Ad]] = field(default_factory=dict)
-    masters: dict[str, Ad] = field(default_factory=dict)
-    ads: int = 0
-    """How many slot ads the collector returned (all of them, joined or not)."""
-
-    @classmethod
-    def build(cls, slots: Sequence[Ad], masters: Sequence[Ad], attr: str) -> Pool:
-        pool = cls(ads=len(slots))
-        for ad in slots:
-            for key in _join_keys(ad, attr):
-                pool.slots.setdefault(key, []).append(ad)
-        for ad in masters:
-            for key in _join_keys(ad, attr):
-                pool.masters[key] = ad
-        return pool
-
-    def lookup(self, job: Ad) -> tuple[list[Ad], Ad | None]:
-        slots: dict[str, Ad] = {}
-        master = None
-        for key in _job_keys(job):
-            slots.update((str(s.get("Name")), s) for s in self.slots.get(key, ()))
-            master = master or self.masters.get(key)
-        return list(slots.values()), master
-
-
-def _slot_counts(slots: Sequence[Ad]) -> tuple[int, int]:
-    """(total, busy). A pslot's Cpus is what is left unclaimed, so its dslots are added."""
-    claimed = sum(
-        1 for s in slots if s.get("SlotType") != "Partitionable" and s.get("State") == "Claimed"
-    )
-    if any(s.get("SlotType") == "Partitionable" for s in slots):
-        total = sum(int(s.get("Cpus") or 0) for s in slots if s.get("SlotType") != "Static")
-    else:
-        total = len(slots)
-    return total, claimed
-
-
 PHASE: dict[int, Phase] = {
     JobStatus.UNEXPANDED: Phase.QUEUED,
     JobStatus.IDLE: Phase.QUEUED,
@@ -336,31 +240,20 @@ PHASE: dict[int, Phase] = {
 """A VM job's JobStatus as a phase; any other status (removed, completed, suspended) is GONE."""
 
 
-def vm_observation(
-    ad: Ad,
-    now: float,
-    slots: Sequence[Ad],
-    master: Ad | None,
-    last_joined: float | None = None,
-) -> VMObservation:
-    """The adapter from a VM job ad (or a job-like instance mapping) and its startd ads."""
-    f = base_fields(ad, "")
-    total, busy = _slot_counts(slots) if slots else (0, 0)
-    activity = [t for s in slots if (t := _time(s, "EnteredCurrentActivity")) is not None]
-    return VMObservation(
+def vm_record(ad: Ad, now: float) -> VMRecord:
+    """The adapter from a grid-universe VM job ad."""
+    instance = ad.get("EC2InstanceName")
+    return VMRecord(
+        id=job_id(ad),
         phase=PHASE.get(int(ad.get("JobStatus", -1)), Phase.GONE),
         entered=_time(ad, "EnteredCurrentStatus") or _time(ad, "QDate") or now,
         started=_time(ad, "JobStartDate"),
-        instance_known=bool(ad.get("EC2InstanceName")),
-        slots_total=total,
-        slots_busy=busy,
-        slot_ads=len(slots),
-        first_activity=min(activity, default=None),
-        last_activity=max(activity, default=None),
-        master_seen=master is not None,
-        retire_requested_at=f["retire_requested_at"],
-        unretired_at=f["unretired_at"],
-        last_joined=last_joined,
+        submitted_at=_time(ad, "QDate"),
+        instance_id=str(instance) if instance else None,
+        retire_requested_at=_time(ad, RETIRE_REQUESTED),
+        unretired_at=_time(ad, UNRETIRED_AT),
+        retire_mode=RetireMode.parse(ad.get(RETIRE_MODE)),
+        hold_reason=ad.get("HoldReason"),
     )
 
 
@@ -373,28 +266,14 @@ def vm_worker(
     grace: float,
     last_joined: float | None = None,
 ) -> Worker | None:
-    """One VM job joined with its slot and master ads, judged by ``STATE_TABLE``."""
-    obs = vm_observation(ad, now, slots, master, last_joined)
-    derived = derive_state(obs, now, grace)
-    if derived is None:
-        return None
-    state, since = derived
-    instance = str(ad["EC2InstanceName"]) if ad.get("EC2InstanceName") else None
-    f = base_fields(ad, queue)
-    if state in (S.HELD, S.PENDING):
-        return Worker(state=state, since=since, instance_id=instance, **f)
-    machine = (slots[0] if slots else master or {}).get("Machine")
-    retire_times = [s["MaxJobRetirementTime"] for s in slots if "MaxJobRetirementTime" in s]
-    return Worker(
-        state=state,
-        since=since,
-        instance_id=instance,
-        machine=machine,
-        slots_total=obs.slots_total,
-        slots_busy=obs.slots_busy,
-        retirement_time=float(min(retire_times)) if retire_times else None,
-        master_seen=obs.master_seen,
-        **f,
+    """One VM job joined with its slot and master ads (no memory between cycles)."""
+    return join_worker(vm_record(ad, now), queue, now, slots, master, grace, last_joined)
+
+
+def _is_pilot(ad: Ad) -> bool:
+    """A vanilla/local job under a VM status plugin (a queue may mix them)."""
+    return (
+        "JobUniverse" in ad and ad["JobUniverse"] != Universe.GRID and not ad.get("EC2InstanceName")
     )
 
 
@@ -411,74 +290,28 @@ class CondorEC2BatchStatus(CondorBatchStatus):
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)
-        self.join = str(JOIN_ATTRIBUTE.of(params))
-        self.grace = float(UNRETIRE_GRACE.of(params))
-        self._last_joined: dict[str, float] = {}  # job id -> last time its slots were seen
-        self._idle_from: dict[str, float] = {}  # job id -> first cycle that saw it idle
-
-    def _slot_query(self, constraint: str) -> list[dict[str, Any]]:
-        attrs = (
-            "Name", "Machine", "State", "Activity", "SlotType", "Cpus", "EnteredCurrentActivity",
-            "MaxJobRetirementTime", "Draining", "PilotFactoryWorker", "PilotFactoryId", self.join,
-        )  # fmt: skip
-        return self.port.query_startds({}, attrs, constraint)
+        self.vms = StartdJoin.from_params(params)
 
     def collect(self, jobs: Sequence[Ad], now: float) -> Pool:
-        carriers = f"{self.join} =!= undefined || PilotFactoryWorker =!= undefined"
-        slots = self._slot_query(carriers)
-        masters = self.port.query_masters(
-            {}, ("Name", "Machine", "PilotFactoryWorker", self.join), carriers
-        )
-        alive = {job_id(ad) for ad in jobs}
-        for memory in (self._last_joined, self._idle_from):
-            for gone in set(memory) - alive:
-                del memory[gone]
-        return Pool.build(slots, masters, self.join)
+        return self.vms.read(self.port, (job_id(ad) for ad in jobs))
 
     def worker(self, ad: Ad, queue: str, now: float, extra: Any) -> Worker | None:
-        if (
-            "JobUniverse" in ad
-            and ad["JobUniverse"] != Universe.GRID
-            and not ad.get("EC2InstanceName")
-        ):
-            return pilot_worker(ad, queue, now)  # a pilot under a VM status plugin
-        jid = job_id(ad)
-        slots, master = extra.lookup(ad) if isinstance(extra, Pool) else ([], None)
-        if slots:
-            self._last_joined[jid] = now
-        w = vm_worker(ad, queue, now, slots, master, self.grace, self._last_joined.get(jid))
-        if w is None or w.state is not S.IDLE:
-            self._idle_from.pop(jid, None)
-            return w
-        # A pslot's activity time does not move when its dslots end: count idleness from the
-        # first cycle that saw it idle too (a restart only delays an idle retire).
-        return replace(w, since=max(w.since, self._idle_from.setdefault(jid, now)))
+        if _is_pilot(ad):
+            return pilot_worker(ad, queue, now)
+        pool = extra if isinstance(extra, Pool) else Pool()
+        return self.vms.worker(vm_record(ad, now), queue, now, pool)
 
     def unmatched(self, jobs: Sequence[Ad], extra: Any) -> tuple[str, ...]:
-        """Startds with a join key that no job of this factory claims (reported each cycle)."""
         if not isinstance(extra, Pool):
             return ()
-        known = {key for ad in jobs for key in _job_keys(ad)}
-        out = {
-            str(s.get("Machine") or s.get("Name"))
-            for key, slots in extra.slots.items()
-            if key not in known
-            for s in slots
-            if not any(k in known for k in _join_keys(s, self.join))
-        }
-        return tuple(sorted(out))
+        now = self.env.clock.now()
+        return self.vms.unmatched((vm_record(ad, now) for ad in jobs), extra)
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
         """One constrained job query, then one startd query for the VMs that may be joined."""
         now = self.env.clock.now()
         jobs = self.recheck_jobs(workers)
-        keys = {k for ad in jobs if ad.get("JobStatus") in RUNNING for k in _job_keys(ad)}
-        slots: list[dict[str, Any]] = []
-        if keys:
-            attr = {"i": self.join, "w": "PilotFactoryWorker"}
-            terms = [f"{attr[k[0]]} =?= {classad_string(k[2:])}" for k in sorted(keys)]
-            slots = self._slot_query(" || ".join(terms))
-        pool = Pool.build(slots, [], self.join)
+        pool = self.vms.reread(self.port, [vm_record(ad, now) for ad in jobs if not _is_pilot(ad)])
         old = {w.id: w for w in workers}
         out: dict[str, Worker] = {}
         for ad in jobs:

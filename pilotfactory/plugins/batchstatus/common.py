@@ -1,0 +1,72 @@
+"""What every batch status plugin shares: one read per refresh into a snapshot that each queue's
+``info()`` slices, fail-closed when the snapshot is missing or older than ``maxage``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pilotfactory.factory.info import BatchQueueInfo
+from pilotfactory.factory.plugin import BatchStatusPlugin, Env
+
+log = logging.getLogger(__name__)
+
+
+def timestamp(value: Any) -> float | None:
+    """A positive timestamp, else None (0 means "never" in job ads, absent tags are None)."""
+    if isinstance(value, str):
+        try:
+            value = float(value) if value else None
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+def retire_active(requested: float | None, unretired: float | None) -> bool:
+    """A retire the factory recorded and has not un-retired since."""
+    return requested is not None and (unretired is None or unretired <= requested)
+
+
+@dataclass
+class Snapshot:
+    time: float
+    infos: dict[str, BatchQueueInfo] = field(default_factory=dict)
+    unmatched: tuple[str, ...] = ()
+    pool_startds: int | None = None
+
+
+class SnapshotStatus(BatchStatusPlugin):
+    """Base of the built-in batch status plugins: ``observe`` reads the world once, ``info``
+    answers every queue from that snapshot."""
+
+    def __init__(self, params: Mapping[str, Any], env: Env) -> None:
+        super().__init__(params, env)
+        self._windows: dict[str, float] = {}
+        self._snap: Snapshot | None = None
+
+    def want_history(self, queue: str, window: float) -> None:
+        self._windows[queue] = max(window, self._windows.get(queue, 0.0))
+
+    def observe(self, now: float) -> Snapshot:
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        now = self.env.clock.now()
+        self._snap = self.observe(now)
+        self.snapshot_time = now
+
+    def info(self, queue: str) -> BatchQueueInfo | None:
+        snap = self._snap
+        maxage = float(self.MAXAGE.of(self.params))
+        if snap is None or self.env.clock.now() - snap.time > maxage:
+            log.warning("[%s] no batch status (snapshot missing or older than %gs)", queue, maxage)
+            return None
+        hit = snap.infos.get(queue)
+        if hit is not None:
+            return hit
+        history = () if queue in self._windows else None
+        return BatchQueueInfo(queue, snap.time, (), history, snap.unmatched, snap.pool_startds)

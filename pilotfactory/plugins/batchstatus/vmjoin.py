@@ -1,0 +1,249 @@
+"""VM workers: what the request side says (a grid job, or a cloud instance) joined with the
+startd and master ads of one collector, judged by the engine's ``STATE_TABLE``.
+
+Every VM status plugin composes this: it turns what it read into ``VMRecord``s with its own
+small adapter, and ``StartdJoin`` does the rest (one slot and one master query per refresh, the
+join by instance id or worker id, the per-VM memory the state table needs), so a grid-universe
+VM and a direct-cloud VM are judged by the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pilotfactory.factory.contract import classad_string
+from pilotfactory.factory.info import RetireMode, Worker, WorkerState
+from pilotfactory.factory.params import Param
+from pilotfactory.factory.ports import CondorPort
+from pilotfactory.factory.vmstate import Phase, VMObservation, derive_state
+from pilotfactory.plugins.batchstatus.common import retire_active, timestamp
+
+Ad = Mapping[str, Any]
+
+JOIN_ATTRIBUTE = Param(
+    "join_attribute", str, "EC2InstanceID", "startd attribute holding the instance id"
+)
+UNRETIRE_GRACE = Param(
+    "unretire_grace", float, 120.0, "s an un-retired startd may be absent", minimum=0
+)
+WORKER_ATTR = "PilotFactoryWorker"
+"""The startd attribute a VM advertises its worker id in (the VM contract)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VMRecord:
+    """What the request side (grid job or cloud instance) says about one VM."""
+
+    id: str
+    phase: Phase
+    entered: float
+    """When the job / instance entered its phase."""
+    started: float | None = None
+    submitted_at: float | None = None
+    instance_id: str | None = None
+    retire_requested_at: float | None = None
+    """As recorded; ``active_retire`` says whether an un-retire has cancelled it."""
+    unretired_at: float | None = None
+    retire_mode: RetireMode | None = None
+    hold_reason: str | None = None
+
+    @property
+    def active_retire(self) -> float | None:
+        requested = self.retire_requested_at
+        return requested if retire_active(requested, self.unretired_at) else None
+
+    @property
+    def keys(self) -> list[str]:
+        """Join keys: ``w:<worker id>`` and, once known, ``i:<instance id>``."""
+        return ["w:" + self.id, *(["i:" + self.instance_id] if self.instance_id else [])]
+
+
+def _ad_keys(ad: Ad, attr: str) -> list[str]:
+    """Keys a startd/master ad joins on: ``i:<instance id>`` and ``w:<worker id>``."""
+    keys = []
+    if isinstance(ad.get(attr), str) and ad[attr]:
+        keys.append("i:" + ad[attr])
+    if isinstance(ad.get(WORKER_ATTR), str) and ad[WORKER_ATTR]:
+        keys.append("w:" + ad[WORKER_ATTR])
+    return keys
+
+
+@dataclass
+class Pool:
+    """Startd slot ads and master ads of one collector, indexed by join key."""
+
+    slots: dict[str, list[Ad]] = field(default_factory=dict)
+    masters: dict[str, Ad] = field(default_factory=dict)
+    ads: int = 0
+    """How many slot ads the collector returned (all of them, joined or not)."""
+
+    @classmethod
+    def build(cls, slots: Sequence[Ad], masters: Sequence[Ad], attr: str) -> Pool:
+        pool = cls(ads=len(slots))
+        for ad in slots:
+            for key in _ad_keys(ad, attr):
+                pool.slots.setdefault(key, []).append(ad)
+        for ad in masters:
+            for key in _ad_keys(ad, attr):
+                pool.masters[key] = ad
+        return pool
+
+    def lookup(self, rec: VMRecord) -> tuple[list[Ad], Ad | None]:
+        slots: dict[str, Ad] = {}
+        master = None
+        for key in rec.keys:
+            slots.update((str(s.get("Name")), s) for s in self.slots.get(key, ()))
+            master = master or self.masters.get(key)
+        return list(slots.values()), master
+
+
+def _slot_counts(slots: Sequence[Ad]) -> tuple[int, int]:
+    """(total, busy). A pslot's Cpus is what is left unclaimed, so its dslots are added."""
+    claimed = sum(
+        1 for s in slots if s.get("SlotType") != "Partitionable" and s.get("State") == "Claimed"
+    )
+    if any(s.get("SlotType") == "Partitionable" for s in slots):
+        total = sum(int(s.get("Cpus") or 0) for s in slots if s.get("SlotType") != "Static")
+    else:
+        total = len(slots)
+    return total, claimed
+
+
+def observe(
+    rec: VMRecord, slots: Sequence[Ad], master: Ad | None, last_joined: float | None = None
+) -> VMObservation:
+    """The record and its startd ads as the one observation the state table reads."""
+    total, busy = _slot_counts(slots) if slots else (0, 0)
+    activity = [t for s in slots if (t := timestamp(s.get("EnteredCurrentActivity"))) is not None]
+    return VMObservation(
+        phase=rec.phase,
+        entered=rec.entered,
+        started=rec.started,
+        instance_known=rec.instance_id is not None,
+        slots_total=total,
+        slots_busy=busy,
+        slot_ads=len(slots),
+        first_activity=min(activity, default=None),
+        last_activity=max(activity, default=None),
+        master_seen=master is not None,
+        retire_requested_at=rec.active_retire,
+        unretired_at=rec.unretired_at,
+        last_joined=last_joined,
+    )
+
+
+def join_worker(
+    rec: VMRecord,
+    queue: str,
+    now: float,
+    slots: Sequence[Ad],
+    master: Ad | None,
+    grace: float,
+    last_joined: float | None = None,
+) -> Worker | None:
+    """One VM joined with its slot and master ads, judged by ``STATE_TABLE``."""
+    obs = observe(rec, slots, master, last_joined)
+    derived = derive_state(obs, now, grace)
+    if derived is None:
+        return None
+    state, since = derived
+    common: dict[str, Any] = {
+        "id": rec.id,
+        "queue": queue,
+        "state": state,
+        "since": since,
+        "instance_id": rec.instance_id,
+        "retire_requested_at": rec.active_retire,
+        "retire_mode": rec.retire_mode,
+        "unretired_at": rec.unretired_at,
+        "submitted_at": rec.submitted_at,
+        "hold_reason": rec.hold_reason if rec.phase is Phase.HELD else None,
+    }
+    if state in (WorkerState.HELD, WorkerState.PENDING):
+        return Worker(**common)
+    machine = (slots[0] if slots else master or {}).get("Machine")
+    retire_times = [s["MaxJobRetirementTime"] for s in slots if "MaxJobRetirementTime" in s]
+    return Worker(
+        machine=machine,
+        slots_total=obs.slots_total,
+        slots_busy=obs.slots_busy,
+        retirement_time=float(min(retire_times)) if retire_times else None,
+        master_seen=obs.master_seen,
+        **common,
+    )
+
+
+class StartdJoin:
+    """The startd side of one VM status source, and the memory it keeps per VM between cycles:
+    when its slots were last seen (the un-retire grace) and the first cycle that saw it idle."""
+
+    def __init__(self, join_attribute: str, grace: float) -> None:
+        self.join = join_attribute
+        self.grace = grace
+        self._last_joined: dict[str, float] = {}
+        self._idle_from: dict[str, float] = {}
+
+    @classmethod
+    def from_params(cls, params: Any) -> StartdJoin:
+        return cls(str(JOIN_ATTRIBUTE.of(params)), float(UNRETIRE_GRACE.of(params)))
+
+    def _slots(self, port: CondorPort, constraint: str) -> list[dict[str, Any]]:
+        attrs = (
+            "Name", "Machine", "State", "Activity", "SlotType", "Cpus", "EnteredCurrentActivity",
+            "MaxJobRetirementTime", "Draining", WORKER_ATTR, "PilotFactoryId", self.join,
+        )  # fmt: skip
+        return port.query_startds({}, attrs, constraint)
+
+    def read(self, port: CondorPort, alive: Iterable[str]) -> Pool:
+        """Every startd and master carrying a join key; forgets VMs no longer alive."""
+        carriers = f"{self.join} =!= undefined || {WORKER_ATTR} =!= undefined"
+        slots = self._slots(port, carriers)
+        masters = port.query_masters({}, ("Name", "Machine", WORKER_ATTR, self.join), carriers)
+        alive = set(alive)
+        for memory in (self._last_joined, self._idle_from):
+            for gone in set(memory) - alive:
+                del memory[gone]
+        return Pool.build(slots, masters, self.join)
+
+    def reread(self, port: CondorPort, records: Sequence[VMRecord]) -> Pool:
+        """The slots of just these (running) VMs, in one constrained query; no masters."""
+        keys = {k for rec in records if rec.phase is Phase.RUNNING for k in rec.keys}
+        slots: list[dict[str, Any]] = []
+        if keys:
+            attr = {"i": self.join, "w": WORKER_ATTR}
+            terms = [f"{attr[k[0]]} =?= {classad_string(k[2:])}" for k in sorted(keys)]
+            slots = self._slots(port, " || ".join(terms))
+        return Pool.build(slots, [], self.join)
+
+    def worker(self, rec: VMRecord, queue: str, now: float, pool: Pool) -> Worker | None:
+        slots, master = pool.lookup(rec)
+        if slots:
+            self._last_joined[rec.id] = now
+        w = join_worker(rec, queue, now, slots, master, self.grace, self._last_joined.get(rec.id))
+        if w is None or w.state is not WorkerState.IDLE:
+            self._idle_from.pop(rec.id, None)
+            return w
+        # A pslot's activity time does not move when its dslots end: count idleness from the
+        # first cycle that saw it idle too (a restart only delays an idle retire).
+        return replace(w, since=max(w.since, self._idle_from.setdefault(rec.id, now)))
+
+    def unmatched(
+        self, records: Iterable[VMRecord], pool: Pool, factory_id: str | None = None
+    ) -> tuple[str, ...]:
+        """Startds with a join key that no VM of this factory claims (reported, never touched).
+
+        With ``factory_id``, only startds advertising a worker id (of that factory, when they
+        say) count: a cloud source cannot tell whose the bare instance ids are."""
+        known = {key for rec in records for key in rec.keys}
+        mine = (None, factory_id)
+        out = {
+            str(s.get("Machine") or s.get("Name"))
+            for key, slots in pool.slots.items()
+            if key not in known and (factory_id is None or key.startswith("w:"))
+            for s in slots
+            if not any(k in known for k in _ad_keys(s, self.join))
+            and (factory_id is None or s.get("PilotFactoryId") in mine)
+        }
+        return tuple(sorted(out))

@@ -330,6 +330,120 @@ def load_queues(
     return result
 
 
+@dataclass
+class _Section:
+    """One queue section being loaded: where its keys came from, and what is wrong with it."""
+
+    name: str
+    where: Mapping[tuple[str, str], str]
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+    def origin(self, key: str) -> str:
+        w = self.where
+        return w.get((self.name, key)) or w.get(("DEFAULT", key)) or "<queues.conf>"
+
+    def problem(self, severity: str, key: str | None, msg: str) -> None:
+        file = self.origin(key) if key else self.origin("")
+        self.problems.append(ConfigProblem(severity, file, self.name, key, msg))
+
+    @property
+    def broken(self) -> bool:
+        return any(p.severity == "error" for p in self.problems)
+
+
+@dataclass
+class _Classified:
+    generic: dict[str, Any]
+    """Typed queue settings (QUEUE_PARAMS), defaults filled in."""
+    generic_raw: dict[str, str]
+    """Every non-plugin key as written (site wrappers read unknown ones)."""
+    plugin_keys: dict[str, str]
+
+
+def _read_section(parser: configparser.ConfigParser, sec: _Section) -> dict[str, str]:
+    """Step 1, read: every key, interpolated; an interpolation error is that key's problem."""
+    values: dict[str, str] = {}
+    for key in parser.options(sec.name):
+        try:
+            values[key] = parser.get(sec.name, key)
+        except configparser.Error as exc:
+            sec.problem("error", key, _interp_msg(exc))
+    return values
+
+
+def _classify(values: Mapping[str, str], sec: _Section) -> _Classified:
+    """Step 2, classify: plugin keys apart, queue settings parsed, unknown keys kept."""
+    generic_params = {p.name: p for p in QUEUE_PARAMS}
+    out = _Classified(defaults(QUEUE_PARAMS), {}, {})
+    for key, text in values.items():
+        if key.startswith(_FACTORY_PLUGIN_PREFIXES) and key not in generic_params:
+            out.plugin_keys[key] = text
+            continue
+        out.generic_raw[key] = text
+        param = generic_params.get(key)
+        if param is None:
+            if hint := _did_you_mean(key, generic_params):
+                sec.problem("warning", key, "unknown key" + hint)
+            continue
+        try:
+            out.generic[key] = param.parse(text)
+        except ParamValueError as exc:
+            sec.problem("error", key, str(exc))
+    return out
+
+
+def _validate_plugins(
+    c: _Classified, sec: _Section, factory: FactoryConfig, registry: Registry
+) -> tuple[dict[str, PluginSpec | None], list[PluginSpec]]:
+    """Step 3, validate: each selected plugin found and its parameters parsed; keys for a
+    plugin the queue does not use are reported."""
+    specs: dict[str, PluginSpec | None] = {}
+    for kind, selector in _PLUGIN_SELECTORS.items():
+        name = c.generic.get(selector)
+        if not name:
+            sec.problem("error", selector, f"missing: every queue needs a {kind} plugin")
+            specs[kind] = None
+            continue
+        specs[kind] = _plugin_spec(kind, name, selector, c.plugin_keys, factory, registry, sec)
+    sched: list[PluginSpec] = []
+    names = c.generic.get("schedplugin")
+    if not names:
+        sec.problem("error", "schedplugin", "missing: every queue needs a scheduler chain")
+    for name in names or ():
+        spec = _plugin_spec("sched", name, "schedplugin", c.plugin_keys, factory, registry, sec)
+        if spec is not None:
+            sched.append(spec)
+    used = {ns for spec in [*specs.values(), *sched] if spec for ns in spec.cls.namespaces()}
+    for key in c.plugin_keys:
+        # A key for a plugin this queue does not use: harmless in [DEFAULT], odd in a queue.
+        if not any(key.startswith(ns) for ns in used) and (sec.name, key) in sec.where:
+            sec.problem("warning", key, "set for a plugin this queue does not use; ignored")
+    cap = c.generic["max_retire_per_cycle"]
+    if cap is not None and not _valid_cap(cap):
+        sec.problem("error", "max_retire_per_cycle", f"got {cap!r}, expected N or N%")
+    return specs, sched
+
+
+def _assemble(
+    c: _Classified, sec: _Section, specs: Mapping[str, PluginSpec | None], sched: list[PluginSpec]
+) -> QueueConfig:
+    """Step 4, assemble: the typed queue (only called when nothing is broken)."""
+    wms, batch, submit = specs["wmsstatus"], specs["batchstatus"], specs["batchsubmit"]
+    assert wms is not None and batch is not None and submit is not None
+    return QueueConfig(
+        name=sec.name,
+        wmsqueue=c.generic["wmsqueue"] or sec.name,
+        wmsstatus=wms,
+        batchstatus=batch,
+        batchsubmit=submit,
+        sched=tuple(sched),
+        sleep=c.generic["apfqueue.sleep"],
+        planner=PlannerSettings.from_values(c.generic),
+        generic=c.generic_raw,
+        source=sec.origin(""),
+    )
+
+
 def _load_queue(
     parser: configparser.ConfigParser,
     section: str,
@@ -337,106 +451,74 @@ def _load_queue(
     factory: FactoryConfig,
     registry: Registry,
 ) -> tuple[QueueConfig | None, list[ConfigProblem], bool]:
-    problems: list[ConfigProblem] = []
-
-    def origin(key: str) -> str:
-        return where.get((section, key)) or where.get(("DEFAULT", key)) or "<queues.conf>"
-
-    def problem(severity: str, key: str | None, msg: str) -> None:
-        problems.append(
-            ConfigProblem(severity, origin(key) if key else origin(""), section, key, msg)
-        )
-
-    values: dict[str, str] = {}
-    for key in parser.options(section):
-        try:
-            values[key] = parser.get(section, key)
-        except configparser.Error as exc:
-            problem("error", key, _interp_msg(exc))
-
-    generic_params = {p.name: p for p in QUEUE_PARAMS}
-    generic: dict[str, Any] = defaults(QUEUE_PARAMS)
-    generic_raw: dict[str, str] = {}
-    plugin_keys: dict[str, str] = {}
-    for key, text in values.items():
-        if key.startswith(_FACTORY_PLUGIN_PREFIXES) and key not in generic_params:
-            plugin_keys[key] = text
-            continue
-        param = generic_params.get(key)
-        if param is None:
-            # Unknown generic keys are kept (site wrappers read them) but reported.
-            generic_raw[key] = text
-            hint = _did_you_mean(key, generic_params)
-            if hint:
-                problem("warning", key, "unknown key" + hint)
-            continue
-        generic_raw[key] = text
-        try:
-            generic[key] = param.parse(text)
-        except ParamValueError as exc:
-            problem("error", key, str(exc))
-
-    if not generic["enabled"]:
-        return None, problems, False
-
-    specs: dict[str, PluginSpec | None] = {}
-    for kind, selector in _PLUGIN_SELECTORS.items():
-        name = generic.get(selector)
-        if not name:
-            problem("error", selector, f"missing: every queue needs a {kind} plugin")
-            specs[kind] = None
-            continue
-        specs[kind] = _plugin_spec(kind, name, selector, plugin_keys, factory, registry, problem)
-    sched_specs: list[PluginSpec] = []
-    sched_names = generic.get("schedplugin")
-    if not sched_names:
-        problem("error", "schedplugin", "missing: every queue needs a scheduler chain")
-    else:
-        for name in sched_names:
-            spec = _plugin_spec(
-                "sched", name, "schedplugin", plugin_keys, factory, registry, problem
-            )
-            if spec is not None:
-                sched_specs.append(spec)
-
-    used = {
-        ns
-        for spec in [*specs.values(), *sched_specs]
-        if spec is not None
-        for ns in spec.cls.namespaces()
-    }
-    for key in plugin_keys:
-        # A key for a plugin this queue does not use: harmless in [DEFAULT], odd in a queue.
-        if not any(key.startswith(ns) for ns in used) and (section, key) in where:
-            problem("warning", key, "set for a plugin this queue does not use; ignored")
-
-    retire_cap = generic["max_retire_per_cycle"]
-    if retire_cap is not None and not _valid_cap(retire_cap):
-        problem("error", "max_retire_per_cycle", f"got {retire_cap!r}, expected N or N%")
-    wmsqueue = generic["wmsqueue"] or section
-    if any(p.severity == "error" for p in problems):
-        return None, problems, True
-    wms, batch, submit = specs["wmsstatus"], specs["batchstatus"], specs["batchsubmit"]
-    assert wms is not None and batch is not None and submit is not None
-    planner = PlannerSettings.from_values(generic)
-    qcfg = QueueConfig(
-        name=section,
-        wmsqueue=wmsqueue,
-        wmsstatus=wms,
-        batchstatus=batch,
-        batchsubmit=submit,
-        sched=tuple(sched_specs),
-        sleep=generic["apfqueue.sleep"],
-        planner=planner,
-        generic=generic_raw,
-        source=origin(""),
-    )
-    return qcfg, problems, True
+    """(queue or None if broken, problems, enabled): read, classify, validate, assemble."""
+    sec = _Section(section, where)
+    classified = _classify(_read_section(parser, sec), sec)
+    if not classified.generic["enabled"]:
+        return None, sec.problems, False
+    specs, sched = _validate_plugins(classified, sec, factory, registry)
+    if sec.broken:
+        return None, sec.problems, True
+    return _assemble(classified, sec, specs, sched), sec.problems, True
 
 
 def _valid_cap(text: str) -> bool:
     t = text.strip().rstrip("%").strip()
     return t.isdigit()
+
+
+def _param_index(cls: type[Plugin]) -> dict[str, Param]:
+    """A plugin's parameters by name and by every alias."""
+    by_name: dict[str, Param] = {}
+    for p in cls.PARAMS:
+        by_name[p.name] = p
+        for alias in p.aliases:
+            by_name[alias] = p
+    return by_name
+
+
+def _layers(
+    kind: str, cls: type[Plugin], factory: FactoryConfig, plugin_keys: Mapping[str, str]
+) -> list[tuple[str, str, bool]]:
+    """(key, text, from [Factory]) in the order they apply: [Factory] family defaults, then
+    the plugin's own [Factory] keys, then the queue's keys, so the most specific wins."""
+    layers = [(k, v, True) for k, v in factory.plugin_defaults.items()]
+    layers += [(k, v, False) for k, v in plugin_keys.items()]
+    if cls.FAMILY:
+        fam = f"{kind}.{cls.FAMILY.lower()}."
+        layers.sort(key=lambda item: not (item[2] and item[0].startswith(fam)))
+    return layers
+
+
+def _find_param(by_name: Mapping[str, Param], rest: str) -> tuple[Param | None, str | None]:
+    """The parameter a key names, and the sub-key for ``<dict param>.<subkey> = value``."""
+    if (param := by_name.get(rest)) is not None:
+        return param, None
+    for pname, p in by_name.items():
+        if p.type is dict and rest.startswith(pname + "."):
+            return p, rest[len(pname) + 1 :]
+    return None, None
+
+
+def _unknown_param(kind: str, cls: type[Plugin], rest: str, text: str) -> str:
+    known = sorted({p.name for p in cls.PARAMS})
+    hint = _did_you_mean(rest, known)
+    if any(p.name == rest for p in QUEUE_PARAMS):
+        hint = f" (it is a queue setting: write {rest} = {text.strip()})"
+    return (
+        f"unknown parameter {rest!r} for {kind} plugin {cls.NAME}{hint}; "
+        f"known: {', '.join(known) or 'none'}"
+    )
+
+
+def _set_param(params: dict[str, Any], param: Param, sub: str | None, text: str) -> None:
+    """Dict parameters merge (whole value or one sub-key); others replace."""
+    if sub is not None:
+        params[param.name] = {**(params.get(param.name) or {}), sub: text.strip()}
+    elif param.type is dict:
+        params[param.name] = {**(params.get(param.name) or {}), **param.parse(text)}
+    else:
+        params[param.name] = param.parse(text)
 
 
 def _plugin_spec(
@@ -446,72 +528,32 @@ def _plugin_spec(
     plugin_keys: Mapping[str, str],
     factory: FactoryConfig,
     registry: Registry,
-    problem: Any,
+    sec: _Section,
 ) -> PluginSpec | None:
+    """One plugin of a queue: its class, and its parameters from every layer that sets them."""
     try:
         cls = registry.get(kind, name)
-    except UnknownPlugin as exc:
-        problem("error", selector, str(exc))
-        return None
-    except PluginLoadError as exc:
-        problem("error", selector, str(exc))
+    except (UnknownPlugin, PluginLoadError) as exc:
+        sec.problem("error", selector, str(exc))
         return None
     params = defaults(cls.PARAMS)
-    by_name: dict[str, Param] = {}
-    for p in cls.PARAMS:
-        by_name[p.name] = p
-        for alias in p.aliases:
-            by_name[alias] = p
+    by_name = _param_index(cls)
     ok = True
-    # [Factory] defaults first, then the queue's own keys win.
-    layers = [(k, v, True) for k, v in factory.plugin_defaults.items()]
-    layers += [(k, v, False) for k, v in plugin_keys.items()]
-    if cls.FAMILY:  # family defaults first, so the plugin's own [Factory] keys win
-        fam = f"{kind}.{cls.FAMILY.lower()}."
-        layers.sort(key=lambda item: not (item[2] and item[0].startswith(fam)))
-    for key, text, from_factory in layers:
+    for key, text, from_factory in _layers(kind, cls, factory, plugin_keys):
         spaces = cls.factory_namespaces() if from_factory else cls.namespaces()
         ns = next((n for n in spaces if key.startswith(n)), None)
         if ns is None:
             continue
         rest = key[len(ns) :]
-        param = by_name.get(rest)
-        sub: str | None = None
+        param, sub = _find_param(by_name, rest)
         if param is None:
-            # dict params also take "<name>.<subkey> = value"
-            for pname, p in by_name.items():
-                if p.type is dict and rest.startswith(pname + "."):
-                    param, sub = p, rest[len(pname) + 1 :]
-                    break
-        if param is None:
-            if from_factory:
-                continue  # [Factory] may carry settings for other plugin versions
-            known = sorted({p.name for p in cls.PARAMS})
-            hint = _did_you_mean(rest, known)
-            if any(p.name == rest for p in QUEUE_PARAMS):
-                hint = f" (it is a queue setting: write {rest} = {text.strip()})"
-            problem(
-                "error",
-                key,
-                f"unknown parameter {rest!r} for {kind} plugin {cls.NAME}{hint}; "
-                f"known: {', '.join(known) or 'none'}",
-            )
-            ok = False
+            if not from_factory:  # [Factory] may carry settings for other plugin versions
+                sec.problem("error", key, _unknown_param(kind, cls, rest, text))
+                ok = False
             continue
         try:
-            if sub is not None:
-                current = dict(params.get(param.name) or {})
-                current[sub] = text.strip()
-                params[param.name] = current
-            elif param.type is dict:
-                current = dict(params.get(param.name) or {})
-                current.update(param.parse(text))
-                params[param.name] = current
-            else:
-                params[param.name] = param.parse(text)
+            _set_param(params, param, sub, text)
         except ParamValueError as exc:
-            problem("error", key, str(exc))
+            sec.problem("error", key, str(exc))
             ok = False
-    if not ok:
-        return None
-    return PluginSpec(kind=kind, name=cls.NAME, cls=cls, params=params)
+    return PluginSpec(kind=kind, name=cls.NAME, cls=cls, params=params) if ok else None

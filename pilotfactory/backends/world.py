@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from pilotfactory.factory.ports import (
+    CloudAccount,
     CloudPort,
     CondorPort,
     CondorTarget,
+    Ec2Account,
     PandaPort,
     SiteStatusPort,
 )
@@ -40,16 +42,14 @@ class RealWorld:
             self._condor[target] = port
         return port
 
-    def cloud(self, provider: str, settings: Mapping[str, Any]) -> CloudPort:
-        if provider == "ec2":
+    def cloud(self, account: CloudAccount) -> CloudPort:
+        if isinstance(account, Ec2Account):
             from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 
-            return Ec2Cloud.from_settings(settings)
-        if provider == "openstack":
-            from pilotfactory.backends.cloud.openstack import OpenStackCloud
+            return Ec2Cloud.from_settings(account)
+        from pilotfactory.backends.cloud.openstack import OpenStackCloud
 
-            return OpenStackCloud.from_settings(settings)
-        raise ValueError(f"unknown cloud provider {provider!r} (expected ec2 or openstack)")
+        return OpenStackCloud.from_settings(account)
 
     def panda(self, settings: Mapping[str, Any]) -> PandaPort:
         from pilotfactory.backends.panda import PandaClient

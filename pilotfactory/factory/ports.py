@@ -168,6 +168,43 @@ class CloudAuthError(CloudError):
 
 
 @dataclass(frozen=True)
+class Ec2Account:
+    """The EC2 account a cloud port reaches, typed. Built from the plugins' parameter table
+    (``plugins/cloudaccount.py``), which holds the defaults: no field has one here. Key fields
+    are paths of owner-only files, never the secrets themselves."""
+
+    endpoint_url: str | None
+    region: str | None
+    access_key_id: str | None
+    secret_access_key: str | None
+    timeout: float
+    retries: int
+
+
+@dataclass(frozen=True)
+class OpenStackAccount:
+    """The OpenStack project a cloud port reaches, typed (see ``Ec2Account``)."""
+
+    auth_url: str | None
+    username: str | None
+    password_file: str | None
+    project_name: str | None
+    user_domain_name: str | None
+    project_domain_name: str | None
+    application_credential_id: str | None
+    application_credential_secret_file: str | None
+    region: str | None
+    interface: str | None
+    network_id: str | None
+    ca_bundle: str | None
+    timeout: float
+    retries: int
+
+
+CloudAccount = Ec2Account | OpenStackAccount
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """What to launch: image, flavour, optional spot price, user data, key, security groups."""
 
@@ -243,8 +280,8 @@ class SiteStatusPort(Protocol):
 class World(Protocol):
     def condor(self, target: CondorTarget) -> CondorPort: ...
 
-    def cloud(self, provider: str, settings: Mapping[str, Any]) -> CloudPort:
-        """``provider`` is ``ec2`` or ``openstack``; ``settings`` the queue's plugin params."""
+    def cloud(self, account: CloudAccount) -> CloudPort:
+        """The port on this account (its type says which provider)."""
         ...
 
     def panda(self, settings: Mapping[str, Any]) -> PandaPort:

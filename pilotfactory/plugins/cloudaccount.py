@@ -1,8 +1,9 @@
 """Which cloud account a queue reaches: the settings shared by the cloud submit and status plugins.
 
-Both kinds of plugin take the same provider settings (the cloud ports' ``from_settings`` read
-them), so a queue's submit and status plugins reach the same account; they live here, beside
-neither, so a status plugin never imports a submit plugin.
+Both kinds of plugin take the same provider settings, so a queue's submit and status plugins
+reach the same account; they live here, beside neither, so a status plugin never imports a
+submit plugin. ``account_of`` turns them into the typed account the cloud ports take: the
+defaults are these tables', and nothing below parses a setting again.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pilotfactory.factory.params import Param
+from pilotfactory.factory.params import Param, ParamValueError
+from pilotfactory.factory.ports import CloudAccount, Ec2Account, OpenStackAccount
 
-# The provider settings the cloud ports read (backends/cloud/{ec2,openstack}.py from_settings);
-# the status plugins take the same ones, so both reach the same account.
 _API = (
     Param("timeout", float, 30.0, "seconds per API call", minimum=0.001),
     Param("retries", int, 3, "API retries", minimum=0),
@@ -46,3 +46,26 @@ PROVIDER_PARAMS: dict[str, tuple[Param, ...]] = {"ec2": EC2_PARAMS, "openstack":
 def provider_key(provider: str, params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """The settings that name one cloud account (paths, never secrets)."""
     return tuple((p.name, str(params.get(p.name))) for p in PROVIDER_PARAMS[provider])
+
+
+ACCOUNT_TYPES: dict[str, type[Ec2Account] | type[OpenStackAccount]] = {
+    "ec2": Ec2Account,
+    "openstack": OpenStackAccount,
+}
+
+
+def account_of(provider: str, params: Mapping[str, Any]) -> CloudAccount:
+    """The typed account of a queue's plugin params (``provider``: ec2 or openstack); blank
+    text settings are unset, raw INI text is parsed by the table (ParamValueError)."""
+    values: dict[str, Any] = {}
+    for p in PROVIDER_PARAMS[provider]:
+        value = p.of(params)
+        if isinstance(value, str) and p.type is str:
+            value = value.strip() or None
+        elif isinstance(value, str):
+            try:
+                value = p.parse(value)
+            except ParamValueError as exc:
+                raise ParamValueError(f"{provider} setting {p.name}: {exc}") from None
+        values[p.name] = value
+    return ACCOUNT_TYPES[provider](**values)

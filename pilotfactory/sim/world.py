@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pilotfactory.factory.clock import Clock
-from pilotfactory.factory.ports import CondorTarget
+from pilotfactory.factory.ports import CloudAccount, CondorTarget
 from pilotfactory.sim.cloud import CloudConfig, SimCloud
 from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.metrics import SimMetrics, Snapshot
@@ -69,9 +69,7 @@ class SimWorld:
     def condor(self, target: CondorTarget) -> SimPool:
         return self.pool
 
-    def cloud(self, provider: str, settings: Mapping[str, Any]) -> SimCloud:
-        if provider not in ("ec2", "openstack"):
-            raise ValueError(f"unknown cloud provider {provider!r} (expected ec2 or openstack)")
+    def cloud(self, account: CloudAccount) -> SimCloud:
         return self.sim_cloud
 
     def panda(self, settings: Mapping[str, Any]) -> SimPanda:

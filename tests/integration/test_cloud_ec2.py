@@ -25,10 +25,24 @@ from moto.server import ThreadedMotoServer
 
 from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
-from pilotfactory.factory.ports import CloudAuthError, CloudError, CloudQuotaError, LaunchSpec
+from pilotfactory.factory.ports import (
+    CloudAuthError,
+    CloudError,
+    CloudQuotaError,
+    Ec2Account,
+    LaunchSpec,
+)
+from pilotfactory.plugins.cloudaccount import account_of
 
 SECRET = "s3cr3t-not-for-logs"
 USER_DATA = "#!/bin/sh\necho pilot\n"
+
+
+def ec2(settings: dict[str, Any]) -> Ec2Account:
+    """The typed account the port takes, from plugin-style settings (raw text is parsed)."""
+    account = account_of("ec2", settings)
+    assert isinstance(account, Ec2Account)
+    return account
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +67,7 @@ def key_files(tmp_path: Path, mode: int = 0o600) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cloud(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ec2Cloud:
     settings = {"endpoint_url": moto_url, "region": "us-east-1", "retries": "0", "timeout": "10"}
-    return Ec2Cloud.from_settings({**settings, **key_files(tmp_path_factory.mktemp("keys"))})
+    return Ec2Cloud.from_settings(ec2({**settings, **key_files(tmp_path_factory.mktemp("keys"))}))
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +191,16 @@ def test_provider_errors_mapped(
 def test_group_readable_credentials_refused(moto_url: str, tmp_path: Path) -> None:
     files = key_files(tmp_path, 0o644)
     with pytest.raises(CloudAuthError, match=r"access_key_id file .* chmod 600") as info:
-        Ec2Cloud.from_settings({"endpoint_url": moto_url, **files})
+        Ec2Cloud.from_settings(ec2({"endpoint_url": moto_url, **files}))
     assert files["access_key_id"] in str(info.value) and SECRET not in str(info.value)
 
 
 def test_half_configured_credentials_refused(moto_url: str, tmp_path: Path) -> None:
     files = key_files(tmp_path)
     with pytest.raises(CloudAuthError, match="both"):
-        Ec2Cloud.from_settings({"endpoint_url": moto_url, "access_key_id": files["access_key_id"]})
+        Ec2Cloud.from_settings(
+            ec2({"endpoint_url": moto_url, "access_key_id": files["access_key_id"]})
+        )
 
 
 def test_secrets_not_logged_or_shown(
@@ -202,7 +218,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     cloud = Ec2Cloud.from_settings(
-        {"endpoint_url": url, "retries": 0, "timeout": 2, **key_files(tmp_path)}
+        ec2({"endpoint_url": url, "retries": 0, "timeout": 2, **key_files(tmp_path)})
     )
     start = time.monotonic()
     with pytest.raises(CloudError, match=re.escape(f"127.0.0.1:{port}")) as info:

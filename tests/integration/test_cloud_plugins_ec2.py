@@ -19,6 +19,7 @@ from pilotfactory.factory.params import merged
 from pilotfactory.factory.plugin import QueueEnv
 from pilotfactory.plugins.batchstatus.cloud import EC2BatchStatus
 from pilotfactory.plugins.batchsubmit.cloud import EC2Submit
+from pilotfactory.plugins.cloudaccount import account_of
 from tests.integration.test_cloud_ec2 import key_files
 from tests.unit.fakecondor import FakeCondor, FakeWorld, make_env
 
@@ -33,8 +34,8 @@ def moto_url() -> Iterator[str]:
 
 
 class MotoWorld(FakeWorld):
-    def cloud(self, provider: str, settings: Any) -> Any:
-        return RealWorld().cloud(provider, settings)
+    def cloud(self, account: Any) -> Any:
+        return RealWorld().cloud(account)
 
 
 def test_ec2_queue_on_moto(moto_url: str, tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ def test_ec2_queue_on_moto(moto_url: str, tmp_path: Path) -> None:
     port = FakeCondor()
     env, _ = make_env(port)
     env = replace(env, factory_id=f"pf-{uuid.uuid4().hex[:8]}", world=MotoWorld(port))
-    client = env.world.cloud("ec2", settings).client
+    client = env.world.cloud(account_of("ec2", settings)).client
     image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     params = {**settings, "image": image, "flavor": "t3.micro"}
     sub = EC2Submit(merged(EC2Submit.PARAMS, params), env, QueueEnv("q1", "q1"))

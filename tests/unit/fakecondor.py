@@ -115,7 +115,7 @@ class FakeWorld:
         self.targets.append(target)
         return self.port
 
-    def cloud(self, provider: str, settings: Mapping[str, Any]) -> Any:
+    def cloud(self, account: Any) -> Any:
         raise NotImplementedError
 
     def panda(self, settings: Mapping[str, Any]) -> Any:

@@ -21,18 +21,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.parsers import ResponseParserError
 
-from pilotfactory.backends.cloud.settings import (
-    clip,
-    number_setting,
-    read_secret,
-    text_setting,
-)
+from pilotfactory.backends.cloud.settings import clip, read_secret
 from pilotfactory.factory.contract import TAG_FACTORY
 from pilotfactory.factory.ports import (
     CloudAuthError,
     CloudError,
     CloudPort,
     CloudQuotaError,
+    Ec2Account,
     Instance,
     LaunchSpec,
 )
@@ -40,8 +36,6 @@ from pilotfactory.factory.ports import (
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_RETRIES = 3
 # fmt: off
 QUOTA_CODES = frozenset({
     "InstanceLimitExceeded", "InsufficientInstanceCapacity", "InsufficientCapacity",
@@ -86,11 +80,9 @@ class Ec2Cloud(CloudPort):
         self.endpoint = str(client.meta.endpoint_url)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> Ec2Cloud:
-        """Settings: endpoint_url, region, access_key_id / secret_access_key (files), timeout,
-        retries. Without the key files boto3's default chain (env, profile, IMDS) is used."""
-        key_file = text_setting(settings, "access_key_id")
-        secret_file = text_setting(settings, "secret_access_key")
+    def from_settings(cls, account: Ec2Account) -> Ec2Cloud:
+        """Without the key files boto3's default chain (env, profile, IMDS) is used."""
+        key_file, secret_file = account.access_key_id, account.secret_access_key
         if (key_file is None) != (secret_file is None):
             raise CloudAuthError(
                 "set both access_key_id and secret_access_key (files), or neither to use the "
@@ -100,19 +92,15 @@ class Ec2Cloud(CloudPort):
         if key_file is not None and secret_file is not None:
             keys["aws_access_key_id"] = read_secret(key_file, "access_key_id")
             keys["aws_secret_access_key"] = read_secret(secret_file, "secret_access_key")
-        timeout = number_setting(settings, "timeout", DEFAULT_TIMEOUT, 0.001)
-        retries = int(number_setting(settings, "retries", DEFAULT_RETRIES, 0))
         config = Config(
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            retries={"total_max_attempts": retries + 1, "mode": "standard"},
+            connect_timeout=account.timeout,
+            read_timeout=account.timeout,
+            retries={"total_max_attempts": account.retries + 1, "mode": "standard"},
         )
-        region = text_setting(settings, "region") or DEFAULT_REGION
+        region = account.region or DEFAULT_REGION
         try:
             session = boto3.session.Session(region_name=region, **keys)
-            client = session.client(
-                "ec2", endpoint_url=text_setting(settings, "endpoint_url"), config=config
-            )
+            client = session.client("ec2", endpoint_url=account.endpoint_url, config=config)
         except (BotoCoreError, ValueError) as exc:
             raise CloudError(f"EC2 client for region {region!r}: {clip(str(exc))}") from None
         return cls(client)

@@ -24,12 +24,7 @@ from keystoneauth1.identity import v3
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
 
-from pilotfactory.backends.cloud.settings import (
-    clip,
-    number_setting,
-    read_secret,
-    text_setting,
-)
+from pilotfactory.backends.cloud.settings import clip, read_secret
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE
 from pilotfactory.factory.ports import (
     CloudAuthError,
@@ -38,13 +33,12 @@ from pilotfactory.factory.ports import (
     CloudQuotaError,
     Instance,
     LaunchSpec,
+    OpenStackAccount,
 )
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "2.1"
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_RETRIES = 3
 # Transient admin states of a live VM (reboot, resize, migrate, ...) count as running.
 # fmt: off
 _STATES = {
@@ -60,11 +54,11 @@ _STATES = {
 _EXTRA = frozenset({"network_id", "availability_zone"})
 
 
-def _auth(settings: Mapping[str, Any], auth_url: str) -> Any:
+def _auth(account: OpenStackAccount, auth_url: str) -> Any:
     """Application credential if configured (scoped and revocable), else user password."""
-    cred_id = text_setting(settings, "application_credential_id")
+    cred_id = account.application_credential_id
     if cred_id is not None:
-        secret_file = text_setting(settings, "application_credential_secret_file")
+        secret_file = account.application_credential_secret_file
         if secret_file is None:
             raise CloudAuthError(
                 "application_credential_id needs application_credential_secret_file"
@@ -75,9 +69,8 @@ def _auth(settings: Mapping[str, Any], auth_url: str) -> Any:
             application_credential_id=cred_id,
             application_credential_secret=secret,
         )
-    username = text_setting(settings, "username")
-    password_file = text_setting(settings, "password_file")
-    project = text_setting(settings, "project_name")
+    username, password_file = account.username, account.password_file
+    project = account.project_name
     if username is None or password_file is None or project is None:
         raise CloudAuthError(
             "set username, password_file and project_name "
@@ -88,8 +81,8 @@ def _auth(settings: Mapping[str, Any], auth_url: str) -> Any:
         username=username,
         password=read_secret(password_file, "password_file"),
         project_name=project,
-        user_domain_name=text_setting(settings, "user_domain_name", "Default"),
-        project_domain_name=text_setting(settings, "project_domain_name", "Default"),
+        user_domain_name=account.user_domain_name or "Default",
+        project_domain_name=account.project_domain_name or "Default",
     )
 
 
@@ -104,33 +97,28 @@ class OpenStackCloud(CloudPort):
         self._seq = itertools.count(int(time.time()))
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> OpenStackCloud:
-        """Settings: auth_url; username + password_file + project_name (+ user_domain_name,
-        project_domain_name, default ``Default``) or application_credential_id +
-        application_credential_secret_file; region, interface, network_id, ca_bundle, timeout,
-        retries. Nothing is contacted until the first call."""
-        auth_url = text_setting(settings, "auth_url")
+    def from_settings(cls, account: OpenStackAccount) -> OpenStackCloud:
+        """Password (username + password_file + project_name) or application credential auth;
+        nothing is contacted until the first call."""
+        auth_url = account.auth_url
         if auth_url is None:
             raise CloudError("setting auth_url (Keystone) is not set")
         auth_url = auth_url.rstrip("/")
         if not auth_url.endswith("/v3"):
             auth_url += "/v3"
-        timeout = number_setting(settings, "timeout", DEFAULT_TIMEOUT, 0.001)
-        retries = int(number_setting(settings, "retries", DEFAULT_RETRIES, 0))
-        ca_bundle = text_setting(settings, "ca_bundle")
         session = ks_session.Session(
-            auth=_auth(settings, auth_url), timeout=timeout, verify=ca_bundle or True
+            auth=_auth(account, auth_url), timeout=account.timeout, verify=account.ca_bundle or True
         )
-        region = text_setting(settings, "region")
+        region = account.region
         nova = nova_client.Client(
             API_VERSION,
             session=session,
             region_name=region,
-            endpoint_type=text_setting(settings, "interface", "public"),
-            connect_retries=retries,
+            endpoint_type=account.interface or "public",
+            connect_retries=account.retries,
         )
         where = f"{auth_url} region {region}" if region else auth_url
-        return cls(nova, where, text_setting(settings, "network_id"))
+        return cls(nova, where, account.network_id)
 
     def __repr__(self) -> str:
         return f"OpenStackCloud({self.where!r})"

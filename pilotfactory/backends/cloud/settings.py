@@ -1,4 +1,4 @@
-"""Helpers shared by the cloud ports: setting readers, secret files, clipped provider text.
+"""Helpers shared by the cloud ports: secret files, clipped provider text.
 
 Every failure is a port error (``CloudError``, or ``CloudAuthError`` for credentials), so the
 plugins above a port never see another exception type.
@@ -6,11 +6,8 @@ plugins above a port never see another exception type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from pilotfactory import secretfiles
-from pilotfactory.factory.ports import CloudAuthError, CloudError
+from pilotfactory.factory.ports import CloudAuthError
 from pilotfactory.factory.text import clip as text_clip
 
 CLIP = 300
@@ -28,23 +25,3 @@ def read_secret(path: str, what: str) -> str:
         return secretfiles.read_secret(path, f"{what} file")
     except secretfiles.SecretFileError as exc:
         raise CloudAuthError(str(exc)) from None
-
-
-def text_setting(settings: Mapping[str, Any], name: str, default: str | None = None) -> str | None:
-    """The stripped setting, or ``default`` when it is unset or blank."""
-    value = settings.get(name)
-    return default if value is None or str(value).strip() == "" else str(value).strip()
-
-
-def number_setting(settings: Mapping[str, Any], name: str, default: float, minimum: float) -> float:
-    """The setting as a number >= ``minimum``, or ``default`` when it is unset or blank."""
-    value = text_setting(settings, name)
-    if value is None:
-        return default
-    try:
-        out = float(value)
-    except ValueError:
-        raise CloudError(f"setting {name}={value!r} is not a number") from None
-    if out < minimum:
-        raise CloudError(f"setting {name}={value!r} must be >= {minimum:g}")
-    return out

@@ -44,7 +44,7 @@ from pilotfactory.plugins.batchstatus.vmjoin import (
     StartdJoin,
     VMRecord,
 )
-from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, provider_key
+from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, account_of, provider_key
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class CloudBatchStatus(SnapshotStatus):
     @property
     def cloud(self) -> CloudPort:
         if self._cloud is None:  # one client (and Keystone session) per source
-            self._cloud = self.env.world.cloud(self.PROVIDER, self.params)
+            self._cloud = self.env.world.cloud(account_of(self.PROVIDER, self.params))
         return self._cloud
 
     @property

@@ -46,6 +46,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     retire_vms,
     unretire_vms,
 )
+from pilotfactory.plugins.cloudaccount import account_of
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class CloudSubmit(BatchSubmitPlugin):
     @property
     def cloud(self) -> CloudPort:
         if self._cloud is None:  # one client (and Keystone session) per plugin, not per call
-            self._cloud = self.env.world.cloud(self.PROVIDER, self.params)
+            self._cloud = self.env.world.cloud(account_of(self.PROVIDER, self.params))
         return self._cloud
 
     @property

@@ -20,6 +20,7 @@ import responses
 from pilotfactory.backends.cloud.openstack import OpenStackCloud
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
 from pilotfactory.factory.ports import CloudAuthError, CloudError, CloudQuotaError, LaunchSpec
+from pilotfactory.plugins.cloudaccount import account_of
 
 KEYSTONE = "http://keystone.test:5000/v3"
 NOVA = "http://nova.test:8774/v2.1"
@@ -87,7 +88,7 @@ def cloud(tmp_path: Path) -> OpenStackCloud:
         "retries": 0,
         "timeout": 5,
     }
-    return OpenStackCloud.from_settings(settings)
+    return OpenStackCloud.from_settings(account_of("openstack", settings))
 
 
 def server(sid: str, status: str, meta: dict[str, str], **extra: Any) -> dict[str, Any]:
@@ -278,7 +279,7 @@ def test_application_credential(rsps: responses.RequestsMock, tmp_path: Path) ->
         "application_credential_id": "ac-1",
         "application_credential_secret_file": secret_file(tmp_path, "ac-secret"),
     }
-    OpenStackCloud.from_settings(settings).terminate(["a"])
+    OpenStackCloud.from_settings(account_of("openstack", settings)).terminate(["a"])
     [auth] = bodies(rsps, "POST", f"{KEYSTONE}/auth/tokens")
     identity = auth["auth"]["identity"]
     assert identity["application_credential"] == {"id": "ac-1", "secret": "ac-secret"}
@@ -288,10 +289,10 @@ def test_secret_files_checked(tmp_path: Path) -> None:
     base = {"auth_url": KEYSTONE, "username": "u", "project_name": "p"}
     path = secret_file(tmp_path, PASSWORD, 0o640)
     with pytest.raises(CloudAuthError, match=r"password_file .* chmod 600") as info:
-        OpenStackCloud.from_settings({**base, "password_file": path})
+        OpenStackCloud.from_settings(account_of("openstack", {**base, "password_file": path}))
     assert path in str(info.value) and PASSWORD not in str(info.value)
     with pytest.raises(CloudAuthError, match="password_file"):
-        OpenStackCloud.from_settings(base)
+        OpenStackCloud.from_settings(account_of("openstack", base))
 
 
 def test_secrets_never_logged(

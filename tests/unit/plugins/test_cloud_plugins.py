@@ -26,6 +26,7 @@ from pilotfactory.factory.ports import (
     CloudAuthError,
     CloudQuotaError,
     CondorUnreachable,
+    Ec2Account,
     Instance,
     LaunchSpec,
 )
@@ -93,8 +94,8 @@ class CloudWorld(FakeWorld):
         self.fake_cloud = cloud
         self.providers: list[str] = []
 
-    def cloud(self, provider: str, settings: Any) -> FakeCloud:
-        self.providers.append(provider)
+    def cloud(self, account: Any) -> FakeCloud:
+        self.providers.append("ec2" if isinstance(account, Ec2Account) else "openstack")
         return self.fake_cloud
 
 

@@ -40,7 +40,7 @@ class TinyWorld:
     def condor(self, target: Any) -> Any:
         raise NotImplementedError
 
-    def cloud(self, provider: str, settings: Mapping[str, Any]) -> Any:
+    def cloud(self, account: Any) -> Any:
         raise NotImplementedError
 
     def panda(self, settings: Mapping[str, Any]) -> PandaPort:

@@ -7,6 +7,7 @@ import pytest
 from pilotfactory.factory.clock import VirtualClock
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_WORKER
 from pilotfactory.factory.ports import CloudError, CloudPort, CloudQuotaError, LaunchSpec
+from pilotfactory.plugins.cloudaccount import account_of
 from pilotfactory.sim.cloud import CloudConfig
 from pilotfactory.sim.pool import PoolConfig
 from pilotfactory.sim.world import SimConfig, SimWorld
@@ -57,9 +58,8 @@ def vm_jobs(w: SimWorld) -> list[dict[str, object]]:
 
 def test_cloud_satisfies_the_port() -> None:
     w = world()
-    assert isinstance(w.cloud("ec2", {}), CloudPort)
-    with pytest.raises(ValueError):
-        w.cloud("gce", {})
+    assert isinstance(w.cloud(account_of("ec2", {})), CloudPort)
+    assert w.cloud(account_of("openstack", {})) is w.cloud(account_of("ec2", {}))
 
 
 def test_a_vm_boots_joins_with_its_instance_id_and_runs_pinned_and_unpinned_jobs() -> None:

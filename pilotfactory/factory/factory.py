@@ -13,14 +13,14 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from pilotfactory.factory.clock import Clock
 from pilotfactory.factory.config import FactoryConfig, QueueConfig
-from pilotfactory.factory.info import sum_totals
+from pilotfactory.factory.info import Worker, sum_totals
 from pilotfactory.factory.metrics import FactoryMetrics
 from pilotfactory.factory.plugin import (
     BatchStatusPlugin,
@@ -141,17 +141,43 @@ class Factory:
                     state.error,
                 )
         totals = self._totals()
+        decided = [
+            q.decide(
+                self._state_of(q.wms_source).error,
+                self._state_of(q.batch_source).error,
+                totals,
+                dry_run=self.dry_run,
+            )
+            for q in due
+        ]
+        rechecked = self._recheck(due, decided)
         traces: list[CycleTrace] = []
-        for q in due:
-            wms_err = self._state_of(q.wms_source).error
-            batch_err = self._state_of(q.batch_source).error
-            traces.append(q.cycle(wms_err, batch_err, totals, dry_run=self.dry_run))
+        for q, trace in zip(due, decided, strict=True):
+            current, error = rechecked.get(id(q.batch_source), ({}, None))
+            traces.append(q.act(trace, current, error))
             q.next_run = now + q.cfg.sleep
         self.cycles_run += 1
         self.metrics.observe(traces)
         if self.fcfg.status_file and not self.dry_run:
             self.write_status(self.fcfg.status_file)
         return traces
+
+    def _recheck(
+        self, due: Sequence[Queue], decided: Sequence[CycleTrace]
+    ) -> dict[int, tuple[Mapping[str, Worker] | None, str | None]]:
+        """One re-read per batch status source of every queue's irreversible candidates, by
+        id(source): (current workers, or None and the error when the re-read failed)."""
+        wanted: dict[int, tuple[BatchStatusPlugin, list[Worker]]] = {}
+        for q, trace in zip(due, decided, strict=True):
+            if candidates := q.candidates(trace):
+                wanted.setdefault(id(q.batch_source), (q.batch_source, []))[1].extend(candidates)
+        out: dict[int, tuple[Mapping[str, Worker] | None, str | None]] = {}
+        for key, (source, workers) in wanted.items():
+            try:
+                out[key] = (source.recheck(workers), None)
+            except Exception as exc:
+                out[key] = (None, str(exc))
+        return out
 
     def status(self) -> dict[str, Any]:
         """Each queue's recent decisions and rails, for ``pilotfactory status --daemon``."""

@@ -1,33 +1,25 @@
 """One queue: its plugins, one cycle (status -> chain -> planner -> actions), and its trace.
 
-Safety rails live here because they need memory across cycles: the circuit breaker (a
-snapshot that shrank suspiciously freezes retire and reap), re-checking candidates right before
-an irreversible step, submit back-off, and the failure-rate stop.
+A cycle has two halves so the factory can batch between them: ``decide`` reads the snapshot,
+runs the chain and the pure planner (nothing touches the world), and ``act`` applies the plan
+through the ``Executor`` once the irreversible candidates of every queue on a status source
+have been re-read in one query. ``cycle`` does both for one queue on its own. The rails with
+memory across cycles (circuit breaker, submit back-off, failure-rate stop) are objects
+(``rails.py``) a reload carries over whole.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import cast
 
 from pilotfactory.factory.chain import ChainError, run_chain
 from pilotfactory.factory.config import QueueConfig
-from pilotfactory.factory.info import (
-    DEFAULT_RETIRE_MODE,
-    FactoryTotals,
-    RetireMode,
-    Worker,
-    WorkerState,
-)
-from pilotfactory.factory.planner import (
-    Action,
-    ActionKind,
-    PlanInput,
-    PlannerMemory,
-    plan,
-)
+from pilotfactory.factory.executor import Executor, recheck_candidates
+from pilotfactory.factory.info import BatchQueueInfo, FactoryTotals, Worker
+from pilotfactory.factory.planner import PlanInput, PlannerMemory, plan
 from pilotfactory.factory.plugin import (
     BatchStatusPlugin,
     BatchSubmitPlugin,
@@ -45,6 +37,7 @@ log = logging.getLogger(__name__)
 
 bounded = clip
 """Head and tail of an outside world's message: enough to act on, never a log flood."""
+STALE = "stale or missing snapshot (older than maxage)"
 
 
 class Queue:
@@ -79,24 +72,21 @@ class Queue:
                 batch_source.want_history(cfg.name, plugin.history_window())
         self.memory = PlannerMemory()
         self.next_run = 0.0
-        self.busy = False
+        self._open: CycleTrace | None = None  # the cycle between decide() and act()
         p = cfg.planner
         self.breaker = CircuitBreaker(ratio=p.shrink_freeze_ratio, accept_after=self.FREEZE_ACCEPT)
         self.backoff = Backoff(
             initial=p.backoff_initial, maximum=p.backoff_max, failure_limit=p.failure_limit
         )
         self.history: deque[CycleTrace] = deque(maxlen=history_size)
-        self.counters: dict[str, int] = {
-            "cycles": 0,
-            "submitted": 0,
-            "unretired": 0,
-            "cancelled": 0,
-            "retired": 0,
-            "reaped": 0,
-            "killed": 0,
-            "errors": 0,
-            "failclosed": 0,
-        }
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("cycles", "submitted", "unretired", "cancelled", "retired", "reaped", "killed",
+             "errors", "failclosed"), 0,
+        )  # fmt: skip
+        self.executor = self._executor()
+
+    def _executor(self) -> Executor:
+        return Executor(self.name, self.submitter, self.worker_kind, self.backoff, self.counters)
 
     def carry_over(self, old: Queue) -> None:
         """Keep what an unchanged queue remembers across a reload: planner memory, rails,
@@ -107,6 +97,7 @@ class Queue:
         self.backoff = old.backoff
         self.counters = old.counters
         self.history = old.history
+        self.executor = self._executor()
 
     # ------------------------------------------------------------------ one cycle
 
@@ -117,60 +108,110 @@ class Queue:
         totals: FactoryTotals | None,
         dry_run: bool = False,
     ) -> CycleTrace:
+        """Both halves for this queue alone, re-reading its own candidates."""
+        trace = self.decide(wms_error, batch_error, totals, dry_run)
+        current: Mapping[str, Worker] | None = {}
+        recheck_error = None
+        if candidates := self.candidates(trace):
+            try:
+                current = self.batch_source.recheck(candidates)
+            except Exception as exc:
+                current, recheck_error = None, str(exc)
+        return self.act(trace, current, recheck_error)
+
+    def decide(
+        self,
+        wms_error: str | None,
+        batch_error: str | None,
+        totals: FactoryTotals | None,
+        dry_run: bool = False,
+    ) -> CycleTrace:
+        """The first half: snapshot -> chain -> planner, nothing done to the world yet."""
         now = self.env.clock.now()
         trace = CycleTrace(queue=self.name, time=now, dry_run=dry_run)
-        if self.busy:  # a cycle that overran: never two planners on one snapshot
+        if self._open is not None:  # a cycle that overran: never two planners on one snapshot
             trace.error = "previous cycle still running; skipped"
             return trace
-        self.busy = True
+        self._open = trace
         try:
-            self._cycle(trace, now, wms_error, batch_error, totals, dry_run)
+            self._decide(trace, now, wms_error, batch_error, totals)
         except Exception as exc:  # one queue's failure never stops the factory
-            trace.error = f"{type(exc).__name__}: {bounded(str(exc))}"
-            self.counters["errors"] += 1
-            log.exception("queue %s: cycle failed", self.name)
+            self._failed(trace, exc)
+        return trace
+
+    def candidates(self, trace: CycleTrace) -> list[Worker]:
+        """Workers this cycle would cancel, retire or reap: to re-read before acting."""
+        if trace.error or trace.dry_run or trace is not self._open:
+            return []
+        return recheck_candidates(trace.planned)
+
+    def act(
+        self,
+        trace: CycleTrace,
+        current: Mapping[str, Worker] | None,
+        recheck_error: str | None = None,
+    ) -> CycleTrace:
+        """The second half: apply the plan against the re-read ``current`` (None: the re-read
+        failed, so only submit and un-retire happen), then record the cycle."""
+        if trace is not self._open:  # the skipped overrun of decide()
+            return trace
+        try:
+            if not trace.error and not trace.dry_run:
+                if recheck_error is not None:
+                    trace.notes.append(
+                        f"re-check failed, no retire/reap this cycle: {bounded(recheck_error)}"
+                    )
+                self.executor.execute(trace, trace.time, current)
+        except Exception as exc:
+            self._failed(trace, exc)
         finally:
-            self.busy = False
+            self._open = None
             self.counters["cycles"] += 1
             self.history.append(trace)
         self._log(trace)
         return trace
 
-    def _cycle(
+    def _failed(self, trace: CycleTrace, exc: Exception) -> None:
+        trace.error = f"{type(exc).__name__}: {bounded(str(exc))}"
+        self.counters["errors"] += 1
+        log.exception("queue %s: cycle failed", self.name)
+
+    def _status(
+        self, trace: CycleTrace, wms_error: str | None, batch_error: str | None
+    ) -> BatchQueueInfo | None:
+        """This queue's slice of both snapshots, recorded in the trace; None: fail closed."""
+        cfg = self.cfg
+        wms = None if wms_error else self.wms_source.info(cfg.wmsqueue, cfg.wmsstatus.params)
+        batch = None if batch_error else self.batch_source.info(cfg.name)
+        trace.wms, trace.batch = wms, batch
+        trace.wms_error = wms_error or (STALE if wms is None else None)
+        trace.batch_error = batch_error or (STALE if batch is None else None)
+        if batch is None:
+            # Without our own workers we can decide nothing safely.
+            trace.notes.append(f"fail closed: batch status unavailable: {trace.batch_error}")
+            self.counters["failclosed"] += 1
+        elif batch.unmatched_startds:
+            trace.notes.append(
+                f"{len(batch.unmatched_startds)} startd(s) match no worker: "
+                + ", ".join(batch.unmatched_startds[:5])
+            )
+        return batch
+
+    def _decide(
         self,
         trace: CycleTrace,
         now: float,
         wms_error: str | None,
         batch_error: str | None,
         totals: FactoryTotals | None,
-        dry_run: bool,
     ) -> None:
         cfg = self.cfg
-        wms = None
-        if wms_error is None:
-            wms = self.wms_source.info(cfg.wmsqueue, cfg.wmsstatus.params)
-            if wms is None:
-                wms_error = "stale or missing snapshot (older than maxage)"
-        batch = None
-        if batch_error is None:
-            batch = self.batch_source.info(cfg.name)
-            if batch is None:
-                batch_error = "stale or missing snapshot (older than maxage)"
-        trace.wms, trace.batch = wms, batch
-        trace.wms_error, trace.batch_error = wms_error, batch_error
+        batch = self._status(trace, wms_error, batch_error)
         if batch is None:
-            # Fail closed: without our own workers we can decide nothing safely.
-            trace.notes.append(f"fail closed: batch status unavailable: {batch_error}")
-            self.counters["failclosed"] += 1
             return
-        if batch.unmatched_startds:
-            trace.notes.append(
-                f"{len(batch.unmatched_startds)} startd(s) match no worker: "
-                + ", ".join(batch.unmatched_startds[:5])
-            )
-        n = 0
+        wms = trace.wms
         if wms is None:
-            trace.notes.append(f"fail closed: wms status unavailable: {wms_error}; n=0")
+            trace.notes.append(f"fail closed: wms status unavailable: {trace.wms_error}; n=0")
             self.counters["failclosed"] += 1
         else:
             ctx = SchedContext(queue=cfg.name, now=now, wms=wms, batch=batch, factory=totals)
@@ -181,131 +222,24 @@ class Queue:
                 self.counters["errors"] += 1
                 log.error("queue %s: %s", self.name, exc)
                 return
-            n = trace.chain.n
-        trace.n = n
-        freeze = self.breaker.check(batch, self.name)
-        blocked = self.backoff.blocked(now, batch.workers, self.name)
+            trace.n = trace.chain.n
         result = plan(
             PlanInput(
-                n=n,
+                n=trace.n,
                 workers=batch.workers,
                 now=now,
                 settings=cfg.planner,
                 worker_kind=self.worker_kind,
-                freeze=freeze,
-                submit_blocked=blocked,
+                freeze=self.breaker.check(batch, self.name),
+                submit_blocked=self.backoff.blocked(now, batch.workers, self.name),
             ),
             self.memory,
         )
         self.memory = result.memory
         trace.planned = list(result.actions)
         trace.notes.extend(result.notes)
-        if dry_run:
+        if trace.dry_run:
             trace.notes.append("dry run: nothing done")
-            return
-        self._execute(trace, now)
-
-    # ------------------------------------------------------------------ acting
-
-    def _recheck(self, actions: Sequence[Action]) -> dict[str, Worker] | None:
-        workers = [w for a in actions if a.kind is not ActionKind.SUBMIT for w in a.workers]
-        if not workers:
-            return {}
-        return self.batch_source.recheck(workers)
-
-    def _execute(self, trace: CycleTrace, now: float) -> None:
-        irreversible = [
-            a
-            for a in trace.planned
-            if a.kind in (ActionKind.CANCEL, ActionKind.RETIRE, ActionKind.REAP)
-        ]
-        current: dict[str, Worker] | None = {}
-        if irreversible:
-            try:
-                current = self._recheck(irreversible)
-            except Exception as exc:
-                trace.notes.append(
-                    f"re-check failed, no retire/reap this cycle: {bounded(str(exc))}"
-                )
-                current = None
-        for action in trace.planned:
-            if action.kind is not ActionKind.SUBMIT and action.kind is not ActionKind.UNRETIRE:
-                if current is None:
-                    continue
-                action = self._still_valid(action, current, trace)
-                if not action.workers:
-                    continue
-            try:
-                self._apply(action, trace, now)
-            except Exception as exc:
-                msg = f"{action.kind.value} failed: {type(exc).__name__}: {bounded(str(exc))}"
-                trace.results.append(msg)
-                self.counters["errors"] += 1
-                log.error("queue %s: %s", self.name, msg)
-                if action.kind is ActionKind.SUBMIT:
-                    self.backoff.back_off(now, msg, self.name)
-
-    def _still_valid(self, action: Action, current: dict[str, Worker], trace: CycleTrace) -> Action:
-        keep: list[Worker] = []
-        for w in action.workers:
-            now_w = current.get(w.id)
-            if now_w is None:
-                trace.notes.append(f"{w.id}: gone before {action.kind.value}; skipped")
-                continue
-            ok = True
-            if action.kind is ActionKind.CANCEL:
-                ok = now_w.state in (WorkerState.PENDING, WorkerState.HELD)
-            elif action.kind is ActionKind.RETIRE:
-                # An idle candidate that picked up work since the plan is no longer idle.
-                ok = now_w.state in (WorkerState.IDLE, WorkerState.BUSY) and not (
-                    w.state is WorkerState.IDLE and now_w.state is WorkerState.BUSY
-                )
-            elif action.kind is ActionKind.REAP:
-                ok = now_w.state is w.state or (
-                    w.state is WorkerState.BOOTING and now_w.state is WorkerState.LOST
-                )
-            if ok:
-                keep.append(w)
-            else:
-                trace.notes.append(
-                    f"{w.id}: now {now_w.state.value}, was {w.state.value}; "
-                    f"{action.kind.value} dropped"
-                )
-        return Action(
-            action.kind, tuple(keep), action.count, action.mode, action.reason, action.failure
-        )
-
-    def _apply(self, action: Action, trace: CycleTrace, now: float) -> None:
-        sub = self.submitter
-        if action.kind is ActionKind.SUBMIT:
-            ids = sub.submit(action.count)
-            self.counters["submitted"] += len(ids)
-            trace.results.append(f"submitted {len(ids)}")
-            self.backoff.submitted()
-        elif action.kind is ActionKind.UNRETIRE:
-            sub.unretire(action.workers)
-            self.counters["unretired"] += len(action.workers)
-            trace.results.append(f"unretired {len(action.workers)}")
-        elif action.kind is ActionKind.CANCEL:
-            sub.cancel(action.workers)
-            self.counters["cancelled"] += len(action.workers)
-            trace.results.append(f"cancelled {len(action.workers)}")
-        elif action.kind is ActionKind.RETIRE:
-            mode = action.mode or DEFAULT_RETIRE_MODE[self.worker_kind]
-            sub.retire(action.workers, mode)
-            self.counters["retired"] += len(action.workers)
-            if mode is RetireMode.KILL:
-                self.counters["killed"] += sum(
-                    1 for w in action.workers if w.state is WorkerState.BUSY
-                )
-            trace.results.append(f"retired {len(action.workers)} ({mode})")
-        elif action.kind is ActionKind.REAP:
-            sub.reap(action.workers)
-            self.counters["reaped"] += len(action.workers)
-            for w in action.workers:
-                why = (w.hold_reason or action.reason) if action.failure else "retired"
-                self.backoff.ended(action.failure, why)
-            trace.results.append(f"reaped {len(action.workers)}")
 
     def _log(self, trace: CycleTrace) -> None:
         chain = trace.chain.summary() if trace.chain else "-"

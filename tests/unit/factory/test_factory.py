@@ -231,3 +231,30 @@ def test_daemon_status_file_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["status", "--daemon", "-c", str(fconf), "--json", "--last", "1"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert [len(q["history"]) for q in state["queues"].values()] == [1, 1]
+
+
+def test_rechecks_of_all_queues_on_one_source_are_one_query(tmp_path: Path) -> None:
+    """Pilots of two queues become surplus at once: both queues cancel in the same cycle, and
+    their candidates are re-read together, in one constrained job query."""
+    surplus = QUEUES.replace("schedplugin = Ready, MaxPerCycle", "schedplugin = MaxToRun").replace(
+        "sched.maxpercycle.maximum = 5", "sched.maxtorun.maximum = 1"
+    )
+    factory, port, clock = build(tmp_path, surplus)
+    port.jobs = [
+        {"ClusterId": 7, "ProcId": k, "JobStatus": 1, "PilotFactoryId": "f1", "QDate": 1.0,
+         "PilotFactoryQueue": "A" if k < 3 else "B"}
+        for k in range(6)
+    ]  # fmt: skip
+    cancelled: list[str] = []
+    for _ in range(10):
+        clock.advance(61)
+        port.calls.clear()
+        traces = factory.cycle()
+        acting = [t.queue for t in traces if any(r.startswith("cancelled") for r in t.results)]
+        if acting:
+            cancelled = acting
+            break
+    assert sorted(cancelled) == ["A", "B"]
+    rechecks = [c for c in port.named("query_jobs") if "ClusterId ==" in (c[3] or "")]
+    assert len(rechecks) == 1
+    assert rechecks[0][3].count("ClusterId ==") == 4  # n = 1 - 3 in each queue

@@ -7,6 +7,7 @@ every bad value is reported with its file, section and key.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ class Param:
                 parsed = int(value)
             elif self.type is float:
                 parsed = float(value)
+                if not math.isfinite(parsed):  # nan passes every minimum; inf never comes due
+                    raise ValueError(value)
             elif self.type is list:
                 parsed = [v.strip() for v in value.split(",") if v.strip()]
             elif self.type is dict:

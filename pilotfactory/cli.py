@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the running daemon's recent decisions (its statusFile) instead of a new cycle",
     )
-    p.add_argument("--last", type=int, default=5, help="with --daemon: cycles per queue (5)")
+    p.add_argument(
+        "--last", type=int, default=5, help="with --daemon: cycles per queue (5, all it keeps)"
+    )
 
     for name in ("demo", "sim"):
         p = sub.add_parser(

@@ -34,6 +34,9 @@ from pilotfactory.factory.trace import CycleTrace
 
 log = logging.getLogger(__name__)
 
+STATUS_HISTORY = 5
+"""Cycles per queue the status file keeps (``status --daemon --last`` shows up to these)."""
+
 
 @dataclass
 class SourceState:
@@ -116,6 +119,7 @@ class Factory:
         due = list(self.queues.values()) if force else self.due_queues(now)
         if not due:
             return []
+        self.env.reads.new_cycle()
         needed: list[SourceState] = []
         for q in due:
             for src in (q.wms_source, q.batch_source):
@@ -140,6 +144,7 @@ class Factory:
                     ",".join(state.queues),
                     state.error,
                 )
+        self.env.reads.end_cycle()
         totals = self._totals()
         decided = [
             q.decide(
@@ -154,8 +159,8 @@ class Factory:
         traces: list[CycleTrace] = []
         for q, trace in zip(due, decided, strict=True):
             current, error = rechecked.get(id(q.batch_source), ({}, None))
-            traces.append(q.act(trace, current, error))
             q.next_run = now + q.cfg.sleep
+            traces.append(q.act(trace, current, error))
         self.cycles_run += 1
         self.metrics.observe(traces)
         if self.fcfg.status_file and not self.dry_run:
@@ -179,8 +184,7 @@ class Factory:
                 out[key] = (None, str(exc))
         return out
 
-    def status(self) -> dict[str, Any]:
-        """Each queue's recent decisions and rails, for ``pilotfactory status --daemon``."""
+    def _status_head(self) -> dict[str, Any]:
         return {
             "factory_id": self.fcfg.factory_id,
             "time": self.clock.now(),
@@ -196,18 +200,23 @@ class Factory:
                 }
                 for s in self.sources.values()
             ],
-            "queues": {
-                name: {
-                    "counters": dict(q.counters),
-                    "next_run": q.next_run,
-                    "backoff_until": q.backoff.until,
-                    "backoff_reason": q.backoff.reason or None,
-                    "history": [t.to_dict() for t in q.history],
-                }
-                for name, q in self.queues.items()
-            },
             "setup_errors": dict(self.setup_errors),
         }
+
+    def status_json(self) -> str:
+        """Each queue's recent decisions and rails, for ``pilotfactory status --daemon``: the
+        last ``STATUS_HISTORY`` records per queue, each queue's part encoded once per cycle of
+        that queue, so a tick that ran ten of a thousand queues re-encodes ten."""
+        head = json.dumps(self._status_head())
+        queues = ", ".join(
+            f"{json.dumps(name)}: {q.status_json(STATUS_HISTORY)}"
+            for name, q in self.queues.items()
+        )
+        return f'{head[:-1]}, "queues": {{{queues}}}}}'
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.status_json())
+        return out
 
     def write_status(self, path: str) -> None:
         """Atomically (write + rename), so a reader never sees half a file."""
@@ -216,7 +225,7 @@ class Factory:
             os.makedirs(directory, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".status-", dir=directory)
             with os.fdopen(fd, "w") as fh:
-                json.dump(self.status(), fh)
+                fh.write(self.status_json())
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except OSError as exc:  # a status file must never stop the factory

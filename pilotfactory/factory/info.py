@@ -7,8 +7,10 @@ so they can be tested without any backend.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 
 class WorkerKind(enum.StrEnum):
@@ -164,18 +166,25 @@ class BatchQueueInfo:
     pool_startds: int | None = None
     """Slot ads the collector returned this cycle (all queues): the circuit breaker's gauge."""
 
+    @cached_property
+    def _counts(self) -> Counter[WorkerState]:
+        """Workers per state, counted once: the chain, the totals, the trace and the metrics
+        all ask."""
+        return Counter(w.state for w in self.workers)
+
     def count(self, *states: WorkerState) -> int:
-        return sum(1 for w in self.workers if w.state in states)
+        counts = self._counts
+        return sum(counts[s] for s in states)
 
     @property
     def pending(self) -> int:
         """On its way: APF's ``pending`` (queued jobs, booting VMs, held jobs)."""
-        return sum(1 for w in self.workers if w.state in PENDING_STATES)
+        return self.count(*PENDING_STATES)
 
     @property
     def running(self) -> int:
         """Present: APF's ``running`` (including retiring and unreadable workers)."""
-        return sum(1 for w in self.workers if w.state in RUNNING_STATES)
+        return self.count(*RUNNING_STATES)
 
     @property
     def held(self) -> int:
@@ -183,13 +192,11 @@ class BatchQueueInfo:
 
     @property
     def supply(self) -> int:
-        return sum(1 for w in self.workers if w.state in SUPPLY)
+        return self.count(*SUPPLY)
 
     def by_state(self) -> dict[str, int]:
-        out = {s.value: 0 for s in WorkerState}
-        for w in self.workers:
-            out[w.state.value] += 1
-        return out
+        counts = self._counts
+        return {s.value: counts[s] for s in WorkerState}
 
 
 class SiteStatus(enum.Enum):

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from pilotfactory.factory.info import WorkerState
 from pilotfactory.factory.trace import CycleTrace
 
+WMS_KEYS = ("ready", "notready", "running", "done", "failed", "unknown")
+
 
 class FactoryMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -45,22 +47,35 @@ class FactoryMetrics:
             ["kind", "plugin"],
             registry=r,
         )
+        self._by_queue: dict[str, tuple[dict[str, Gauge], dict[str, Gauge], Gauge]] = {}
+
+    def _children(self, q: str) -> tuple[dict[str, Gauge], dict[str, Gauge], Gauge]:
+        """A queue's labelled gauges, looked up once (``labels()`` costs more than ``set``)."""
+        hit = self._by_queue.get(q)
+        if hit is None:
+            hit = (
+                {s.value: self.workers.labels(q, s.value) for s in WorkerState},
+                {k: self.wms.labels(q, k) for k in WMS_KEYS},
+                self.decision.labels(q),
+            )
+            self._by_queue[q] = hit
+        return hit
 
     def observe(self, traces: Iterable[CycleTrace]) -> None:
         for t in traces:
             q = t.queue
+            workers, wms, decision = self._children(q)
             if t.batch is not None:
-                counts = t.batch.by_state()
-                for state in WorkerState:
-                    self.workers.labels(q, state.value).set(counts[state.value])
+                for state, count in t.batch.by_state().items():
+                    workers[state].set(count)
             else:
                 self.failclosed.labels(q, "batch").inc()
             if t.wms is not None:
-                for key in ("ready", "notready", "running", "done", "failed", "unknown"):
-                    self.wms.labels(q, key).set(getattr(t.wms, key))
+                for key, gauge in wms.items():
+                    gauge.set(getattr(t.wms, key))
             elif t.batch is not None:
                 self.failclosed.labels(q, "wms").inc()
-            self.decision.labels(q).set(t.n)
+            decision.set(t.n)
             if t.error or any(" failed:" in r for r in t.results):
                 self.errors.labels(q).inc()
             if not t.dry_run:

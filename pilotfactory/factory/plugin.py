@@ -23,6 +23,7 @@ from pilotfactory.factory.info import (
 )
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.ports import World
+from pilotfactory.factory.reads import SharedReads
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class Env:
     clock: Clock
     factory_settings: Mapping[str, str] = field(default_factory=dict)
     """Raw ``[Factory]`` keys (e.g. ``baseLogDir``), for plugins that need them."""
+    reads: SharedReads = field(default_factory=SharedReads)
+    """Answers the status sources of one cycle share (one job query per schedd)."""
 
 
 # ---------------------------------------------------------------------------- scheduler

@@ -10,10 +10,11 @@ memory across cycles (circuit breaker, submit back-off, failure-rate stop) are o
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 from pilotfactory.factory.chain import ChainError, run_chain
 from pilotfactory.factory.config import QueueConfig
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 bounded = clip
 """Head and tail of an outside world's message: enough to act on, never a log flood."""
 STALE = "stale or missing snapshot (older than maxage)"
+RECORD_IDS = 20
+"""Worker ids a kept record lists per action (its count says how many there were)."""
 
 
 class Queue:
@@ -49,7 +52,7 @@ class Queue:
         env: Env,
         wms_source: WMSStatusPlugin,
         batch_source: BatchStatusPlugin,
-        history_size: int = 50,
+        history_size: int = 10,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -78,12 +81,29 @@ class Queue:
         self.backoff = Backoff(
             initial=p.backoff_initial, maximum=p.backoff_max, failure_limit=p.failure_limit
         )
-        self.history: deque[CycleTrace] = deque(maxlen=history_size)
+        self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
+        """The last cycles as plain records (decisions and counts, never whole snapshots)."""
+        self._status_cache: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("cycles", "submitted", "unretired", "cancelled", "retired", "reaped", "killed",
              "errors", "failclosed"), 0,
         )  # fmt: skip
         self.executor = self._executor()
+
+    def status_json(self, last: int) -> str:
+        """This queue's entry of the status file, encoded once per cycle of the queue (the
+        factory writes the file every tick; most queues did not run in most ticks)."""
+        if self._status_cache is None:
+            self._status_cache = json.dumps(
+                {
+                    "counters": self.counters,
+                    "next_run": self.next_run,
+                    "backoff_until": self.backoff.until,
+                    "backoff_reason": self.backoff.reason or None,
+                    "history": list(self.history)[-last:],
+                }
+            )
+        return self._status_cache
 
     def _executor(self) -> Executor:
         return Executor(self.name, self.submitter, self.worker_kind, self.backoff, self.counters)
@@ -167,7 +187,8 @@ class Queue:
         finally:
             self._open = None
             self.counters["cycles"] += 1
-            self.history.append(trace)
+            self.history.append(trace.to_dict(max_ids=RECORD_IDS))
+            self._status_cache = None
         self._log(trace)
         return trace
 

@@ -37,7 +37,9 @@ class CycleTrace:
             return f"error: {self.error}"
         return summarize(self.planned)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, max_ids: int | None = None) -> dict[str, Any]:
+        """Plain data (JSON-ready); ``max_ids`` bounds each action's worker id list (the
+        ``count`` keeps the size), so a kept record never holds a whole snapshot."""
         batch = self.batch
         wms = self.wms
         return {
@@ -76,7 +78,7 @@ class CycleTrace:
                     "kind": a.kind.value,
                     "count": a.size(),
                     "mode": a.mode,
-                    "workers": [w.id for w in a.workers],
+                    "workers": [w.id for w in a.workers[:max_ids]],
                     "reason": a.reason,
                 }
                 for a in self.planned

@@ -137,7 +137,8 @@ class CloudBatchStatus(SnapshotStatus):
             if w is not None:
                 workers.setdefault(queue, []).append(w)
         self._by_queue = by_queue
-        unmatched = self.vms.unmatched((rec for _, rec in live), pool, self.env.factory_id)
+        known = {key for _, rec in live for key in rec.keys}
+        unmatched = self.vms.unmatched(known, pool, self.env.factory_id)
         snap = Snapshot(now, unmatched=unmatched, pool_startds=pool.ads)
         for queue, ws in workers.items():
             snap.infos[queue] = BatchQueueInfo(queue, now, tuple(ws), None, unmatched, pool.ads)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +31,29 @@ def retire_active(requested: float | None, unretired: float | None) -> bool:
     return requested is not None and (unretired is None or unretired <= requested)
 
 
+def by_queue(ads: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Job ads grouped by the queue label they carry (one pass; unlabelled ones dropped)."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for ad in ads:
+        queue = ad.get("PilotFactoryQueue") or ad.get("APF_QUEUE")
+        if queue:
+            group = out.get(queue)
+            if group is None:
+                out[queue] = [ad]
+            else:
+                group.append(ad)
+    return out
+
+
 @dataclass
 class Snapshot:
     time: float
     infos: dict[str, BatchQueueInfo] = field(default_factory=dict)
     unmatched: tuple[str, ...] = ()
     pool_startds: int | None = None
+    build: Callable[[str], BatchQueueInfo | None] | None = None
+    """Builds a queue's info on first ask: a source serving pilot and VM queues of one schedd
+    sees every job, but turns only its own queues' ads into workers."""
 
 
 class SnapshotStatus(BatchStatusPlugin):
@@ -66,6 +83,10 @@ class SnapshotStatus(BatchStatusPlugin):
             log.warning("[%s] no batch status (snapshot missing or older than %gs)", queue, maxage)
             return None
         hit = snap.infos.get(queue)
+        if hit is None and snap.build is not None:
+            hit = snap.build(queue)
+            if hit is not None:
+                snap.infos[queue] = hit
         if hit is not None:
             return hit
         history = () if queue in self._windows else None

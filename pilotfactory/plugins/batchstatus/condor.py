@@ -32,6 +32,7 @@ from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
     Snapshot,
     SnapshotStatus,
+    by_queue,
     retire_active,
     timestamp,
 )
@@ -147,9 +148,11 @@ class CondorBatchStatus(SnapshotStatus):
     # ------------------------------------------------------------------ per-kind hooks
 
     def fetch(self, now: float) -> tuple[Sequence[Ad], Sequence[Ad]]:
-        """This factory's workers as job ads, and the history the queues asked for."""
+        """This factory's workers as job ads (one query per schedd per cycle, shared with the
+        other kind's source there), and the history the queues asked for."""
         match = {"PilotFactoryId": self.env.factory_id}
-        jobs = self.port.query_jobs(match, JOB_ATTRS)
+        key = ("jobs", self.target, self.env.factory_id)
+        jobs = self.env.reads.get(key, lambda: self.port.query_jobs(match, JOB_ATTRS))
         history: Sequence[Ad] = []
         if self._windows:
             since = now - max(self._windows.values())
@@ -172,35 +175,34 @@ class CondorBatchStatus(SnapshotStatus):
     def observe(self, now: float) -> Snapshot:
         jobs, history = self.fetch(now)
         extra = self.collect(jobs, now)
-        workers: dict[str, list[Worker]] = {}
-        for ad in jobs:
-            queue = queue_of(ad)
-            w = self.worker(ad, queue, now, extra) if queue else None
-            if w is not None and queue:
-                workers.setdefault(queue, []).append(w)
+        ads = by_queue(jobs)
+        past = by_queue(history) if history else {}
         snap = Snapshot(now, unmatched=self.unmatched(jobs, extra))
         if isinstance(extra, Pool):
             snap.pool_startds = extra.ads
-        for queue in set(workers) | set(self._windows):
-            snap.infos[queue] = BatchQueueInfo(
-                queue,
-                now,
-                tuple(workers.get(queue, ())),
-                self._history(queue, now, jobs, history),
-                snap.unmatched,
-                snap.pool_startds,
+
+        def build(queue: str) -> BatchQueueInfo | None:
+            mine = ads.get(queue, ())
+            if not mine and queue not in self._windows:
+                return None
+            workers = [w for ad in mine if (w := self.worker(ad, queue, now, extra)) is not None]
+            records = self._history(queue, now, mine, past.get(queue, ()))
+            return BatchQueueInfo(
+                queue, now, tuple(workers), records, snap.unmatched, snap.pool_startds
             )
-        log.debug("[%s] %d job(s), %d queue(s)", self.NAME, len(jobs), len(workers))
+
+        snap.build = build
+        log.debug("[%s] %d job(s), %d queue(s)", self.NAME, len(jobs), len(ads))
         return snap
 
     def _history(
         self, queue: str, now: float, jobs: Sequence[Ad], history: Sequence[Ad]
     ) -> tuple[JobRecord, ...] | None:
+        """Records of this queue's jobs (its ads only: grouped once per refresh)."""
         window = self._windows.get(queue)
         if window is None:
             return None
-        mine = [ad for ad in [*history, *jobs] if queue_of(ad) == queue]
-        records = {r.id: r for r in history_records(mine, now - window)}
+        records = {r.id: r for r in history_records([*history, *jobs], now - window)}
         return tuple(records.values())
 
     def recheck_jobs(self, workers: Sequence[Worker]) -> list[Ad]:
@@ -304,8 +306,9 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     def unmatched(self, jobs: Sequence[Ad], extra: Any) -> tuple[str, ...]:
         if not isinstance(extra, Pool):
             return ()
-        now = self.env.clock.now()
-        return self.vms.unmatched((vm_record(ad, now) for ad in jobs), extra)
+        known = {"w:" + job_id(ad) for ad in jobs}
+        known.update("i:" + str(i) for ad in jobs if (i := ad.get("EC2InstanceName")))
+        return self.vms.unmatched(known, extra)
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
         """One constrained job query, then one startd query for the VMs that may be joined."""

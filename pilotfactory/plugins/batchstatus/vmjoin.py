@@ -230,13 +230,13 @@ class StartdJoin:
         return replace(w, since=max(w.since, self._idle_from.setdefault(rec.id, now)))
 
     def unmatched(
-        self, records: Iterable[VMRecord], pool: Pool, factory_id: str | None = None
+        self, known: set[str], pool: Pool, factory_id: str | None = None
     ) -> tuple[str, ...]:
-        """Startds with a join key that no VM of this factory claims (reported, never touched).
+        """Startds with a join key that no VM of this factory claims (``known``: the join keys
+        of every VM the request side listed); reported, never touched.
 
         With ``factory_id``, only startds advertising a worker id (of that factory, when they
         say) count: a cloud source cannot tell whose the bare instance ids are."""
-        known = {key for rec in records for key in rec.keys}
         mine = (None, factory_id)
         out = {
             str(s.get("Machine") or s.get("Name"))

@@ -1,0 +1,43 @@
+"""Reads that several status sources of one cycle share.
+
+The pilot (``Condor``) and the VM (``CondorEC2``) batch status sources of one schedd ask the
+schedd the same question each cycle: this factory's jobs. They are different sources (each
+queue reads its own kind), so the factory hands them one ``SharedReads``: the first asks the
+schedd, the second gets the same answer. A new cycle forgets everything; a plugin used outside
+a factory (``SharedReads()`` unopened) always reads afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SharedReads:
+    def __init__(self) -> None:
+        self._open = False
+        self._answers: dict[Hashable, Any] = {}
+        self.hits = 0
+
+    def new_cycle(self) -> None:
+        """Called by the factory before it refreshes its sources."""
+        self._open = True
+        self._answers.clear()
+
+    def end_cycle(self) -> None:
+        """Drops the answers, so nothing of a cycle stays alive after it."""
+        self._answers.clear()
+
+    def get(self, key: Hashable, read: Callable[[], T]) -> T:
+        """``read()``'s answer, asked at most once per cycle for ``key``; a failed read is not
+        kept (the next source asks again and fails on its own)."""
+        if not self._open:
+            return read()
+        if key in self._answers:
+            self.hits += 1
+            return self._answers[key]  # type: ignore[no-any-return]
+        answer = read()
+        self._answers[key] = answer
+        return answer

@@ -21,6 +21,7 @@ from pilotfactory.factory.info import (
     RetireMode,
     Worker,
     WorkerKind,
+    WorkerSet,
     WorkerState,
 )
 from pilotfactory.factory.params import Param
@@ -124,7 +125,8 @@ class PlannerMemory:
 @dataclass(frozen=True)
 class PlanInput:
     n: int
-    workers: tuple[Worker, ...]
+    workers: WorkerSet
+    """A tuple or list given here is wrapped; the planner reads only the states it needs."""
     now: float
     settings: PlannerSettings
     worker_kind: WorkerKind = WorkerKind.VM
@@ -133,6 +135,10 @@ class PlanInput:
     """Circuit breaker: why retire and reap are frozen this cycle (None: not frozen)."""
     submit_blocked: str | None = None
     """Back-off: why no new workers may be submitted this cycle."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workers, WorkerSet):
+            object.__setattr__(self, "workers", WorkerSet(self.workers))
 
 
 @dataclass(frozen=True)
@@ -175,10 +181,8 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
         last_up = inp.now
         retiring = [
             w
-            for w in inp.workers
-            if w.state is WorkerState.RETIRING
-            and w.id not in reaped
-            and inp.worker_kind is WorkerKind.VM
+            for w in inp.workers.in_states(WorkerState.RETIRING)
+            if w.id not in reaped and inp.worker_kind is WorkerKind.VM
         ]
         # Most recently asked to retire first: it has the most work left and is furthest from
         # exiting, so un-retiring it is the surest.
@@ -218,7 +222,10 @@ def _reaps(inp: PlanInput) -> list[Action]:
     retired: list[Worker] = []
     lost: list[Worker] = []
     held: list[Worker] = []
-    for w in inp.workers:
+    candidates = inp.workers.in_states(
+        WorkerState.RETIRED, WorkerState.LOST, WorkerState.BOOTING, WorkerState.HELD
+    )
+    for w in candidates:
         if w.state is WorkerState.RETIRED:
             retired.append(w)
         elif w.state is WorkerState.LOST or (
@@ -257,9 +264,7 @@ def _submit_count(inp: PlanInput, want: int) -> tuple[int, str | None]:
     if inp.submit_blocked:
         return 0, f"submit {want} blocked: {inp.submit_blocked}"
     if s.max_booting is not None:
-        on_way = sum(
-            1 for w in inp.workers if w.state in (WorkerState.PENDING, WorkerState.BOOTING)
-        )
+        on_way = inp.workers.count(WorkerState.PENDING, WorkerState.BOOTING)
         room = max(0, s.max_booting - on_way)
         if room < want:
             return room, f"submit capped {want}->{room}: max_booting={s.max_booting}"
@@ -272,16 +277,16 @@ def _scale_down(
     s = inp.settings
     notes: list[str] = []
     kill_mode = s.retire_mode is RetireMode.KILL
-    held = [w for w in inp.workers if w.state is WorkerState.HELD]
-    pending = [w for w in inp.workers if w.state is WorkerState.PENDING]
+    held = list(inp.workers.in_states(WorkerState.HELD))
+    pending = list(inp.workers.in_states(WorkerState.PENDING))
     held.sort(key=_newest_first)
     # Newest pending first: the oldest request is the closest to being fulfilled.
     pending.sort(key=_newest_first)
     ordered: list[tuple[Worker, ActionKind]] = [(w, ActionKind.CANCEL) for w in held + pending]
     if inp.worker_kind is WorkerKind.VM or kill_mode:
-        idle = [w for w in inp.workers if w.state is WorkerState.IDLE]
+        idle = list(inp.workers.in_states(WorkerState.IDLE))
         idle.sort(key=lambda w: w.since)  # longest idle first
-        busy = [w for w in inp.workers if w.state is WorkerState.BUSY]
+        busy = list(inp.workers.in_states(WorkerState.BUSY))
         if inp.worker_kind is WorkerKind.VM:
             busy.sort(key=lambda w: (w.slots_busy, w.since))
         else:

@@ -19,7 +19,7 @@ from typing import Any, cast
 from pilotfactory.factory.chain import ChainError, run_chain
 from pilotfactory.factory.config import QueueConfig
 from pilotfactory.factory.executor import Executor, recheck_candidates
-from pilotfactory.factory.info import BatchQueueInfo, FactoryTotals, Worker
+from pilotfactory.factory.info import BatchQueueInfo, FactoryTotals, Worker, WorkerKind
 from pilotfactory.factory.planner import PlanInput, PlannerMemory, plan
 from pilotfactory.factory.plugin import (
     BatchStatusPlugin,
@@ -77,11 +77,16 @@ class Queue:
         self.next_run = 0.0
         self._open: CycleTrace | None = None  # the cycle between decide() and act()
         p = cfg.planner
-        self.breaker = CircuitBreaker(ratio=p.shrink_freeze_ratio, accept_after=self.FREEZE_ACCEPT)
+        self.breaker = CircuitBreaker(
+            ratio=p.shrink_freeze_ratio,
+            accept_after=self.FREEZE_ACCEPT,
+            vms=self.worker_kind is WorkerKind.VM,
+        )
         self.backoff = Backoff(
             initial=p.backoff_initial, maximum=p.backoff_max, failure_limit=p.failure_limit
         )
         self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
+        self._history_json: deque[str] = deque(maxlen=history_size)  # each record, encoded once
         """The last cycles as plain records (decisions and counts, never whole snapshots)."""
         self._status_cache: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -94,15 +99,16 @@ class Queue:
         """This queue's entry of the status file, encoded once per cycle of the queue (the
         factory writes the file every tick; most queues did not run in most ticks)."""
         if self._status_cache is None:
-            self._status_cache = json.dumps(
+            head = json.dumps(
                 {
                     "counters": self.counters,
                     "next_run": self.next_run,
                     "backoff_until": self.backoff.until,
                     "backoff_reason": self.backoff.reason or None,
-                    "history": list(self.history)[-last:],
                 }
             )
+            records = ", ".join(list(self._history_json)[-last:])
+            self._status_cache = f'{head[:-1]}, "history": [{records}]}}'
         return self._status_cache
 
     def _executor(self) -> Executor:
@@ -117,6 +123,7 @@ class Queue:
         self.backoff = old.backoff
         self.counters = old.counters
         self.history = old.history
+        self._history_json = old._history_json
         self.executor = self._executor()
 
     # ------------------------------------------------------------------ one cycle
@@ -187,7 +194,9 @@ class Queue:
         finally:
             self._open = None
             self.counters["cycles"] += 1
-            self.history.append(trace.to_dict(max_ids=RECORD_IDS))
+            record = trace.to_dict(max_ids=RECORD_IDS)
+            self.history.append(record)
+            self._history_json.append(json.dumps(record))
             self._status_cache = None
         self._log(trace)
         return trace

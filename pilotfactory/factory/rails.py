@@ -12,12 +12,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pilotfactory.factory.info import BatchQueueInfo, Worker, WorkerState
+from pilotfactory.factory.info import BatchQueueInfo, Worker, WorkerSet, WorkerState
 from pilotfactory.factory.text import clip
 
 log = logging.getLogger(__name__)
 
 JOINED = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.RETIRING)
+NOT_JOINED = tuple(s for s in WorkerState if s not in JOINED)
 
 
 @dataclass
@@ -34,19 +35,26 @@ class CircuitBreaker:
 
     ratio: float = 0.5
     accept_after: int = 3
+    vms: bool = True
+    """Watch joined workers (VMs). A pilot has no startd or master of its own to lose: one that
+    was running and is gone has ended, so pilot queues keep only the pool-wide gauge."""
     joined_ids: set[str] = field(default_factory=set)
     pool_startds: int | None = None
     frozen_cycles: int = 0
 
     def check(self, batch: BatchQueueInfo, queue: str = "") -> str | None:
         """Why retire and reap freeze this cycle, or None; updates the reference."""
-        joined_now = {w.id for w in batch.workers if w.state in JOINED}
+        joined_now = batch.workers.ids_in(*JOINED) if self.vms else set()
         reference = self.joined_ids
-        vanished = [
-            w.id
-            for w in batch.workers
-            if w.id in reference and w.id not in joined_now and w.master_seen is not True
-        ]
+        vanished: list[str] = []
+        # Ids first: most cycles no worker that was joined is still listed but not joined,
+        # and then no worker need be built to look at its master.
+        if (reference - joined_now) & batch.workers.ids_in(*NOT_JOINED):
+            vanished = [
+                w.id
+                for w in batch.workers.in_states(*NOT_JOINED)
+                if w.id in reference and w.master_seen is not True
+            ]
         why = None
         if len(reference) >= 4 and len(vanished) >= max(2, len(reference) * self.ratio):
             why = (
@@ -109,8 +117,10 @@ class Backoff:
 
     def blocked(self, now: float, workers: Sequence[Worker], queue: str = "") -> str | None:
         """Why no new workers may be submitted this cycle, or None."""
+        if not isinstance(workers, WorkerSet):
+            workers = WorkerSet(workers)
         if self.failed_since is not None and any(
-            w.state in JOINED and (w.submitted_at or 0.0) >= self.failed_since for w in workers
+            (w.submitted_at or 0.0) >= self.failed_since for w in workers.in_states(*JOINED)
         ):
             self.failure_delay = 0.0
             self.failed_since = None

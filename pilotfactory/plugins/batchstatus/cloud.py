@@ -32,7 +32,7 @@ from pilotfactory.factory.contract import (
     TARGET_PARAMS,
     target_from,
 )
-from pilotfactory.factory.info import BatchQueueInfo, RetireMode, Worker
+from pilotfactory.factory.info import BatchQueueInfo, RetireMode, Worker, WorkerSet
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env
 from pilotfactory.factory.ports import CloudPort, CondorPort, Instance
@@ -141,7 +141,7 @@ class CloudBatchStatus(SnapshotStatus):
         unmatched = self.vms.unmatched(known, pool, self.env.factory_id)
         snap = Snapshot(now, unmatched=unmatched, pool_startds=pool.ads)
         for queue, ws in workers.items():
-            snap.infos[queue] = BatchQueueInfo(queue, now, tuple(ws), None, unmatched, pool.ads)
+            snap.infos[queue] = BatchQueueInfo(queue, now, WorkerSet(ws), None, unmatched, pool.ads)
         log.debug("[%s] %d instance(s), %d queue(s)", self.NAME, len(live), len(workers))
         return snap
 

@@ -8,21 +8,27 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilotfactory.factory.info import BatchQueueInfo
+from pilotfactory.factory.info import BatchQueueInfo, WorkerSet
 from pilotfactory.factory.plugin import BatchStatusPlugin, Env
 
 log = logging.getLogger(__name__)
 
 
 def timestamp(value: Any) -> float | None:
-    """A positive timestamp, else None (0 means "never" in job ads, absent tags are None)."""
-    if isinstance(value, str):
+    """A positive timestamp, else None (0 means "never" in job ads, absent tags are None).
+
+    Called several times per job per cycle, so numbers take the shortest path."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return float(value) if value > 0 else None
+    if kind is str:
         try:
-            value = float(value) if value else None
+            number = float(value) if value else 0.0
         except ValueError:
             return None
+        return number if number > 0 else None
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
+        return float(value)  # an int or float subclass (an IntEnum, a binding's number)
     return None
 
 
@@ -90,4 +96,6 @@ class SnapshotStatus(BatchStatusPlugin):
         if hit is not None:
             return hit
         history = () if queue in self._windows else None
-        return BatchQueueInfo(queue, snap.time, (), history, snap.unmatched, snap.pool_startds)
+        return BatchQueueInfo(
+            queue, snap.time, WorkerSet(), history, snap.unmatched, snap.pool_startds
+        )

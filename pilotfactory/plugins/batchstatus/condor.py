@@ -24,7 +24,14 @@ from pilotfactory.factory.contract import (
     Universe,
     target_from,
 )
-from pilotfactory.factory.info import BatchQueueInfo, JobRecord, RetireMode, Worker, WorkerState
+from pilotfactory.factory.info import (
+    BatchQueueInfo,
+    JobRecord,
+    RetireMode,
+    Worker,
+    WorkerSet,
+    WorkerState,
+)
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import BatchStatusPlugin, Env
 from pilotfactory.factory.ports import CondorPort
@@ -94,19 +101,53 @@ def base_fields(ad: Ad, queue: str) -> dict[str, Any]:
     }
 
 
+def _number(status: Any) -> int:
+    try:
+        return int(status)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _status(ad: Ad) -> Any:
+    status = ad.get("JobStatus", -1)
+    return status if type(status) is int else int(status)
+
+
 def pilot_worker(ad: Ad, queue: str, now: float) -> Worker | None:
-    """A pilot job: JobStatus alone says it all (running = BUSY)."""
-    state = PILOT_STATE.get(int(ad.get("JobStatus", -1)))
+    """A pilot job: JobStatus alone says it all (running = BUSY).
+
+    The hot path of a cycle (once per pilot, ~200,000 at a large site), hence written out:
+    a pilot without a retire record (nearly all) skips those reads."""
+    get = ad.get
+    state = PILOT_STATE.get(_status(ad))
     if state is None:
         return None
-    since = _time(ad, "EnteredCurrentStatus") or _time(ad, "QDate") or now
-    host = ad.get("RemoteHost")
+    submitted = timestamp(get("QDate"))
+    requested = unretired = mode = None
+    if RETIRE_REQUESTED in ad or UNRETIRED_AT in ad or RETIRE_MODE in ad:
+        requested, unretired = timestamp(get(RETIRE_REQUESTED)), timestamp(get(UNRETIRED_AT))
+        if not retire_active(requested, unretired):
+            requested = None
+        mode = RetireMode.parse(get(RETIRE_MODE))
+    host = get("RemoteHost")
     return Worker(
-        state=state,
-        since=since,
+        f"{get('ClusterId')}.{get('ProcId')}",
+        queue,
+        state,
+        timestamp(get("EnteredCurrentStatus")) or submitted or now,
+        retire_requested_at=requested,
+        retire_mode=mode,
+        unretired_at=unretired,
+        submitted_at=submitted,
+        hold_reason=get("HoldReason") if state is S.HELD else None,
         remote_host=str(host) if host else None,
-        **base_fields(ad, queue),
     )
+
+
+def _pilot(ad: Ad, queue: str, now: float) -> Worker:
+    w = pilot_worker(ad, queue, now)
+    assert w is not None  # sorted by a known JobStatus before it is built
+    return w
 
 
 def history_records(ads: Sequence[Ad], cutoff: float) -> list[JobRecord]:
@@ -167,6 +208,24 @@ class CondorBatchStatus(SnapshotStatus):
     def worker(self, ad: Ad, queue: str, now: float, extra: Any) -> Worker | None:
         return pilot_worker(ad, queue, now)
 
+    def workers_of(self, queue: str, ads: Sequence[Ad], now: float, extra: Any) -> WorkerSet:
+        """Pilots sorted by state from JobStatus alone; each state's workers are built only
+        when a decision reads them (running pilots, most of them, usually never)."""
+        by_status: dict[Any, list[Ad]] = {}  # raw keys: an enum's hash is Python code
+        for ad in ads:
+            status = ad.get("JobStatus")
+            group = by_status.get(status)
+            if group is None:
+                by_status[status] = [ad]
+            else:
+                group.append(ad)
+        by_state: dict[WorkerState, list[Ad]] = {}
+        for status, group in by_status.items():
+            state = PILOT_STATE.get(status if type(status) is int else _number(status))
+            if state is not None:
+                by_state.setdefault(state, []).extend(group)
+        return WorkerSet(lazy=by_state, build=lambda ad: _pilot(ad, queue, now), id_of=job_id)
+
     def unmatched(self, jobs: Sequence[Ad], extra: Any) -> tuple[str, ...]:
         return ()
 
@@ -175,7 +234,9 @@ class CondorBatchStatus(SnapshotStatus):
     def observe(self, now: float) -> Snapshot:
         jobs, history = self.fetch(now)
         extra = self.collect(jobs, now)
-        ads = by_queue(jobs)
+        # Grouped once per schedd per cycle too: the pilot and the VM source read one answer.
+        key = ("jobs by queue", self.target, self.env.factory_id)
+        ads = self.env.reads.get(key, lambda: by_queue(jobs))
         past = by_queue(history) if history else {}
         snap = Snapshot(now, unmatched=self.unmatched(jobs, extra))
         if isinstance(extra, Pool):
@@ -185,11 +246,9 @@ class CondorBatchStatus(SnapshotStatus):
             mine = ads.get(queue, ())
             if not mine and queue not in self._windows:
                 return None
-            workers = [w for ad in mine if (w := self.worker(ad, queue, now, extra)) is not None]
+            workers = self.workers_of(queue, mine, now, extra)
             records = self._history(queue, now, mine, past.get(queue, ()))
-            return BatchQueueInfo(
-                queue, now, tuple(workers), records, snap.unmatched, snap.pool_startds
-            )
+            return BatchQueueInfo(queue, now, workers, records, snap.unmatched, snap.pool_startds)
 
         snap.build = build
         log.debug("[%s] %d job(s), %d queue(s)", self.NAME, len(jobs), len(ads))
@@ -244,19 +303,27 @@ PHASE: dict[int, Phase] = {
 
 def vm_record(ad: Ad, now: float) -> VMRecord:
     """The adapter from a grid-universe VM job ad."""
-    instance = ad.get("EC2InstanceName")
+    get = ad.get
+    instance = get("EC2InstanceName")
+    submitted = timestamp(get("QDate"))
     return VMRecord(
-        id=job_id(ad),
-        phase=PHASE.get(int(ad.get("JobStatus", -1)), Phase.GONE),
-        entered=_time(ad, "EnteredCurrentStatus") or _time(ad, "QDate") or now,
-        started=_time(ad, "JobStartDate"),
-        submitted_at=_time(ad, "QDate"),
+        id=f"{get('ClusterId')}.{get('ProcId')}",
+        phase=PHASE.get(_status(ad), Phase.GONE),
+        entered=timestamp(get("EnteredCurrentStatus")) or submitted or now,
+        started=timestamp(get("JobStartDate")),
+        submitted_at=submitted,
         instance_id=str(instance) if instance else None,
-        retire_requested_at=_time(ad, RETIRE_REQUESTED),
-        unretired_at=_time(ad, UNRETIRED_AT),
-        retire_mode=RetireMode.parse(ad.get(RETIRE_MODE)),
-        hold_reason=ad.get("HoldReason"),
+        retire_requested_at=timestamp(get(RETIRE_REQUESTED)),
+        unretired_at=timestamp(get(UNRETIRED_AT)),
+        retire_mode=RetireMode.parse(get(RETIRE_MODE)),
+        hold_reason=get("HoldReason"),
     )
+
+
+def _vm_jobs(jobs: Sequence[Ad]) -> list[Ad]:
+    """The grid-universe (VM) jobs among this factory's jobs: the only ones a startd can
+    claim by instance or worker id."""
+    return [ad for ad in jobs if ad.get("JobUniverse", GRID) == GRID or ad.get("EC2InstanceName")]
 
 
 def vm_worker(
@@ -270,6 +337,9 @@ def vm_worker(
 ) -> Worker | None:
     """One VM job joined with its slot and master ads (no memory between cycles)."""
     return join_worker(vm_record(ad, now), queue, now, slots, master, grace, last_joined)
+
+
+GRID = int(Universe.GRID)
 
 
 def _is_pilot(ad: Ad) -> bool:
@@ -293,9 +363,20 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)
         self.vms = StartdJoin.from_params(params)
+        self._vm_cache: tuple[Sequence[Ad], list[Ad]] | None = None
+
+    def _vms_of(self, jobs: Sequence[Ad]) -> list[Ad]:
+        """``_vm_jobs``, once per answer (collect and unmatched both need it)."""
+        if self._vm_cache is None or self._vm_cache[0] is not jobs:
+            self._vm_cache = (jobs, _vm_jobs(jobs))
+        return self._vm_cache[1]
 
     def collect(self, jobs: Sequence[Ad], now: float) -> Pool:
-        return self.vms.read(self.port, (job_id(ad) for ad in jobs))
+        return self.vms.read(self.port, (job_id(ad) for ad in self._vms_of(jobs)))
+
+    def workers_of(self, queue: str, ads: Sequence[Ad], now: float, extra: Any) -> WorkerSet:
+        """VMs are joined with their startds now (the join keeps memory per VM)."""
+        return WorkerSet(w for ad in ads if (w := self.worker(ad, queue, now, extra)) is not None)
 
     def worker(self, ad: Ad, queue: str, now: float, extra: Any) -> Worker | None:
         if _is_pilot(ad):
@@ -306,8 +387,10 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     def unmatched(self, jobs: Sequence[Ad], extra: Any) -> tuple[str, ...]:
         if not isinstance(extra, Pool):
             return ()
-        known = {"w:" + job_id(ad) for ad in jobs}
-        known.update("i:" + str(i) for ad in jobs if (i := ad.get("EC2InstanceName")))
+        vms = self._vms_of(jobs)
+        self._vm_cache = None  # the answer is not kept past its cycle
+        known = {"w:" + job_id(ad) for ad in vms}
+        known.update("i:" + str(i) for ad in vms if (i := ad.get("EC2InstanceName")))
         return self.vms.unmatched(known, extra)
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:

@@ -10,8 +10,8 @@ VM and a direct-cloud VM are judged by the same rules.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from pilotfactory.factory.contract import classad_string
 from pilotfactory.factory.info import RetireMode, Worker, WorkerState
@@ -32,9 +32,9 @@ WORKER_ATTR = "PilotFactoryWorker"
 """The startd attribute a VM advertises its worker id in (the VM contract)."""
 
 
-@dataclass(frozen=True, slots=True)
-class VMRecord:
-    """What the request side (grid job or cloud instance) says about one VM."""
+class VMRecord(NamedTuple):
+    """What the request side (grid job or cloud instance) says about one VM (a named tuple:
+    immutable, and cheap to build once per VM per cycle)."""
 
     id: str
     phase: Phase
@@ -62,11 +62,12 @@ class VMRecord:
 
 def _ad_keys(ad: Ad, attr: str) -> list[str]:
     """Keys a startd/master ad joins on: ``i:<instance id>`` and ``w:<worker id>``."""
+    iid, wid = ad.get(attr), ad.get(WORKER_ATTR)
     keys = []
-    if isinstance(ad.get(attr), str) and ad[attr]:
-        keys.append("i:" + ad[attr])
-    if isinstance(ad.get(WORKER_ATTR), str) and ad[WORKER_ATTR]:
-        keys.append("w:" + ad[WORKER_ATTR])
+    if iid and type(iid) is str:
+        keys.append("i:" + iid)
+    if wid and type(wid) is str:
+        keys.append("w:" + wid)
     return keys
 
 
@@ -82,55 +83,78 @@ class Pool:
     @classmethod
     def build(cls, slots: Sequence[Ad], masters: Sequence[Ad], attr: str) -> Pool:
         pool = cls(ads=len(slots))
+        index = pool.slots
         for ad in slots:
             for key in _ad_keys(ad, attr):
-                pool.slots.setdefault(key, []).append(ad)
+                group = index.get(key)
+                if group is None:
+                    index[key] = [ad]
+                else:
+                    group.append(ad)
         for ad in masters:
             for key in _ad_keys(ad, attr):
                 pool.masters[key] = ad
         return pool
 
     def lookup(self, rec: VMRecord) -> tuple[list[Ad], Ad | None]:
-        slots: dict[str, Ad] = {}
-        master = None
-        for key in rec.keys:
-            slots.update((str(s.get("Name")), s) for s in self.slots.get(key, ()))
-            master = master or self.masters.get(key)
+        """The VM's slot ads (by worker id and instance id, each once) and its master ad (the
+        one naming its worker id first)."""
+        wkey = "w:" + rec.id
+        by_worker = self.slots.get(wkey)
+        master = self.masters.get(wkey)
+        if rec.instance_id is None:
+            return list(by_worker or ()), master
+        ikey = "i:" + rec.instance_id
+        by_instance = self.slots.get(ikey)
+        master = master or self.masters.get(ikey)
+        if not by_worker or not by_instance:
+            return list(by_worker or by_instance or ()), master
+        slots = {str(s.get("Name")): s for s in by_worker}
+        for s in by_instance:
+            slots[str(s.get("Name"))] = s
         return list(slots.values()), master
 
 
 def _slot_counts(slots: Sequence[Ad]) -> tuple[int, int]:
     """(total, busy). A pslot's Cpus is what is left unclaimed, so its dslots are added."""
-    claimed = sum(
-        1 for s in slots if s.get("SlotType") != "Partitionable" and s.get("State") == "Claimed"
-    )
-    if any(s.get("SlotType") == "Partitionable" for s in slots):
-        total = sum(int(s.get("Cpus") or 0) for s in slots if s.get("SlotType") != "Static")
-    else:
-        total = len(slots)
-    return total, claimed
+    claimed = cpus = 0
+    partitionable = False
+    for s in slots:
+        kind = s.get("SlotType")
+        if kind == "Partitionable":
+            partitionable = True
+        elif s.get("State") == "Claimed":
+            claimed += 1
+        if kind != "Static":
+            cpus += int(s.get("Cpus") or 0)
+    return (cpus if partitionable else len(slots)), claimed
 
 
 def observe(
     rec: VMRecord, slots: Sequence[Ad], master: Ad | None, last_joined: float | None = None
 ) -> VMObservation:
     """The record and its startd ads as the one observation the state table reads."""
-    total, busy = _slot_counts(slots) if slots else (0, 0)
-    activity = [t for s in slots if (t := timestamp(s.get("EnteredCurrentActivity"))) is not None]
+    total = busy = 0
+    first = last = None
+    if slots:
+        total, busy = _slot_counts(slots)
+        activity = [t for s in slots if (t := timestamp(s.get("EnteredCurrentActivity")))]
+        if activity:
+            first, last = min(activity), max(activity)
     return VMObservation(
-        phase=rec.phase,
-        entered=rec.entered,
-        started=rec.started,
-        instance_known=rec.instance_id is not None,
-        slots_total=total,
-        slots_busy=busy,
-        slot_ads=len(slots),
-        first_activity=min(activity, default=None),
-        last_activity=max(activity, default=None),
-        master_seen=master is not None,
-        retire_requested_at=rec.active_retire,
-        unretired_at=rec.unretired_at,
-        last_joined=last_joined,
+        rec.phase,
+        rec.entered,
+        rec.started,
+        rec.instance_id is not None,
+        total,
+        busy,
+        len(slots),
+        first,
+        last,
+        master is not None,
+        rec.active_retire,
+        rec.unretired_at,
+        last_joined,
     )
 
 
@@ -142,36 +166,49 @@ def join_worker(
     master: Ad | None,
     grace: float,
     last_joined: float | None = None,
+    idle_from: float | None = None,
 ) -> Worker | None:
-    """One VM joined with its slot and master ads, judged by ``STATE_TABLE``."""
+    """One VM joined with its slot and master ads, judged by ``STATE_TABLE``; an IDLE one
+    counts its idleness from ``idle_from`` at the earliest."""
     obs = observe(rec, slots, master, last_joined)
     derived = derive_state(obs, now, grace)
     if derived is None:
         return None
     state, since = derived
-    common: dict[str, Any] = {
-        "id": rec.id,
-        "queue": queue,
-        "state": state,
-        "since": since,
-        "instance_id": rec.instance_id,
-        "retire_requested_at": rec.active_retire,
-        "retire_mode": rec.retire_mode,
-        "unretired_at": rec.unretired_at,
-        "submitted_at": rec.submitted_at,
-        "hold_reason": rec.hold_reason if rec.phase is Phase.HELD else None,
-    }
-    if state in (WorkerState.HELD, WorkerState.PENDING):
-        return Worker(**common)
+    hold = rec.hold_reason if rec.phase is Phase.HELD else None
+    if state is WorkerState.HELD or state is WorkerState.PENDING:
+        return Worker(
+            rec.id,
+            queue,
+            state,
+            since,
+            instance_id=rec.instance_id,
+            retire_requested_at=obs.retire_requested_at,
+            retire_mode=rec.retire_mode,
+            unretired_at=rec.unretired_at,
+            submitted_at=rec.submitted_at,
+            hold_reason=hold,
+        )
+    if state is WorkerState.IDLE and idle_from is not None and idle_from > since:
+        since = idle_from
     machine = (slots[0] if slots else master or {}).get("Machine")
     retire_times = [s["MaxJobRetirementTime"] for s in slots if "MaxJobRetirementTime" in s]
     return Worker(
+        rec.id,
+        queue,
+        state,
+        since,
+        instance_id=rec.instance_id,
         machine=machine,
         slots_total=obs.slots_total,
         slots_busy=obs.slots_busy,
+        retire_requested_at=obs.retire_requested_at,
+        retire_mode=rec.retire_mode,
+        unretired_at=rec.unretired_at,
+        submitted_at=rec.submitted_at,
         retirement_time=float(min(retire_times)) if retire_times else None,
+        hold_reason=hold,
         master_seen=obs.master_seen,
-        **common,
     )
 
 
@@ -221,13 +258,17 @@ class StartdJoin:
         slots, master = pool.lookup(rec)
         if slots:
             self._last_joined[rec.id] = now
-        w = join_worker(rec, queue, now, slots, master, self.grace, self._last_joined.get(rec.id))
-        if w is None or w.state is not WorkerState.IDLE:
-            self._idle_from.pop(rec.id, None)
-            return w
         # A pslot's activity time does not move when its dslots end: count idleness from the
         # first cycle that saw it idle too (a restart only delays an idle retire).
-        return replace(w, since=max(w.since, self._idle_from.setdefault(rec.id, now)))
+        idle_from = self._idle_from.get(rec.id, now)
+        w = join_worker(
+            rec, queue, now, slots, master, self.grace, self._last_joined.get(rec.id), idle_from
+        )
+        if w is None or w.state is not WorkerState.IDLE:
+            self._idle_from.pop(rec.id, None)
+        else:
+            self._idle_from[rec.id] = idle_from
+        return w
 
     def unmatched(
         self, known: set[str], pool: Pool, factory_id: str | None = None

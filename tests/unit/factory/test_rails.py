@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pilotfactory.factory.info import BatchQueueInfo, Worker, WorkerState
@@ -50,6 +52,20 @@ def test_circuit_breaker(name: str, cycles: list, frozen: list[bool]) -> None:
     breaker = CircuitBreaker(ratio=0.5, accept_after=3)
     answers = [breaker.check(snap(ws, ads)) is not None for ws, ads in cycles]
     assert answers == frozen
+
+
+def test_pilot_breaker_watches_only_the_pool_gauge() -> None:
+    """Running pilots that end (held, or gone) are not a collector losing ads; a pilot queue's
+    breaker still freezes on the pool-wide slot-ad count."""
+    running = [replace(w, master_seen=None) for w in JOINED4]
+    ended = [replace(w, state=S.HELD, master_seen=None) for w in JOINED4]
+    pilots = CircuitBreaker(ratio=0.5, accept_after=3, vms=False)
+    assert pilots.check(snap(running, 8)) is None
+    assert pilots.check(snap(ended, 8)) is None
+    assert pilots.check(snap(ended, 2)) is not None
+    vms = CircuitBreaker(ratio=0.5, accept_after=3)
+    vms.check(snap(running, 8))
+    assert vms.check(snap(ended, 8)) is not None  # the same picture, for VMs, is suspect
 
 
 def test_breaker_keeps_its_reference_while_frozen() -> None:

@@ -34,8 +34,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy pilotfactory
 
+# BENCH_ARGS=--quick: the scale table's 20k-job sizes only (see benchmarks/scale.py)
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 sandbox-up:
 	scripts/condor-sandbox up

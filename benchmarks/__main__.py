@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks import cases
+from benchmarks import cases, scale
 
 
 def timeit(fn: Callable[[], object], repeat: int = 5) -> tuple[float, float]:
@@ -39,6 +39,8 @@ def main() -> int:
             continue
         verdict = "ok" if target is None or median <= target else f"SLOWER than {target:g}s"
         print(f"{name:<52} {median * 1e3:>8.1f}ms {best * 1e3:>8.1f}ms  {figure()} [{verdict}]")
+    print(flush=True)
+    failed += scale.drive(sys.argv[1:])  # issue 13's table; --quick for the 20k-job sizes only
     return 1 if failed else 0
 
 

@@ -824,6 +824,8 @@ class QueueSpec:
     """Held past held_timeout, VMs past boot_timeout: reaped as failures."""
     offline: bool
     blackhole: bool
+    throttle: bool = True
+    """Its chain ends with Throttle (pilot queues)."""
     counts: Counter[str] = field(default_factory=Counter)
 
 
@@ -842,6 +844,7 @@ class Workload:
     def summary(self) -> dict[str, Any]:
         return {
             "pilot_queues": sum(1 for q in self.queues if q.kind == "pilot"),
+            "throttle_queues": sum(1 for q in self.queues if q.kind == "pilot" and q.throttle),
             "vm_queues": sum(1 for q in self.queues if q.kind == "vm"),
             "jobs": len(self.jobs),
             "pilot_jobs": sum(v for k, v in self.states.items() if k.startswith("pilot ")),
@@ -868,8 +871,12 @@ class _Ids:
         return f"i-{n:017x}", machine
 
 
-def build_workload(n_queues: int, n_jobs: int, n_slots: int, seed: int = 13) -> Workload:
-    """Q queues (70 % pilot, 30 % VM), J job ads, S slot ads; deterministic for a seed."""
+def build_workload(
+    n_queues: int, n_jobs: int, n_slots: int, seed: int = 13, throttle: float = 1.0
+) -> Workload:
+    """Q queues (70 % pilot, 30 % VM), J job ads, S slot ads; deterministic for a seed.
+
+    ``throttle``: the share of pilot queues whose chain ends with Throttle (all by default)."""
     rng = random.Random(seed)
     n_vmq = max(1, round(n_queues * 0.3)) if n_queues > 1 else 0
     n_pq = n_queues - n_vmq
@@ -897,6 +904,9 @@ def build_workload(n_queues: int, n_jobs: int, n_slots: int, seed: int = 13) -> 
     vm_qs = [q for q in queues if q.kind == "vm"]
     for q in rng.sample(pilot_qs, max(1 if len(pilot_qs) >= 5 else 0, len(pilot_qs) * 3 // 100)):
         q.blackhole = True
+    pick = random.Random(seed + 2)  # its own stream: the ads do not depend on it
+    for q in pilot_qs:
+        q.throttle = pick.random() < throttle
 
     # ---- VMs, drawn until their slot ads fill the slot budget (1 % are orphan startds)
     orphan_slots = max(1, n_slots // 100)
@@ -1217,15 +1227,16 @@ def queues_conf(wl: Workload, tmp: str, seed: int = 13) -> str:
             pending = c["idle"] + c["held"]
             cap = max(10, round(pending * rng.uniform(0.8, 1.6)))
             lines += ["batchstatusplugin = Condor", "batchsubmitplugin = CondorLocal"]
+            throttle = ", Throttle" if q.throttle else ""
             if q.chain == "activated":
                 lines += [
-                    "schedplugin = Activated, Throttle",
+                    f"schedplugin = Activated{throttle}",
                     "sched.activated.max_pilots_per_cycle = 50",
                     f"sched.activated.max_pilots_pending = {cap}",
                 ]
             else:
                 lines += [
-                    "schedplugin = Ready, MaxPending, MaxPerCycle, Throttle",
+                    f"schedplugin = Ready, MaxPending, MaxPerCycle{throttle}",
                     f"sched.maxpending.maximum = {cap}",
                     "sched.maxpercycle.maximum = 50",
                 ]
@@ -1419,7 +1430,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"queues": args.queues, "jobs": args.jobs, "slots": args.slots}
     with tempfile.TemporaryDirectory(prefix="pf-scale-") as tmp:
         t0 = time.perf_counter()
-        wl = build_workload(args.queues, args.jobs, args.slots, args.seed)
+        wl = build_workload(args.queues, args.jobs, args.slots, args.seed, args.throttle)
         b = setup(wl, tmp, copy=not args.shared_ads)
         result["workload"] = wl.summary()
         result["build_s"] = round(time.perf_counter() - t0, 2)
@@ -1530,7 +1541,8 @@ def details(r: Mapping[str, Any]) -> list[str]:
     states = ", ".join(f"{k} {v}" for k, v in w["states"].items())
     out = [
         f"{r['queues']} queues / {r['jobs']} jobs / {r['slots']} slots: "
-        f"{w['pilot_queues']} pilot + {w['vm_queues']} VM queues; {w['pilot_jobs']} pilot + "
+        f"{w['pilot_queues']} pilot ({w['throttle_queues']} with Throttle) + {w['vm_queues']} VM "
+        f"queues; {w['pilot_jobs']} pilot + "
         f"{w['vm_jobs']} VM jobs, {w['history']} history, {w['slot_ads']} slot ads, "
         f"{w['master_ads']} master ads",
         f"    states: {states}",
@@ -1578,6 +1590,7 @@ def drive(argv: Sequence[str] = ()) -> int:
     p.add_argument("--budget", type=float, default=600.0, help="s for that run (0: no limit)")
     p.add_argument("--measure", type=int, default=5, help="measured cycles per size")
     p.add_argument("--rss-cap", type=float, default=8192.0, help="MB: stop the memory run")
+    p.add_argument("--throttle", type=float, default=1.0, help="share of pilot queues w/ Throttle")
     args, _ = p.parse_known_args(list(argv))
     sizes = [s for s in SIZES if s[1] <= 20_000] if args.quick else list(SIZES)
     measure = min(args.measure, 3) if args.quick else args.measure
@@ -1597,7 +1610,8 @@ def drive(argv: Sequence[str] = ()) -> int:
         cycles = max(args.cycles, 1 + measure) if long_run else 1 + measure
         try:
             budget = args.budget if long_run else 0.0
-            r = _child(q, j, s, cycles, measure, budget, ["--rss-cap", str(args.rss_cap)])
+            extra = ["--rss-cap", str(args.rss_cap), "--throttle", str(args.throttle)]
+            r = _child(q, j, s, cycles, measure, budget, extra)
         except Exception as exc:  # a size that cannot run is reported, not hidden
             print(f"{q:>6} {j:>7} {s:>6} | ERROR {type(exc).__name__}: {exc}", flush=True)
             failed += 1
@@ -1633,6 +1647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--measure", type=int, default=5, help="cycles timed after the warm-up")
     p.add_argument("--budget", type=float, default=600.0, help="s for the cycles after those")
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--throttle", type=float, default=1.0, help="share of pilot queues w/ Throttle")
     p.add_argument("--json", action="store_true", help="one JSON line (for the driver)")
     p.add_argument("--profile", action="store_true", help="cProfile one more cycle")
     p.add_argument("--profile-top", type=int, default=25)

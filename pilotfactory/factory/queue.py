@@ -85,8 +85,10 @@ class Queue:
         self.backoff = Backoff(
             initial=p.backoff_initial, maximum=p.backoff_max, failure_limit=p.failure_limit
         )
-        self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
-        self._history_json: deque[str] = deque(maxlen=history_size)  # each record, encoded once
+        self._history_json: deque[str] = deque(maxlen=history_size)
+        """The last cycles as records (decisions and counts, never whole snapshots), kept
+        encoded: each is written into the status file as is, and a string is the smallest
+        form a thousand queues' records can take."""
         """The last cycles as plain records (decisions and counts, never whole snapshots)."""
         self._status_cache: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -94,6 +96,11 @@ class Queue:
              "errors", "failclosed"), 0,
         )  # fmt: skip
         self.executor = self._executor()
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The kept records, decoded."""
+        return [json.loads(record) for record in self._history_json]
 
     def status_json(self, last: int) -> str:
         """This queue's entry of the status file, encoded once per cycle of the queue (the
@@ -122,7 +129,6 @@ class Queue:
         self.breaker = old.breaker
         self.backoff = old.backoff
         self.counters = old.counters
-        self.history = old.history
         self._history_json = old._history_json
         self.executor = self._executor()
 
@@ -194,9 +200,7 @@ class Queue:
         finally:
             self._open = None
             self.counters["cycles"] += 1
-            record = trace.to_dict(max_ids=RECORD_IDS)
-            self.history.append(record)
-            self._history_json.append(json.dumps(record))
+            self._history_json.append(json.dumps(trace.to_dict(max_ids=RECORD_IDS)))
             self._status_cache = None
         self._log(trace)
         return trace

@@ -3,6 +3,7 @@ driven by ``cycle()``, judged by the trace it returns and by what reached the po
 
 from __future__ import annotations
 
+import json
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -584,7 +585,8 @@ def test_carry_over_keeps_counters_and_history(tmp_path: Path) -> None:
     r.queue = r.fresh_queue()
     r.queue.carry_over(old)
     second = r.tick(60)
-    assert list(r.queue.history) == [first.to_dict(max_ids=20), second.to_dict(max_ids=20)]
+    expected = [json.loads(json.dumps(t.to_dict(max_ids=20))) for t in (first, second)]
+    assert r.queue.history == expected
     assert r.queue.counters["cycles"] == 2
     assert r.queue.counters["submitted"] == 4
 

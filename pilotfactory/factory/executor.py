@@ -88,7 +88,9 @@ class Executor:
 
     def execute(self, trace: CycleTrace, now: float, current: Mapping[str, Worker] | None) -> None:
         """Apply ``trace.planned``; ``current`` is the re-read of the candidates (None: the
-        re-read failed, so nothing irreversible happens this cycle)."""
+        re-read failed, so nothing irreversible happens this cycle). Every reap of the cycle
+        (retired, lost, held) goes to the batch system as one removal."""
+        valid: list[Action] = []
         for action in trace.planned:
             if action.kind in IRREVERSIBLE:
                 if current is None:
@@ -96,15 +98,42 @@ class Executor:
                 action = still_valid(action, current, trace)
                 if not action.workers:
                     continue
-            try:
+            valid.append(action)
+        reaps = [a for a in valid if a.kind is ActionKind.REAP]
+        for action in valid:
+            if action.kind is not ActionKind.REAP:
+                self._attempt(action, trace, now, [action])
+            elif action is reaps[0]:
+                self._attempt(action, trace, now, reaps)
+
+    def _attempt(
+        self, action: Action, trace: CycleTrace, now: float, batch: Sequence[Action]
+    ) -> None:
+        """Apply one action (or, for reaps, the cycle's reaps together); a failure is that
+        step's result, never the cycle's end."""
+        try:
+            if action.kind is ActionKind.REAP:
+                self.reap(batch, trace)
+            else:
                 self.apply(action, trace)
-            except Exception as exc:
-                msg = f"{action.kind.value} failed: {type(exc).__name__}: {clip(str(exc))}"
-                trace.results.append(msg)
-                self.counters["errors"] += 1
-                log.error("queue %s: %s", self.queue, msg)
-                if action.kind is ActionKind.SUBMIT:
-                    self.backoff.back_off(now, msg, self.queue)
+        except Exception as exc:
+            msg = f"{action.kind.value} failed: {type(exc).__name__}: {clip(str(exc))}"
+            trace.results.append(msg)
+            self.counters["errors"] += 1
+            log.error("queue %s: %s", self.queue, msg)
+            if action.kind is ActionKind.SUBMIT:
+                self.backoff.back_off(now, msg, self.queue)
+
+    def reap(self, actions: Sequence[Action], trace: CycleTrace) -> None:
+        """One ``reap`` call for all of them; each still counts and feeds the back-off as
+        what it was (a retired worker is no failure, a lost or held one is)."""
+        self.submitter.reap([w for a in actions for w in a.workers])
+        for action in actions:
+            self.counters["reaped"] += len(action.workers)
+            for w in action.workers:
+                why = (w.hold_reason or action.reason) if action.failure else "retired"
+                self.backoff.ended(action.failure, why)
+            trace.results.append(f"reaped {len(action.workers)}")
 
     def apply(self, action: Action, trace: CycleTrace) -> None:
         sub, n = self.submitter, len(action.workers)
@@ -129,9 +158,4 @@ class Executor:
                 self.counters["killed"] += sum(1 for w in action.workers if w.state is S.BUSY)
             trace.results.append(f"retired {n} ({mode})")
         elif action.kind is ActionKind.REAP:
-            sub.reap(action.workers)
-            self.counters["reaped"] += n
-            for w in action.workers:
-                why = (w.hold_reason or action.reason) if action.failure else "retired"
-                self.backoff.ended(action.failure, why)
-            trace.results.append(f"reaped {n}")
+            self.reap([action], trace)

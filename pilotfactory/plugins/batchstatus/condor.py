@@ -238,19 +238,20 @@ class CondorBatchStatus(SnapshotStatus):
         key = ("jobs by queue", self.target, self.env.factory_id)
         ads = self.env.reads.get(key, lambda: by_queue(jobs))
         past = by_queue(history) if history else {}
-        snap = Snapshot(now, unmatched=self.unmatched(jobs, extra))
-        if isinstance(extra, Pool):
-            snap.pool_startds = extra.ads
+        unmatched = self.unmatched(jobs, extra)
+        startds = extra.ads if isinstance(extra, Pool) else None
 
+        # Refers to no snapshot (a snapshot -> build -> snapshot cycle would keep a whole
+        # cycle's ads alive until the cyclic collector ran).
         def build(queue: str) -> BatchQueueInfo | None:
             mine = ads.get(queue, ())
             if not mine and queue not in self._windows:
                 return None
             workers = self.workers_of(queue, mine, now, extra)
             records = self._history(queue, now, mine, past.get(queue, ()))
-            return BatchQueueInfo(queue, now, workers, records, snap.unmatched, snap.pool_startds)
+            return BatchQueueInfo(queue, now, workers, records, unmatched, startds)
 
-        snap.build = build
+        snap = Snapshot(now, unmatched=unmatched, pool_startds=startds, build=build)
         log.debug("[%s] %d job(s), %d queue(s)", self.NAME, len(jobs), len(ads))
         return snap
 

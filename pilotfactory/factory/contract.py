@@ -27,6 +27,7 @@ WORKER_ID = "PilotFactoryWorker"
 # Written when the factory retires / un-retires a VM (job ad attributes).
 RETIRE_REQUESTED = "PilotFactoryRetireRequested"
 RETIRE_MODE = "PilotFactoryRetireMode"
+"""Recorded only when not ``drain``: a VM job with a retire request and no mode was drained."""
 UNRETIRED_AT = "PilotFactoryUnretiredAt"
 
 

@@ -99,12 +99,16 @@ class Executor:
                 if not action.workers:
                     continue
             valid.append(action)
-        reaps = [a for a in valid if a.kind is ActionKind.REAP]
+        batches = {
+            kind: [a for a in valid if a.kind is kind]
+            for kind in (ActionKind.REAP, ActionKind.RETIRE)
+        }
         for action in valid:
-            if action.kind is not ActionKind.REAP:
+            batch = batches.get(action.kind)
+            if batch is None:
                 self._attempt(action, trace, now, [action])
-            elif action is reaps[0]:
-                self._attempt(action, trace, now, reaps)
+            elif action is batch[0]:
+                self._attempt(action, trace, now, batch)
 
     def _attempt(
         self, action: Action, trace: CycleTrace, now: float, batch: Sequence[Action]
@@ -114,6 +118,8 @@ class Executor:
         try:
             if action.kind is ActionKind.REAP:
                 self.reap(batch, trace)
+            elif action.kind is ActionKind.RETIRE:
+                self.retire(batch, trace)
             else:
                 self.apply(action, trace)
         except Exception as exc:
@@ -123,6 +129,18 @@ class Executor:
             log.error("queue %s: %s", self.queue, msg)
             if action.kind is ActionKind.SUBMIT:
                 self.backoff.back_off(now, msg, self.queue)
+
+    def retire(self, actions: Sequence[Action], trace: CycleTrace) -> None:
+        """One ``retire_groups`` call for the cycle's retires (drain and peaceful ones), so
+        the plugin can record them in one write."""
+        default = DEFAULT_RETIRE_MODE[self.worker_kind]
+        groups = [(a.workers, a.mode or default) for a in actions]
+        self.submitter.retire_groups(groups)
+        for workers, mode in groups:
+            self.counters["retired"] += len(workers)
+            if mode is RetireMode.KILL:
+                self.counters["killed"] += sum(1 for w in workers if w.state is S.BUSY)
+            trace.results.append(f"retired {len(workers)} ({mode})")
 
     def reap(self, actions: Sequence[Action], trace: CycleTrace) -> None:
         """One ``reap`` call for all of them; each still counts and feeds the back-off as
@@ -151,11 +169,6 @@ class Executor:
             self.counters["cancelled"] += n
             trace.results.append(f"cancelled {n}")
         elif action.kind is ActionKind.RETIRE:
-            mode = action.mode or DEFAULT_RETIRE_MODE[self.worker_kind]
-            sub.retire(action.workers, mode)
-            self.counters["retired"] += n
-            if mode is RetireMode.KILL:
-                self.counters["killed"] += sum(1 for w in action.workers if w.state is S.BUSY)
-            trace.results.append(f"retired {n} ({mode})")
+            self.retire([action], trace)
         elif action.kind is ActionKind.REAP:
             self.reap([action], trace)

@@ -178,6 +178,10 @@ class SubmitError(PluginError):
     """A submit that failed (quota, credentials, rejected description); backs the queue off."""
 
 
+RetireGroup = tuple[Sequence[Worker], RetireMode]
+"""Workers to retire in one mode."""
+
+
 class BatchSubmitPlugin(Plugin):
     """Carries out the planner's actions for one queue.
 
@@ -204,6 +208,19 @@ class BatchSubmitPlugin(Plugin):
     def retire(self, workers: Sequence[Worker], mode: RetireMode) -> None:
         """Retire in exactly ``mode`` (the planner chose it, per worker); record it."""
         raise NotImplementedError
+
+    def retire_groups(self, groups: Sequence[RetireGroup]) -> None:
+        """Every retire of one cycle (the planner may choose drain for some workers and
+        peaceful for others), so a plugin can record them in one write. By default each group
+        goes through ``retire``; every group is tried, the first failure is raised."""
+        first: Exception | None = None
+        for workers, mode in groups:
+            try:
+                self.retire(workers, mode)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         raise NotImplementedError

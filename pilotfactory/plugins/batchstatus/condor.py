@@ -302,11 +302,17 @@ PHASE: dict[int, Phase] = {
 """A VM job's JobStatus as a phase; any other status (removed, completed, suspended) is GONE."""
 
 
+RECORDED_DEFAULT = RetireMode.DRAIN
+"""A VM job whose retire is recorded without a mode was drained (the contract: CondorEC2
+records a mode only when it is not drain, to keep to one edit per attribute per cycle)."""
+
+
 def vm_record(ad: Ad, now: float) -> VMRecord:
     """The adapter from a grid-universe VM job ad."""
     get = ad.get
     instance = get("EC2InstanceName")
     submitted = timestamp(get("QDate"))
+    requested = timestamp(get(RETIRE_REQUESTED))
     return VMRecord(
         id=f"{get('ClusterId')}.{get('ProcId')}",
         phase=PHASE.get(_status(ad), Phase.GONE),
@@ -314,9 +320,10 @@ def vm_record(ad: Ad, now: float) -> VMRecord:
         started=timestamp(get("JobStartDate")),
         submitted_at=submitted,
         instance_id=str(instance) if instance else None,
-        retire_requested_at=timestamp(get(RETIRE_REQUESTED)),
+        retire_requested_at=requested,
         unretired_at=timestamp(get(UNRETIRED_AT)),
-        retire_mode=RetireMode.parse(get(RETIRE_MODE)),
+        retire_mode=RetireMode.parse(get(RETIRE_MODE))
+        or (RECORDED_DEFAULT if requested is not None else None),
         hold_reason=get("HoldReason"),
     )
 

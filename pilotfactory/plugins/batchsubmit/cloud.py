@@ -32,7 +32,7 @@ from pilotfactory.factory.contract import (
     target_from,
 )
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
-from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, SubmitError
+from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, RetireGroup, SubmitError
 from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, LaunchSpec
 from pilotfactory.plugins.batchsubmit.cloud_common import (
     EC2_PARAMS,
@@ -180,13 +180,19 @@ class CloudSubmit(BatchSubmitPlugin):
         self.terminate(workers, "reap")
 
     def retire(self, workers: Sequence[Worker], mode: RetireMode) -> None:
-        """The shared VM retire routine; the record is one tag write (request time and mode)."""
+        self.retire_groups([(workers, mode)])
 
-        def record(group: Sequence[Worker], eff: RetireMode) -> None:
+    def retire_groups(self, groups: Sequence[RetireGroup]) -> None:
+        """The shared VM retire routine; the record is one tag write per mode (request time
+        and mode together)."""
+
+        def record(joined: Sequence[RetireGroup]) -> None:
             stamp = str(int(self.env.clock.now()))
-            self.record(group, {TAG_RETIRE: stamp, TAG_RETIRE_MODE: str(eff)}, "retire")
+            for ws, mode in joined:
+                self.record(ws, {TAG_RETIRE: stamp, TAG_RETIRE_MODE: str(mode)}, "retire")
 
-        retire_vms(self.condor, self.own(workers), mode, self.queue.queue, record, self.terminate)
+        mine = [(self.own(ws), mode) for ws, mode in groups]
+        retire_vms(self.condor, mine, self.queue.queue, record, self.terminate)
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         def record(done: Sequence[Worker]) -> None:

@@ -17,7 +17,14 @@ from typing import Any
 from pilotfactory.factory.contract import TARGET_PARAMS, classad_string, target_from
 from pilotfactory.factory.info import RetireMode, Worker
 from pilotfactory.factory.params import Param
-from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, PluginError, QueueEnv, SubmitError
+from pilotfactory.factory.plugin import (
+    BatchSubmitPlugin,
+    Env,
+    PluginError,
+    QueueEnv,
+    RetireGroup,
+    SubmitError,
+)
 from pilotfactory.factory.ports import CondorError, CondorPort
 
 log = logging.getLogger(__name__)
@@ -90,41 +97,46 @@ def unretire_startds(
     return done, errors
 
 
-Record = Callable[[Sequence[Worker], RetireMode], None]
+Record = Callable[[Sequence[RetireGroup]], None]
 Stop = Callable[[Sequence[Worker], str], None]
 
 
 def retire_vms(
     port: CondorPort,
-    workers: Sequence[Worker],
-    mode: RetireMode,
+    groups: Sequence[RetireGroup],
     queue: str,
     record: Record,
     stop: Stop,
 ) -> None:
-    """The one retire routine of every VM plugin (grid-universe and direct cloud).
+    """The one retire routine of every VM plugin (grid-universe and direct cloud), for all of a
+    cycle's retires at once: one record, at most one stop, then the startd commands.
 
     Record first, then act: a recorded retire that failed still shows as RETIRING (and can be
     un-retired), while an unrecorded one would look like a vanished VM. A VM without a startd
-    can run no work: it is stopped (job removed / instance terminated) instead.
+    can run no work: it is stopped (job removed / instance terminated) instead, as are VMs
+    retired in ``kill`` mode.
     """
-    unjoined = [w for w in workers if w.machine is None and mode is not RetireMode.KILL]
-    joined = [w for w in workers if w not in unjoined]
+    unjoined = [
+        w for ws, mode in groups if mode is not RetireMode.KILL for w in ws if w.machine is None
+    ]
+    skip = {id(w) for w in unjoined}
+    joined = [(g, mode) for ws, mode in groups if (g := [w for w in ws if id(w) not in skip])]
     for w in unjoined:
         log.info("[%s] %s has no startd (no work possible): stopping it", queue, w.id)
-    if unjoined:
-        stop(unjoined, "retire (not joined)")
-    if not joined:
-        return
-    record(joined, mode)
-    if mode is RetireMode.KILL:
-        stop(joined, "retire (kill)")
-        return
-    errors = retire_startds(port, joined, mode, queue)
+    if joined:
+        record(joined)
+    killed = [w for ws, mode in joined if mode is RetireMode.KILL for w in ws]
+    if unjoined or killed:
+        stop(unjoined + killed, "retire (kill)" if killed else "retire (not joined)")
+    errors: list[Exception] = []
+    total = 0
+    for ws, mode in joined:
+        if mode is not RetireMode.KILL:
+            total += len(ws)
+            errors += retire_startds(port, ws, mode, queue)
     if errors:
         raise PluginError(
-            f"queue {queue}: retire ({mode}) failed for {len(errors)} of {len(joined)} "
-            f"worker(s): {errors[0]}"
+            f"queue {queue}: retire failed for {len(errors)} of {total} worker(s): {errors[0]}"
         ) from errors[0]
 
 

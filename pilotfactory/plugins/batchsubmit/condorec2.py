@@ -23,7 +23,7 @@ from pilotfactory.factory.contract import (
 )
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
-from pilotfactory.factory.plugin import Env, QueueEnv, SubmitError
+from pilotfactory.factory.plugin import Env, QueueEnv, RetireGroup, SubmitError
 from pilotfactory.plugins.batchsubmit.condor_common import (
     COMMON_SUBMIT_PARAMS,
     SPOT_PRICE,
@@ -117,19 +117,29 @@ class CondorEC2Submit(CondorSubmitBase):
     # ------------------------------------------------------------------ retire / unretire
 
     def retire(self, workers: Sequence[Worker], mode: RetireMode) -> None:
-        """The shared VM retire routine; the record is two job-ad edits (mode, then time)."""
+        self.retire_groups([(workers, mode)])
 
-        def record(group: Sequence[Worker], eff: RetireMode) -> None:
-            ids = [w.id for w in group]
-            self.port.edit(ids, RETIRE_MODE, f'"{eff}"')
-            self.port.edit(ids, RETIRE_REQUESTED, str(int(self.env.clock.now())))
+    def retire_groups(self, groups: Sequence[RetireGroup]) -> None:
+        """The shared VM retire routine. The record is one edit of the request time for every
+        VM of the cycle, and one edit of the mode for those not drained (no mode recorded
+        means drain, the VM default): at most one edit per attribute per cycle."""
 
-        retire_vms(self.port, self.own(workers), mode, self.queue.queue, record, self.remove)
+        def record(joined: Sequence[RetireGroup]) -> None:
+            now = str(int(self.env.clock.now()))
+            self.port.edit([w.id for ws, _ in joined for w in ws], RETIRE_REQUESTED, now)
+            for ws, mode in joined:
+                if mode is not RetireMode.DRAIN:
+                    self.port.edit([w.id for w in ws], RETIRE_MODE, f'"{mode}"')
+
+        mine = [(self.own(ws), mode) for ws, mode in groups]
+        retire_vms(self.port, mine, self.queue.queue, record, self.remove)
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         def record(done: Sequence[Worker]) -> None:
+            # The later un-retire time cancels the recorded request (retire_active); the mode
+            # goes, so a later drain (recorded without a mode) is not read as the old one.
             ids = [w.id for w in done]
             self.port.edit(ids, UNRETIRED_AT, str(int(self.env.clock.now())))
-            self.port.edit(ids, RETIRE_REQUESTED, "undefined")
+            self.port.edit(ids, RETIRE_MODE, "undefined")
 
         unretire_vms(self.port, self.own(workers), self.queue.queue, record)

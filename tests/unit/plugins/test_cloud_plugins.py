@@ -320,8 +320,8 @@ def test_retire_records_before_acting():
     plugin.retire([vm(1), vm(4, machine=None)], RetireMode.DRAIN)
     stamp = str(int(NOW))
     assert [c for c in port.calls if c[0] != "query_startds"] == [
-        ("terminate", ["i-4"]),
         ("set_tags", ["i-1"], {TAG_RETIRE: stamp, TAG_RETIRE_MODE: "drain"}),
+        ("terminate", ["i-4"]),
         ("drain", "vm1", "pilotfactory"),
     ]
     port.calls.clear()

@@ -545,13 +545,11 @@ def test_ec2_retire_sends_the_planned_mode(tmp_path):
     assert port.named("remove")[0][1] == ["4.0"]
     assert [c[1] for c in port.named("drain")] == ["vm1", "vm2"]
     edits = [c[1:] for c in port.named("edit")]
-    assert edits == [
-        (["1.0", "2.0"], "PilotFactoryRetireMode", '"drain"'),
-        (["1.0", "2.0"], "PilotFactoryRetireRequested", str(int(NOW))),
-    ]
+    assert edits == [(["1.0", "2.0"], "PilotFactoryRetireRequested", str(int(NOW)))]  # drain
     port.calls.clear()
     plugin.retire([vm(5)], RetireMode.KILL)
     assert [c[0] for c in port.calls] == ["edit", "edit", "remove"]
+    assert port.named("edit")[1][1:] == (["5.0"], "PilotFactoryRetireMode", '"kill"')
     port.calls.clear()
     plugin.retire([vm(6), vm(7, rt=None)], RetireMode.PEACEFUL)
     assert port.named("retire_peaceful") == [("retire_peaceful", "vm6"), ("retire_peaceful", "vm7")]
@@ -563,7 +561,7 @@ def test_ec2_retire_failure_still_recorded_and_raised(tmp_path):
     plugin = ec2(tmp_path, port)
     with pytest.raises(PluginError, match="startd gone"):
         plugin.retire([vm(1), vm(2)], RetireMode.DRAIN)
-    assert port.count("drain") == 2 and port.count("edit") == 2
+    assert port.count("drain") == 2 and port.count("edit") == 1
 
 
 def test_ec2_unretire(tmp_path):
@@ -578,8 +576,33 @@ def test_ec2_unretire(tmp_path):
     assert port.named("unretire") == [("unretire", "vm2")]
     assert [c[1:] for c in port.named("edit")] == [
         (["1.0"], "PilotFactoryUnretiredAt", str(int(NOW))),
-        (["1.0"], "PilotFactoryRetireRequested", "undefined"),
+        (["1.0"], "PilotFactoryRetireMode", "undefined"),
     ]  # the failed un-retire of 2.0 is not recorded
+
+
+def test_ec2_one_cycles_retires_are_one_edit_per_attribute(tmp_path):
+    """Drain for some VMs and peaceful for others in one cycle: one request-time edit for all,
+    one mode edit for the peaceful ones (no mode recorded means drain), one removal."""
+    port = FakeCondor()
+    plugin = ec2(tmp_path, port)
+    plugin.retire_groups(
+        [([vm(1), vm(2, machine=None)], RetireMode.DRAIN), ([vm(3), vm(4)], RetireMode.PEACEFUL)]
+    )
+    assert [c[1:] for c in port.named("edit")] == [
+        (["1.0", "3.0", "4.0"], "PilotFactoryRetireRequested", str(int(NOW))),
+        (["3.0", "4.0"], "PilotFactoryRetireMode", '"peaceful"'),
+    ]
+    assert [c[1] for c in port.named("remove")] == [["2.0"]]
+    assert [c[1] for c in port.named("drain")] == ["vm1"]
+    assert [c[1] for c in port.named("retire_peaceful")] == ["vm3", "vm4"]
+
+
+def test_a_retire_recorded_without_a_mode_reads_back_as_drain():
+    ad = {**job(1, 2, **RUN), "PilotFactoryRetireRequested": NOW - 30}
+    w = vm_worker(ad, Q, NOW, copy.deepcopy(BUSY_SLOTS), MASTER, grace=120)
+    assert w is not None and w.state is S.RETIRING and w.retire_mode is RetireMode.DRAIN
+    plain = vm_worker(job(1, 2, **RUN), Q, NOW, copy.deepcopy(BUSY_SLOTS), MASTER, grace=120)
+    assert plain is not None and plain.retire_mode is None
 
 
 def test_ec2_cancel_and_reap_remove(tmp_path):

@@ -27,7 +27,9 @@ class SharedReads:
         self._answers.clear()
 
     def end_cycle(self) -> None:
-        """Drops the answers, so nothing of a cycle stays alive after it."""
+        """Drops the answers, so nothing of a cycle stays alive after it, and closes: a read
+        between cycles (a test's probe, a status command) asks afresh."""
+        self._open = False
         self._answers.clear()
 
     def get(self, key: Hashable, read: Callable[[], T]) -> T:

@@ -185,18 +185,29 @@ class Factory:
     def _recheck(
         self, due: Sequence[Queue], decided: Sequence[CycleTrace]
     ) -> dict[int, tuple[Mapping[str, Worker] | None, str | None]]:
-        """One re-read per batch status source of every queue's irreversible candidates, by
-        id(source): (current workers, or None and the error when the re-read failed)."""
-        wanted: dict[int, tuple[BatchStatusPlugin, list[Worker]]] = {}
+        """One re-read per batch system of every due queue's irreversible candidates (sources
+        with one ``recheck_key`` share it), by id(source): (current workers, or None and the
+        error when the re-read failed)."""
+        groups: dict[Hashable, tuple[list[BatchStatusPlugin], list[Worker]]] = {}
         for q, trace in zip(due, decided, strict=True):
             if candidates := q.candidates(trace):
-                wanted.setdefault(id(q.batch_source), (q.batch_source, []))[1].extend(candidates)
+                src = q.batch_source
+                sources, workers = groups.setdefault(src.recheck_key(), ([], []))
+                if src not in sources:
+                    sources.append(src)
+                workers.extend(candidates)
         out: dict[int, tuple[Mapping[str, Worker] | None, str | None]] = {}
-        for key, (source, workers) in wanted.items():
+        for sources, workers in groups.values():
+            reader = max(sources, key=lambda s: s.RECHECK_RANK)
             try:
-                out[key] = (source.recheck(workers), None)
+                answer: tuple[Mapping[str, Worker] | None, str | None] = (
+                    reader.recheck(workers),
+                    None,
+                )
             except Exception as exc:
-                out[key] = (None, str(exc))
+                answer = (None, str(exc))
+            for src in sources:
+                out[id(src)] = answer
         return out
 
     def _status_head(self) -> dict[str, Any]:

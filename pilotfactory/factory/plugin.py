@@ -147,6 +147,14 @@ class BatchStatusPlugin(StatusSource):
     def info(self, queue: str) -> BatchQueueInfo | None:
         raise NotImplementedError
 
+    RECHECK_RANK: ClassVar[int] = 0
+    """Among sources with one ``recheck_key``, the highest rank re-reads for all of them."""
+
+    def recheck_key(self) -> Hashable:
+        """Sources with equal keys re-read the same batch system: the factory asks one of
+        them (the highest ``RECHECK_RANK``) for all their candidates in one query."""
+        return ("source", id(self))
+
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
         """Re-read these workers right before an irreversible step (one batched query).
 

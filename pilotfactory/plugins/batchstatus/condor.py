@@ -182,6 +182,11 @@ class CondorBatchStatus(SnapshotStatus):
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, target_from(params))
 
+    def recheck_key(self) -> Hashable:
+        """The pilot and the VM source of one schedd re-read together (the VM one, which
+        judges pilots too, for both)."""
+        return ("condor jobs", self.target, self.env.factory_id)
+
     @property
     def port(self) -> CondorPort:
         return self.env.world.condor(self.target)
@@ -362,6 +367,7 @@ class CondorEC2BatchStatus(CondorBatchStatus):
 
     NAME = "CondorEC2"
     FAMILY = "Condor"
+    RECHECK_RANK = 1
     PARAMS = (
         *CondorBatchStatus.PARAMS,
         JOIN_ATTRIBUTE,

@@ -258,3 +258,45 @@ def test_rechecks_of_all_queues_on_one_source_are_one_query(tmp_path: Path) -> N
     rechecks = [c for c in port.named("query_jobs") if "ClusterId ==" in (c[3] or "")]
     assert len(rechecks) == 1
     assert rechecks[0][3].count("ClusterId ==") == 4  # n = 1 - 3 in each queue
+
+
+def test_pilot_and_vm_sources_of_one_schedd_recheck_in_one_query(tmp_path: Path) -> None:
+    """A pilot queue and a VM queue on one schedd both cancel: one by-id job query re-reads
+    both queues' candidates (the VM source judges the pilots too)."""
+    text = """
+[DEFAULT]
+wmsstatusplugin = Condor
+batchstatusplugin = Condor
+batchsubmitplugin = CondorLocal
+batchsubmit.condorlocal.executable = /bin/true
+schedplugin = MaxToRun
+sched.maxtorun.maximum = 1
+apfqueue.sleep = 60
+
+[A]
+wmsqueue = LABEL_A
+
+[V]
+wmsqueue = LABEL_V
+batchstatusplugin = CondorEC2
+batchsubmitplugin = CondorEC2
+"""
+    factory, port, clock = build(tmp_path, text)
+    port.jobs = [
+        {"ClusterId": 7, "ProcId": k, "JobStatus": 1, "PilotFactoryId": "f1", "QDate": 1.0,
+         "JobUniverse": 5 if k < 3 else 9, "PilotFactoryQueue": "A" if k < 3 else "V"}
+        for k in range(6)
+    ]  # fmt: skip
+    acting: list[str] = []
+    for _ in range(10):
+        clock.advance(61)
+        port.calls.clear()
+        traces = factory.cycle()
+        acting = sorted(t.queue for t in traces if any("cancelled" in r for r in t.results))
+        if acting:
+            break
+    assert acting == ["A", "V"]
+    rechecks = [c for c in port.named("query_jobs") if "ClusterId ==" in (c[3] or "")]
+    assert len(rechecks) == 1
+    assert rechecks[0][3].count("ClusterId ==") == 4
+    assert sorted(len(c[1]) for c in port.named("remove")) == [2, 2]  # n = 1 - 3 in each

@@ -52,7 +52,7 @@ class Queue:
         env: Env,
         wms_source: WMSStatusPlugin,
         batch_source: BatchStatusPlugin,
-        history_size: int = 10,
+        history_size: int = 5,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name

@@ -141,6 +141,8 @@ class Factory:
                 state = self._state_of(src)
                 if state not in needed:
                     needed.append(state)
+        for state in needed:
+            state.source.release()
         for state in needed:  # one query per source per tick
             try:
                 state.source.refresh()

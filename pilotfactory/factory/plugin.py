@@ -129,6 +129,11 @@ class StatusSource(Plugin):
     def refresh(self) -> None:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Let go of the last snapshot; the factory calls it on every source it is about to
+        refresh, so two cycles' answers are never held at once (a failed refresh makes the
+        source's queues fail closed, and they never read the old one)."""
+
 
 class WMSStatusPlugin(StatusSource):
     KIND = "wmsstatus"

@@ -77,6 +77,9 @@ class SnapshotStatus(BatchStatusPlugin):
     def observe(self, now: float) -> Snapshot:
         raise NotImplementedError
 
+    def release(self) -> None:
+        self._snap = None
+
     def refresh(self) -> None:
         now = self.env.clock.now()
         self._snap = self.observe(now)

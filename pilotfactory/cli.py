@@ -263,8 +263,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_QUEUE_ERRORS if any(t.error for t in traces) else EXIT_OK
 
 
+def load_factory(args: argparse.Namespace) -> FactoryConfig:
+    """factory.conf alone (``status --daemon`` reads no queue: it reads the daemon's file)."""
+    fpath = args.factory_conf
+    if fpath is None and os.path.exists(DEFAULT_FACTORY_CONF):
+        fpath = DEFAULT_FACTORY_CONF
+    if not fpath:
+        raise ConfigError("status --daemon needs factory.conf (-c) with statusFile")
+    fcfg, problems = load_factory_config(fpath)
+    for p in problems:
+        if p.severity == "error":
+            raise ConfigError(str(p))
+    return fcfg
+
+
 def daemon_status(args: argparse.Namespace) -> int:
-    fcfg, _, _ = load_all(args)
+    fcfg = load_factory(args)
     if not fcfg.status_file:
         raise ConfigError(f"{fcfg.source}: [Factory] statusFile is not set")
     try:

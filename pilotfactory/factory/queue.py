@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 bounded = clip
 """Head and tail of an outside world's message: enough to act on, never a log flood."""
 STALE = "stale or missing snapshot (older than maxage)"
+BRIEF = ("queue", "time", "n", "actions", "results", "notes", "error", "dry_run")
+"""What an older record keeps in the status file (what ``status --daemon`` prints)."""
 RECORD_IDS = 20
 """Worker ids a kept record lists per action (its count says how many there were)."""
 
@@ -85,10 +87,11 @@ class Queue:
         self.backoff = Backoff(
             initial=p.backoff_initial, maximum=p.backoff_max, failure_limit=p.failure_limit
         )
-        self._history_json: deque[str] = deque(maxlen=history_size)
+        self._history_json: deque[tuple[str, str]] = deque(maxlen=history_size)
         """The last cycles as records (decisions and counts, never whole snapshots), kept
-        encoded: each is written into the status file as is, and a string is the smallest
-        form a thousand queues' records can take."""
+        encoded, in full and brief: the status file carries the newest in full and the older
+        ones brief, each as is, and a string is the smallest form a thousand queues' records
+        can take."""
         """The last cycles as plain records (decisions and counts, never whole snapshots)."""
         self._status_cache: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -100,7 +103,7 @@ class Queue:
     @property
     def history(self) -> list[dict[str, Any]]:
         """The kept records, decoded."""
-        return [json.loads(record) for record in self._history_json]
+        return [json.loads(full) for full, _ in self._history_json]
 
     def status_json(self, last: int) -> str:
         """This queue's entry of the status file, encoded once per cycle of the queue (the
@@ -114,7 +117,8 @@ class Queue:
                     "backoff_reason": self.backoff.reason or None,
                 }
             )
-            records = ", ".join(list(self._history_json)[-last:])
+            kept = list(self._history_json)[-last:]
+            records = ", ".join([brief for _, brief in kept[:-1]] + [full for full, _ in kept[-1:]])
             self._status_cache = f'{head[:-1]}, "history": [{records}]}}'
         return self._status_cache
 
@@ -200,7 +204,12 @@ class Queue:
         finally:
             self._open = None
             self.counters["cycles"] += 1
-            self._history_json.append(json.dumps(trace.to_dict(max_ids=RECORD_IDS)))
+            record = trace.to_dict(max_ids=RECORD_IDS)
+            brief = {k: record[k] for k in BRIEF}
+            brief["actions"] = [
+                {k: v for k, v in a.items() if k != "workers"} for a in record["actions"]
+            ]
+            self._history_json.append((json.dumps(record), json.dumps(brief)))
             self._status_cache = None
         self._log(trace)
         return trace

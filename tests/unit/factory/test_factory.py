@@ -231,6 +231,12 @@ def test_daemon_status_file_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["status", "--daemon", "-c", str(fconf), "--json", "--last", "1"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert [len(q["history"]) for q in state["queues"].values()] == [1, 1]
+    # The newest record is whole; older ones keep what the text view prints.
+    older, newest = json.loads(status_file.read_text())["queues"]["A"]["history"]
+    assert "batch" in newest and "chain" in newest
+    assert "batch" not in older and older["actions"][0] == {
+        "kind": "submit", "count": 2, "mode": None, "reason": "n=2"
+    }  # fmt: skip
 
 
 def test_rechecks_of_all_queues_on_one_source_are_one_query(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 
 class WorkerKind(enum.StrEnum):
@@ -144,9 +144,9 @@ class Worker:
     """Pilots: the slot the job runs in, as the schedd reports it."""
 
 
-@dataclass(frozen=True)
-class JobRecord:
-    """A finished or running job of this queue, for the Throttle black-hole guard."""
+class JobRecord(NamedTuple):
+    """A finished or running job of this queue, for the Throttle black-hole guard (a named
+    tuple: one per recent job per cycle)."""
 
     id: str
     started: float

@@ -154,13 +154,14 @@ def history_records(ads: Sequence[Ad], cutoff: float) -> list[JobRecord]:
     """Jobs started since ``cutoff``; a running one has no end yet."""
     out = []
     for ad in ads:
-        started = _time(ad, "JobStartDate")
+        get = ad.get
+        started = timestamp(get("JobStartDate"))
         if started is None or started < cutoff:
             continue
         ended = None
-        if ad.get("JobStatus") not in RUNNING:
-            ended = _time(ad, "CompletionDate") or _time(ad, "EnteredCurrentStatus")
-        out.append(JobRecord(job_id(ad), started, ended))
+        if get("JobStatus") not in RUNNING:
+            ended = timestamp(get("CompletionDate")) or timestamp(get("EnteredCurrentStatus"))
+        out.append(JobRecord(f"{get('ClusterId')}.{get('ProcId')}", started, ended))
     return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -32,17 +31,13 @@ from pilotfactory.factory.plugin import (
 )
 from pilotfactory.factory.rails import Backoff, CircuitBreaker
 from pilotfactory.factory.text import clip
-from pilotfactory.factory.trace import CycleTrace
+from pilotfactory.factory.trace import CycleRecords, CycleTrace
 
 log = logging.getLogger(__name__)
 
 bounded = clip
 """Head and tail of an outside world's message: enough to act on, never a log flood."""
 STALE = "stale or missing snapshot (older than maxage)"
-BRIEF = ("queue", "time", "n", "actions", "results", "notes", "error", "dry_run")
-"""What an older record keeps in the status file (what ``status --daemon`` prints)."""
-RECORD_IDS = 20
-"""Worker ids a kept record lists per action (its count says how many there were)."""
 
 
 class Queue:
@@ -87,12 +82,7 @@ class Queue:
         self.backoff = Backoff(
             initial=p.backoff_initial, maximum=p.backoff_max, failure_limit=p.failure_limit
         )
-        self._history_json: deque[tuple[str, str]] = deque(maxlen=history_size)
-        """The last cycles as records (decisions and counts, never whole snapshots), kept
-        encoded, in full and brief: the status file carries the newest in full and the older
-        ones brief, each as is, and a string is the smallest form a thousand queues' records
-        can take."""
-        """The last cycles as plain records (decisions and counts, never whole snapshots)."""
+        self.records = CycleRecords(history_size)
         self._status_cache: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("cycles", "submitted", "unretired", "cancelled", "retired", "reaped", "killed",
@@ -103,7 +93,7 @@ class Queue:
     @property
     def history(self) -> list[dict[str, Any]]:
         """The kept records, decoded."""
-        return [json.loads(full) for full, _ in self._history_json]
+        return self.records.decoded()
 
     def status_json(self, last: int) -> str:
         """This queue's entry of the status file, encoded once per cycle of the queue (the
@@ -117,8 +107,7 @@ class Queue:
                     "backoff_reason": self.backoff.reason or None,
                 }
             )
-            kept = list(self._history_json)[-last:]
-            records = ", ".join([brief for _, brief in kept[:-1]] + [full for full, _ in kept[-1:]])
+            records = self.records.encoded(last)
             self._status_cache = f'{head[:-1]}, "history": [{records}]}}'
         return self._status_cache
 
@@ -133,7 +122,7 @@ class Queue:
         self.breaker = old.breaker
         self.backoff = old.backoff
         self.counters = old.counters
-        self._history_json = old._history_json
+        self.records = old.records
         self.executor = self._executor()
 
     # ------------------------------------------------------------------ one cycle
@@ -204,12 +193,7 @@ class Queue:
         finally:
             self._open = None
             self.counters["cycles"] += 1
-            record = trace.to_dict(max_ids=RECORD_IDS)
-            brief = {k: record[k] for k in BRIEF}
-            brief["actions"] = [
-                {k: v for k, v in a.items() if k != "workers"} for a in record["actions"]
-            ]
-            self._history_json.append((json.dumps(record), json.dumps(brief)))
+            self.records.add(trace)
             self._status_cache = None
         self._log(trace)
         return trace

@@ -6,6 +6,8 @@ of them should need the queue that wrote it.
 
 from __future__ import annotations
 
+import json
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,3 +90,35 @@ class CycleTrace:
             "error": self.error,
             "dry_run": self.dry_run,
         }
+
+
+BRIEF = ("queue", "time", "n", "actions", "results", "notes", "error", "dry_run")
+"""What an older record keeps in the status file (what ``status --daemon`` prints)."""
+RECORD_IDS = 20
+"""Worker ids a kept record lists per action (its count says how many there were)."""
+
+
+class CycleRecords:
+    """A queue's last cycles as records (decisions and counts, never whole snapshots), kept
+    encoded, in full and brief: the status file carries the newest in full and the older ones
+    brief, each as is, and a string is the smallest form a thousand queues' records take."""
+
+    def __init__(self, size: int) -> None:
+        self._kept: deque[tuple[str, str]] = deque(maxlen=size)
+
+    def add(self, trace: CycleTrace) -> None:
+        record = trace.to_dict(max_ids=RECORD_IDS)
+        brief = {k: record[k] for k in BRIEF}
+        brief["actions"] = [
+            {k: v for k, v in a.items() if k != "workers"} for a in record["actions"]
+        ]
+        self._kept.append((json.dumps(record), json.dumps(brief)))
+
+    def decoded(self) -> list[dict[str, Any]]:
+        """The kept records, whole."""
+        return [json.loads(full) for full, _ in self._kept]
+
+    def encoded(self, last: int) -> str:
+        """The last ``last`` records as a JSON array's items: the older brief, the newest whole."""
+        kept = list(self._kept)[-last:]
+        return ", ".join([brief for _, brief in kept[:-1]] + [full for full, _ in kept[-1:]])

@@ -28,6 +28,8 @@ class Phase(enum.Enum):
     """Job held / instance in error."""
     GONE = "gone"
     """Job removed or completed / instance stopping or terminated: not a worker."""
+    UNKNOWN = "unknown"
+    """A status the factory does not know (a suspended job): still a worker, never dropped."""
 
 
 class VMObservation(NamedTuple):
@@ -78,6 +80,8 @@ STATE_TABLE: tuple[tuple[str, Rule, WorkerState | None, Since], ...] = (
      WorkerState.PENDING, lambda o: o.entered),
     ("removed, completed, stopping or terminated: not a worker",
      lambda o, n, g: o.phase is Phase.GONE, None, lambda o: o.entered),
+    ("a status the factory does not know: counted as supply, never acted on",
+     lambda o, n, g: o.phase is Phase.UNKNOWN, WorkerState.UNKNOWN, lambda o: o.entered),
     ("running job, no instance, startd or master yet (gridmanager still launching)",
      lambda o, n, g: not (o.instance_known or o.joined or o.master_seen),
      WorkerState.PENDING, lambda o: o.entered),

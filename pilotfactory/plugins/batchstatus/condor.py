@@ -65,7 +65,10 @@ HISTORY_ATTRS = (
     "ClusterId", "ProcId", "JobStatus", "PilotFactoryQueue", "APF_QUEUE", "JobStartDate",
     "CompletionDate", "EnteredCurrentStatus",
 )  # fmt: skip
-# JobStatus -> pilot state; 3 (removed) and 4 (completed) are not workers any more.
+ENDED: frozenset[int] = frozenset({JobStatus.REMOVED, JobStatus.COMPLETED})
+"""Statuses of jobs that are no worker any more."""
+# JobStatus -> pilot state; any other status (suspended, one HTCondor adds later, none at all)
+# is UNKNOWN: still supply, never dropped from the books.
 PILOT_STATE: dict[int, WorkerState] = {
     JobStatus.UNEXPANDED: S.PENDING,
     JobStatus.IDLE: S.PENDING,
@@ -73,6 +76,13 @@ PILOT_STATE: dict[int, WorkerState] = {
     JobStatus.TRANSFERRING_OUTPUT: S.BUSY,
     JobStatus.HELD: S.HELD,
 }
+
+
+def pilot_state(status: int) -> WorkerState | None:
+    """A pilot's state from its JobStatus; None: removed or completed."""
+    return None if status in ENDED else PILOT_STATE.get(status, S.UNKNOWN)
+
+
 RUNNING = RUNNING_STATUSES
 
 
@@ -119,7 +129,7 @@ def pilot_worker(ad: Ad, queue: str, now: float) -> Worker | None:
     The hot path of a cycle (once per pilot, ~200,000 at a large site), hence written out:
     a pilot without a retire record (nearly all) skips those reads."""
     get = ad.get
-    state = PILOT_STATE.get(_status(ad))
+    state = pilot_state(_status(ad))
     if state is None:
         return None
     submitted = timestamp(get("QDate"))
@@ -227,7 +237,7 @@ class CondorBatchStatus(SnapshotStatus):
                 group.append(ad)
         by_state: dict[WorkerState, list[Ad]] = {}
         for status, group in by_status.items():
-            state = PILOT_STATE.get(status if type(status) is int else _number(status))
+            state = pilot_state(status if type(status) is int else _number(status))
             if state is not None:
                 by_state.setdefault(state, []).extend(group)
         return WorkerSet(lazy=by_state, build=lambda ad: _pilot(ad, queue, now), id_of=job_id)
@@ -305,7 +315,8 @@ PHASE: dict[int, Phase] = {
     JobStatus.TRANSFERRING_OUTPUT: Phase.RUNNING,
     JobStatus.HELD: Phase.HELD,
 }
-"""A VM job's JobStatus as a phase; any other status (removed, completed, suspended) is GONE."""
+"""A VM job's JobStatus as a phase: removed and completed are GONE, any status not listed
+(suspended, none at all) is UNKNOWN."""
 
 
 RECORDED_DEFAULT = RetireMode.DRAIN
@@ -321,7 +332,7 @@ def vm_record(ad: Ad, now: float) -> VMRecord:
     requested = timestamp(get(RETIRE_REQUESTED))
     return VMRecord(
         id=f"{get('ClusterId')}.{get('ProcId')}",
-        phase=PHASE.get(_status(ad), Phase.GONE),
+        phase=Phase.GONE if (status := _status(ad)) in ENDED else PHASE.get(status, Phase.UNKNOWN),
         entered=timestamp(get("EnteredCurrentStatus")) or submitted or now,
         started=timestamp(get("JobStartDate")),
         submitted_at=submitted,

@@ -645,3 +645,37 @@ def test_retire_roundtrip_through_the_job_ad(tmp_path):
     assert w.state == S.RETIRING
     clock.advance(121)
     assert state().state == S.BOOTING  # never came back: the planner times it out as LOST
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        (1, S.PENDING),
+        (2, S.BUSY),
+        (5, S.HELD),
+        (7, S.UNKNOWN),
+        (99, S.UNKNOWN),
+        (3, None),
+        (4, None),
+    ],
+)
+def test_a_pilot_in_a_status_the_factory_does_not_know_stays_on_the_books(status, state):
+    """A suspended pilot (JobStatus 7), or one in a status HTCondor adds later, is UNKNOWN:
+    still supply, never dropped; removed and completed jobs are no workers."""
+    w = pilot_worker({**job(1, status), "JobUniverse": 5}, Q, NOW)
+    assert (w.state if w else None) is state
+
+
+def test_a_suspended_vm_job_stays_on_the_books():
+    w = vm_worker(job(1, 7, **RUN), Q, NOW, [], None, grace=120)
+    assert w is not None and w.state is S.UNKNOWN
+    assert vm_worker(job(1, 3, **RUN), Q, NOW, [], None, grace=120) is None
+
+
+def test_suspended_pilots_count_as_running_supply():
+    port = FakeCondor(jobs=[{**job(k, 7), "JobUniverse": 5} for k in range(3)])
+    src, _ = batch(CondorBatchStatus, port)
+    src.refresh()
+    info = src.info(Q)
+    assert info is not None and info.count(S.UNKNOWN) == 3
+    assert info.running == 3 and info.supply == 3 and info.pending == 0

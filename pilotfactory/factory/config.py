@@ -556,4 +556,10 @@ def _plugin_spec(
         except ParamValueError as exc:
             sec.problem("error", key, str(exc))
             ok = False
+    for p in cls.PARAMS:
+        if p.required and (params.get(p.name) is None or str(params[p.name]).strip() == ""):
+            key = f"{cls.namespaces()[0]}{p.name}"
+            what = f" ({p.doc})" if p.doc else ""
+            sec.problem("error", key, f"missing: {kind} plugin {cls.NAME} needs it{what}")
+            ok = False
     return PluginSpec(kind=kind, name=cls.NAME, cls=cls, params=params) if ok else None

@@ -37,6 +37,8 @@ class Param:
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    required: bool = False
+    """The plugin cannot work without it: ``check`` refuses a queue that leaves it unset."""
 
     def of(self, params: Mapping[str, Any]) -> Any:
         """This parameter's value in ``params``, or its declared default when unset (``None``);

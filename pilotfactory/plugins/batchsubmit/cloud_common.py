@@ -23,8 +23,8 @@ __all__ = ["EC2_PARAMS", "OPENSTACK_PARAMS", "condor_config", "render_user_data"
 def vm_params(flavor_aliases: tuple[str, ...] = ()) -> tuple[Param, ...]:
     return (
         *TARGET_PARAMS,
-        Param("image", str, None, "image id (or name, OpenStack)"),
-        Param("flavor", str, None, "flavour / instance type", flavor_aliases),
+        Param("image", str, None, "image id (or name, OpenStack)", required=True),
+        Param("flavor", str, None, "flavour / instance type", flavor_aliases, required=True),
         Param("key_name", str, None, "ssh key pair injected into the VMs"),
         Param("security_groups", list, None, "security group names (EC2: or sg- ids)"),
         Param("user_data_file", str, None, "user data template ({worker_id}, {condor_config})"),

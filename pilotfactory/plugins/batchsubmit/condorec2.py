@@ -43,16 +43,18 @@ class CondorEC2Submit(CondorSubmitBase):
     WORKERS = WorkerKind.VM
     PARAMS = (
         *COMMON_SUBMIT_PARAMS,
-        Param("gridresource", str, None, "EC2 endpoint URL (grid_resource = ec2 <url>)"),
-        Param("ami_id", str, None, "image id"),
-        Param("instance_type", str, None, "instance type"),
+        Param(
+            "gridresource", str, None, "EC2 endpoint URL (grid_resource = ec2 <url>)", required=True
+        ),
+        Param("ami_id", str, None, "image id", required=True),
+        Param("instance_type", str, None, "instance type", required=True),
         SPOT_PRICE,
         Param("user_data", str, None, "user data (one line; else use user_data_file)"),
         Param("user_data_file", str, None, "file with the user data"),
         Param("security_groups", list, None, "security group names"),
         Param("keypair_file", str, None, "where the gridmanager writes the key pair"),
-        Param("access_key_id", str, None, "file holding the access key id"),
-        Param("secret_access_key", str, None, "file holding the secret access key"),
+        Param("access_key_id", str, None, "file holding the access key id", required=True),
+        Param("secret_access_key", str, None, "file holding the secret access key", required=True),
         Param("peaceful", bool, None, "APF legacy key; the queue's retire_mode decides"),
     )
 

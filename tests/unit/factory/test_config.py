@@ -196,6 +196,12 @@ def test_factory_defaults_reach_the_plugin_family(tmp_path: Path) -> None:
         tmp_path,
         "queues.conf",
         """
+        [DEFAULT]
+        batchsubmit.condorec2.gridresource = https://ec2.example.test/
+        batchsubmit.condorec2.ami_id = ami-1
+        batchsubmit.condorec2.instance_type = m1.small
+        batchsubmit.condorec2.access_key_id = /nonexistent/access.key
+        batchsubmit.condorec2.secret_access_key = /nonexistent/secret.key
         [VM]
         wmsstatusplugin = Condor
         batchstatusplugin = CondorEC2
@@ -218,6 +224,44 @@ def test_factory_defaults_reach_the_plugin_family(tmp_path: Path) -> None:
     res = load_queues(list(fcfg.queue_conf), factory=fcfg)
     got = {q.name: q.batchstatus.params["maxage"] for q in res.queues}
     assert got == {"VM": 120.0, "VM2": 30.0}
+
+
+@pytest.mark.parametrize(
+    ("plugin", "missing", "key"),
+    [
+        ("CondorEC2", "ami_id", "batchsubmit.condorec2.ami_id"),
+        ("CondorEC2", "secret_access_key", "batchsubmit.condorec2.secret_access_key"),
+        ("EC2", "image", "batchsubmit.ec2.image"),
+        ("OpenStack", "flavor", "batchsubmit.openstack.flavor"),
+    ],
+)
+def test_a_queue_without_what_its_submit_plugin_needs_is_refused(
+    tmp_path: Path, plugin: str, missing: str, key: str
+) -> None:
+    """``check`` names the key a submit plugin cannot work without; the queue is broken, its
+    neighbours load."""
+    given = {
+        "CondorEC2": {
+            "gridresource": "https://ec2.example.test/", "ami_id": "ami-1",
+            "instance_type": "m1.small", "access_key_id": "/k", "secret_access_key": "/s",
+        },
+        "EC2": {"image": "ami-1", "flavor": "t3.micro"},
+        "OpenStack": {"image": "centos", "flavor": "m1.large", "auth_url": "http://k:5000"},
+    }[plugin]  # fmt: skip
+    ns = f"batchsubmit.{plugin.lower()}."
+    lines = "".join(f"{ns}{k} = {v}\n" for k, v in given.items() if k != missing)
+    qpath = write(
+        tmp_path,
+        "queues.conf",
+        f"[Q]\nwmsstatusplugin = Condor\nbatchstatusplugin = Condor\n"
+        f"batchsubmitplugin = {plugin}\nschedplugin = Ready\n{lines}"
+        "[OK]\nwmsstatusplugin = Condor\nbatchstatusplugin = Condor\n"
+        "batchsubmitplugin = CondorLocal\nschedplugin = Ready\n",
+    )
+    res = load_queues([qpath])
+    assert res.broken == ["Q"] and [q.name for q in res.queues] == ["OK"]
+    (err,) = res.errors
+    assert (err.section, err.key) == ("Q", key) and err.message.startswith("missing:")
 
 
 def test_shipped_example_is_the_talks_file_verbatim() -> None:

@@ -286,6 +286,11 @@ wmsqueue = LABEL_A
 wmsqueue = LABEL_V
 batchstatusplugin = CondorEC2
 batchsubmitplugin = CondorEC2
+batchsubmit.condorec2.gridresource = https://ec2.example.test/
+batchsubmit.condorec2.ami_id = ami-1
+batchsubmit.condorec2.instance_type = m1.small
+batchsubmit.condorec2.access_key_id = /nonexistent/access.key
+batchsubmit.condorec2.secret_access_key = /nonexistent/secret.key
 """
     factory, port, clock = build(tmp_path, text)
     port.jobs = [

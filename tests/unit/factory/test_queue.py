@@ -62,6 +62,11 @@ batchsubmitplugin = CondorEC2
 wmsqueue = LABEL_V
 schedplugin = Null
 apfqueue.sleep = 60
+batchsubmit.condorec2.gridresource = https://ec2.example.test/
+batchsubmit.condorec2.ami_id = ami-1
+batchsubmit.condorec2.instance_type = m1.small
+batchsubmit.condorec2.access_key_id = /nonexistent/access.key
+batchsubmit.condorec2.secret_access_key = /nonexistent/secret.key
 """
 
 

@@ -142,6 +142,12 @@ class WMSStatusPlugin(StatusSource):
         """This queue's slice of the last snapshot; ``params`` are the queue's own."""
         raise NotImplementedError
 
+    def info_for(self, queue: str, wmsqueue: str, params: Mapping[str, Any]) -> WMSQueueInfo | None:
+        """``info`` as the queue named ``queue`` sees it: a source that can see the factory's
+        own workers among the work leaves that queue's own out (a queue never feeds on
+        itself). By default the same for every queue."""
+        return self.info(wmsqueue, params)
+
 
 class BatchStatusPlugin(StatusSource):
     KIND = "batchstatus"

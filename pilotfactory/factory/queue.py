@@ -208,7 +208,11 @@ class Queue:
     ) -> BatchQueueInfo | None:
         """This queue's slice of both snapshots, recorded in the trace; None: fail closed."""
         cfg = self.cfg
-        wms = None if wms_error else self.wms_source.info(cfg.wmsqueue, cfg.wmsstatus.params)
+        wms = (
+            None
+            if wms_error
+            else self.wms_source.info_for(cfg.name, cfg.wmsqueue, cfg.wmsstatus.params)
+        )
         batch = None if batch_error else self.batch_source.info(cfg.name)
         trace.wms, trace.batch = wms, batch
         trace.wms_error = wms_error or (STALE if wms is None else None)

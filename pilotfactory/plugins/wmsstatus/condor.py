@@ -24,7 +24,7 @@ ANY = "ANY"
 FIELD = {0: "ready", 1: "ready", 2: "running", 6: "running", 3: "done", 4: "done", 5: "failed"}
 # VM jobs of any pilotfactory are supply, not payload.
 CONSTRAINT = "MATCH_APF_QUEUE =!= undefined && !(JobUniverse == 9 && PilotFactoryId =!= undefined)"
-PROJECTION = ("MATCH_APF_QUEUE", "JobStatus", "JobUniverse", "PilotFactoryId")
+PROJECTION = ("MATCH_APF_QUEUE", "JobStatus", "JobUniverse", "PilotFactoryId", "PilotFactoryQueue")
 
 
 def is_payload(ad: Mapping[str, Any]) -> bool:
@@ -47,6 +47,7 @@ class CondorWMSStatus(WMSStatusPlugin):
         super().__init__(params, env)
         self.target: CondorTarget = target_from(params)
         self._counts: dict[str, dict[str, int]] = {}
+        self._own: dict[tuple[str, str], dict[str, int]] = {}  # (label, queue) -> its pilots
 
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
@@ -57,6 +58,7 @@ class CondorWMSStatus(WMSStatusPlugin):
         port = self.env.world.condor(self.target)
         ads = port.query_jobs({}, PROJECTION, CONSTRAINT)
         counts: dict[str, dict[str, int]] = {}
+        own: dict[tuple[str, str], dict[str, int]] = {}
         for ad in ads:
             if not is_payload(ad):
                 continue
@@ -64,9 +66,25 @@ class CondorWMSStatus(WMSStatusPlugin):
             name = FIELD.get(int(ad.get("JobStatus", -1)), "unknown")
             bucket = counts.setdefault(label, {})
             bucket[name] = bucket.get(name, 0) + 1
-        self._counts = counts
+            if ad.get("PilotFactoryId") == self.env.factory_id and ad.get("PilotFactoryQueue"):
+                mine = own.setdefault((label, str(ad["PilotFactoryQueue"])), {})
+                mine[name] = mine.get(name, 0) + 1
+        self._counts, self._own = counts, own
         self.snapshot_time = now
         log.debug("[%s] %d payload job(s) under %d label(s)", self.NAME, len(ads), len(counts))
+
+    def info_for(self, queue: str, wmsqueue: str, params: Mapping[str, Any]) -> WMSQueueInfo | None:
+        """A pilot queue whose ``wmsqueue`` is the label its own pilots carry does not count
+        them as its waiting work (it would feed on itself until a cap stopped it); another
+        queue's pilots under that label stay payload (the two-queue elastic pool)."""
+        info = self.info(wmsqueue, params)
+        if info is None:
+            return None
+        labels = list(self._counts) if wmsqueue == ANY else [wmsqueue]
+        for label in labels:
+            for name, n in self._own.get((label, queue), {}).items():
+                info = replace(info, **{name: getattr(info, name) - n})
+        return info
 
     def info(self, wmsqueue: str, params: Mapping[str, Any]) -> WMSQueueInfo | None:
         maxage = float(self.MAXAGE.of(params if params.get("maxage") is not None else self.params))

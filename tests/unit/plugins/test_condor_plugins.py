@@ -679,3 +679,23 @@ def test_suspended_pilots_count_as_running_supply():
     info = src.info(Q)
     assert info is not None and info.count(S.UNKNOWN) == 3
     assert info.running == 3 and info.supply == 3 and info.pending == 0
+
+
+def test_a_queue_never_counts_its_own_pilots_as_its_waiting_work():
+    """Queue A's pilots carry the label A. A's wmsqueue being A, it would see its own idle
+    pilots as demand and feed on itself; the VM queue V that reads label A (the two-queue
+    pool) must still see them, as must any queue of another factory."""
+    pilots = [{**job(k, 1, queue="A"), "JobUniverse": 5, "MATCH_APF_QUEUE": "A"} for k in range(3)]
+    payload = [{"ClusterId": 90 + k, "ProcId": 0, "JobStatus": 1, "MATCH_APF_QUEUE": "A"}
+               for k in range(2)]  # fmt: skip
+    port = FakeCondor(jobs=pilots + payload)
+    env, _ = make_env(port)
+    wms = CondorWMSStatus(merged(CondorWMSStatus.PARAMS, {}), env)
+    wms.refresh()
+    own = wms.info_for("A", "A", {})
+    other = wms.info_for("V", "A", {})
+    assert own is not None and own.ready == 2  # the payload only
+    assert other is not None and other.ready == 5  # A's pilots are V's demand
+    any_label = wms.info_for("A", "ANY", {})
+    assert any_label is not None and any_label.ready == 2
+    assert wms.info("A", {}).ready == 5  # the plain view is unchanged

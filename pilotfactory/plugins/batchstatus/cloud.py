@@ -138,7 +138,7 @@ class CloudBatchStatus(SnapshotStatus):
                 workers.setdefault(queue, []).append(w)
         self._by_queue = by_queue
         known = {key for _, rec in live for key in rec.keys}
-        unmatched = self.vms.unmatched(known, pool, self.env.factory_id)
+        unmatched = self.vms.unmatched(known, pool, self.env.factory_id, worker_keys_only=True)
         snap = Snapshot(now, unmatched=unmatched, pool_startds=pool.ads)
         for queue, ws in workers.items():
             snap.infos[queue] = BatchQueueInfo(queue, now, WorkerSet(ws), None, unmatched, pool.ads)

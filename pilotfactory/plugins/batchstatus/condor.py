@@ -417,7 +417,7 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         self._vm_cache = None  # the answer is not kept past its cycle
         known = {"w:" + job_id(ad) for ad in vms}
         known.update("i:" + str(i) for ad in vms if (i := ad.get("EC2InstanceName")))
-        return self.vms.unmatched(known, extra)
+        return self.vms.unmatched(known, extra, self.env.factory_id)
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
         """One constrained job query, then one startd query for the VMs that may be joined."""

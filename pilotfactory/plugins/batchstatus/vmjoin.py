@@ -271,20 +271,21 @@ class StartdJoin:
         return w
 
     def unmatched(
-        self, known: set[str], pool: Pool, factory_id: str | None = None
+        self, known: set[str], pool: Pool, factory_id: str, worker_keys_only: bool = False
     ) -> tuple[str, ...]:
         """Startds with a join key that no VM of this factory claims (``known``: the join keys
-        of every VM the request side listed); reported, never touched.
+        of every VM the request side listed); reported, never touched. A startd that says it
+        belongs to another factory (``PilotFactoryId``) is that factory's business.
 
-        With ``factory_id``, only startds advertising a worker id (of that factory, when they
-        say) count: a cloud source cannot tell whose the bare instance ids are."""
+        ``worker_keys_only``: only startds advertising a worker id count (a cloud source cannot
+        tell whose the bare instance ids are)."""
         mine = (None, factory_id)
         out = {
             str(s.get("Machine") or s.get("Name"))
             for key, slots in pool.slots.items()
-            if key not in known and (factory_id is None or key.startswith("w:"))
+            if key not in known and (not worker_keys_only or key.startswith("w:"))
             for s in slots
             if not any(k in known for k in _ad_keys(s, self.join))
-            and (factory_id is None or s.get("PilotFactoryId") in mine)
+            and s.get("PilotFactoryId") in mine
         }
         return tuple(sorted(out))

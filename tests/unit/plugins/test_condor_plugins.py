@@ -699,3 +699,18 @@ def test_a_queue_never_counts_its_own_pilots_as_its_waiting_work():
     any_label = wms.info_for("A", "ANY", {})
     assert any_label is not None and any_label.ready == 2
     assert wms.info("A", {}).ready == 5  # the plain view is unchanged
+
+
+def test_another_factorys_startds_are_not_our_unmatched_ones():
+    """Two factories feed one collector: a startd that says it is the other factory's is not
+    reported as an orphan of ours; an unlabelled one (a VM we may have lost) still is."""
+    startds = [
+        slot("theirs", "i-t", PilotFactoryId="other-factory"),
+        slot("ours", "i-o", PilotFactoryId="f1"),
+        slot("unlabelled", "i-u"),
+    ]
+    port = FakeCondor(jobs=[], startds=startds, masters=[])
+    plugin, _ = batch(CondorEC2BatchStatus, port)
+    plugin.refresh()
+    info = plugin.info(Q)
+    assert info is not None and info.unmatched_startds == ("ours", "unlabelled")

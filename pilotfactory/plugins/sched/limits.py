@@ -101,11 +101,8 @@ class MaxToRun(SchedPlugin):
 
 
 class MaxPerFactory(SchedPlugin):
-    """Cap the whole factory (``[Factory] maxperfactory.maximum``) at running + pending.
-
-    Over the cap → 0; n would cross it → what is left; else n. A cap on growth never blocks a
-    retirement, so a negative n passes unchanged.
-    """
+    """Cap the whole factory (``[Factory] maxperfactory.maximum``) at running + pending, as APF
+    does: over the cap → 0 (whatever n was); n would cross it → what is left; else n."""
 
     NAME = "MaxPerFactory"
 
@@ -114,9 +111,7 @@ class MaxPerFactory(SchedPlugin):
             return n, f"MaxPerFactory: in={n} maximum unset, ret={n}"
         maximum = ctx.factory.maximum
         total = ctx.factory.running + ctx.factory.pending
-        if n < 0:
-            out = n
-        elif total > maximum:
+        if total > maximum:
             out = 0
         elif n + total > maximum:
             out = maximum - total

@@ -11,8 +11,8 @@ class Throttle(SchedPlugin):
 
     A job counts as short only once it has ended; a running job is long once it passed
     ``maxtime`` and undecided before (not counted either way), so a fresh burst of healthy
-    workers is not taken for a black hole. When tripped the result is ``min(n, submit)``: the
-    guard only ever lowers n. No history, or nothing decided yet, leaves n unchanged.
+    workers is not taken for a black hole. When tripped the result is ``submit``, replacing n
+    as APF does. No history, or nothing decided yet, leaves n unchanged.
     """
 
     NAME = "Throttle"
@@ -43,7 +43,7 @@ class Throttle(SchedPlugin):
                 total += 1
                 short += 1
         tripped = total > 0 and short / total > p["ratio"]
-        out = min(n, p["submit"]) if tripped else n
+        out = p["submit"] if tripped else n
         return out, (
             f"Throttle: in={n} total={total} short={short} ratio={p['ratio']} "
             f"submit={p['submit']} ret={out}"

@@ -207,7 +207,9 @@ ROWS = [
     R(MaxPerFactory, {}, 5, ctx(factory=FactoryTotals(100, 10, 100)), 0, id="maxfact-over"),
     R(MaxPerFactory, {}, 5, ctx(factory=FactoryTotals(90, 10, 100)), 0, id="maxfact-at"),
     R(MaxPerFactory, {}, 3, ctx(factory=FactoryTotals(0, 0, 0)), 0, id="maxfact-0-is-a-value"),
-    R(MaxPerFactory, {}, -5, ctx(factory=FactoryTotals(100, 10, 100)), -5, id="maxfact-negative"),
+    # APF: over the cap -> 0, whatever n was (a negative n included)
+    R(MaxPerFactory, {}, -5, ctx(factory=FactoryTotals(100, 10, 100)), 0, id="maxfact-negative"),
+    R(MaxPerFactory, {}, -5, ctx(factory=FactoryTotals(50, 10, 100)), -5, id="maxfact-neg-under"),
     R(MaxPerFactory, {}, 500, ctx(factory=FactoryTotals(900, 10, None)), 500, id="maxfact-unset"),
     R(MaxPerFactory, {}, 500, ctx(), 500, id="maxfact-no-totals"),
     # ---- StatusOffline / StatusTest: pilots when the site is in that status, else n
@@ -244,8 +246,9 @@ ROWS = [
     R(Throttle, {"ratio": 0.0}, 50, ctx(b=hist(job(60, SHORT), *[job(60, LONG)] * 9)), 1,
       id="thr-ratio-0"),
     R(Throttle, {"submit": 4}, 50, ctx(b=hist(job(60, SHORT))), 4, id="thr-submit"),
-    R(Throttle, {"submit": 4}, 2, ctx(b=hist(job(60, SHORT))), 2, id="thr-only-lowers"),
-    R(Throttle, {}, -3, ctx(b=hist(job(60, SHORT))), -3, id="thr-keeps-retire"),
+    # APF: tripped -> submit, replacing n (not capping it)
+    R(Throttle, {"submit": 4}, 2, ctx(b=hist(job(60, SHORT))), 4, id="thr-replaces"),
+    R(Throttle, {}, -3, ctx(b=hist(job(60, SHORT))), 1, id="thr-replaces-negative"),
 ]
 # fmt: on
 

@@ -103,14 +103,15 @@ def test_max_to_run(n: int, maximum: int, pending: int, running: int) -> None:
 
 @given(n=ns, maximum=st.integers(0, 500), running=st.integers(0, 400), pending=st.integers(0, 400))
 def test_max_per_factory(n: int, maximum: int, running: int, pending: int) -> None:
+    """apf-semantics.md: total > max -> 0; n + total > max -> max - total; else n."""
     out = run(MaxPerFactory, {}, n, factory=FactoryTotals(running, pending, maximum))
-    if n < 0:
-        assert out == n
+    total = running + pending
+    if total > maximum:
+        assert out == 0
+    elif n + total > maximum:
+        assert out == maximum - total and 0 <= out <= n
     else:
-        assert 0 <= out <= n
-        assert running + pending + out <= max(maximum, running + pending)
-        if running + pending + n <= maximum:
-            assert out == n
+        assert out == n
 
 
 @given(n=ns, factor=st.floats(min_value=1e-6, max_value=1000.0))
@@ -201,7 +202,7 @@ jobs = st.builds(
 
 
 @given(n=ns, history=st.lists(jobs, max_size=30), submit=st.integers(0, 5))
-def test_throttle_only_lowers(n: int, history: list[JobRecord], submit: int) -> None:
+def test_throttle_replaces_n_when_tripped(n: int, history: list[JobRecord], submit: int) -> None:
+    """apf-semantics.md: tripped -> ``submit`` (replacing n); else n."""
     out = run(Throttle, {"submit": submit}, n, batch=batch(0, 0, tuple(history)))
-    assert out in (n, min(n, submit))
-    assert out <= n
+    assert out in (n, submit)

@@ -271,7 +271,8 @@ class BatchQueueInfo:
     unmatched_startds: tuple[str, ...] = ()
     """Startds that carry this queue's join attribute but match no worker (reported)."""
     pool_startds: int | None = None
-    """Slot ads the collector returned this cycle (all queues): the circuit breaker's gauge."""
+    """The circuit breaker's gauge (all queues): partitionable and static slot ads of startds
+    the factory is not retiring, as the collector returned them this cycle."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, WorkerSet):

@@ -68,7 +68,10 @@ class CircuitBreaker:
             and last_ads >= 4
             and ads < last_ads * self.ratio
         ):
-            why = f"the collector returned {ads} slot ads, {last_ads} last cycle"
+            why = (
+                f"the collector returned {ads} partitionable/static slot ads of workers not "
+                f"being retired, {last_ads} last cycle"
+            )
         if why:
             self.frozen_cycles += 1
             if self.frozen_cycles <= self.accept_after:

@@ -183,7 +183,9 @@ def test_retire_peaceful_then_unretire(
 ) -> None:
     machine = serving_startd
     since = time.time() - 1
-    result = port.submit(sleep_job(job_dir, tag, 12), count=1)
+    # Long enough that the job cannot end before the Retiring slot reaches the collector on a
+    # loaded machine (12 s once did: the startd then exits and never shows Retiring).
+    result = port.submit(sleep_job(job_dir, tag, 30), count=1)
     wait_for("the job to run", lambda: job_states(port, tag) == {result.job_ids[0]: RUNNING}, 60)
 
     port.retire_peaceful(machine)

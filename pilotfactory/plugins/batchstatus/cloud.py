@@ -127,7 +127,8 @@ class CloudBatchStatus(SnapshotStatus):
 
     def observe(self, now: float) -> Snapshot:
         live = self._instances({TAG_FACTORY: self.env.factory_id}, now)
-        pool = self.vms.read(self.port, (rec.id for _, rec in live))
+        leaving = {k for _, rec in live if rec.active_retire is not None for k in rec.keys}
+        pool = self.vms.read(self.port, (rec.id for _, rec in live), leaving)
         workers: dict[str, list[Worker]] = {}
         by_queue: dict[str, list[str]] = {}
         for queue, rec in live:

@@ -398,7 +398,15 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         return self._vm_cache[1]
 
     def collect(self, jobs: Sequence[Ad], now: float) -> Pool:
-        return self.vms.read(self.port, (job_id(ad) for ad in self._vms_of(jobs)))
+        vms = self._vms_of(jobs)
+        leaving = {
+            key
+            for ad in vms
+            if RETIRE_REQUESTED in ad
+            and retire_active(_time(ad, RETIRE_REQUESTED), _time(ad, UNRETIRED_AT))
+            for key in ("w:" + job_id(ad), "i:" + str(ad.get("EC2InstanceName")))
+        }
+        return self.vms.read(self.port, (job_id(ad) for ad in vms), leaving)
 
     def workers_of(self, queue: str, ads: Sequence[Ad], now: float, extra: Any) -> WorkerSet:
         """VMs are joined with their startds now (the join keeps memory per VM)."""

@@ -9,7 +9,7 @@ VM and a direct-cloud VM are judged by the same rules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -78,19 +78,33 @@ class Pool:
     slots: dict[str, list[Ad]] = field(default_factory=dict)
     masters: dict[str, Ad] = field(default_factory=dict)
     ads: int = 0
-    """How many slot ads the collector returned (all of them, joined or not)."""
+    """The circuit breaker's gauge: partitionable and static slot ads of startds the factory is
+    not retiring. Dynamic slots come and go with payload, and retiring VMs leave on purpose;
+    neither says anything about the collector."""
 
     @classmethod
-    def build(cls, slots: Sequence[Ad], masters: Sequence[Ad], attr: str) -> Pool:
-        pool = cls(ads=len(slots))
+    def build(
+        cls,
+        slots: Sequence[Ad],
+        masters: Sequence[Ad],
+        attr: str,
+        leaving: Collection[str] = (),
+    ) -> Pool:
+        """``leaving``: join keys of the VMs the factory is retiring (not in the gauge)."""
+        pool = cls()
         index = pool.slots
+        steady = 0
         for ad in slots:
-            for key in _ad_keys(ad, attr):
+            keys = _ad_keys(ad, attr)
+            if ad.get("SlotType") != "Dynamic" and not any(k in leaving for k in keys):
+                steady += 1
+            for key in keys:
                 group = index.get(key)
                 if group is None:
                     index[key] = [ad]
                 else:
                     group.append(ad)
+        pool.ads = steady
         for ad in masters:
             for key in _ad_keys(ad, attr):
                 pool.masters[key] = ad
@@ -233,8 +247,9 @@ class StartdJoin:
         )  # fmt: skip
         return port.query_startds({}, attrs, constraint)
 
-    def read(self, port: CondorPort, alive: Iterable[str]) -> Pool:
-        """Every startd and master carrying a join key; forgets VMs no longer alive."""
+    def read(self, port: CondorPort, alive: Iterable[str], leaving: Collection[str] = ()) -> Pool:
+        """Every startd and master carrying a join key; forgets VMs no longer alive.
+        ``leaving``: join keys of the VMs being retired (see ``Pool.ads``)."""
         carriers = f"{self.join} =!= undefined || {WORKER_ATTR} =!= undefined"
         slots = self._slots(port, carriers)
         masters = port.query_masters({}, ("Name", "Machine", WORKER_ATTR, self.join), carriers)
@@ -242,7 +257,7 @@ class StartdJoin:
         for memory in (self._last_joined, self._idle_from):
             for gone in set(memory) - alive:
                 del memory[gone]
-        return Pool.build(slots, masters, self.join)
+        return Pool.build(slots, masters, self.join, leaving)
 
     def reread(self, port: CondorPort, records: Sequence[VMRecord]) -> Pool:
         """The slots of just these (running) VMs, in one constrained query; no masters."""

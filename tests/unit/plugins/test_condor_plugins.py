@@ -714,3 +714,24 @@ def test_another_factorys_startds_are_not_our_unmatched_ones():
     plugin.refresh()
     info = plugin.info(Q)
     assert info is not None and info.unmatched_startds == ("ours", "unlabelled")
+
+
+def test_the_breaker_gauge_counts_steady_slots_of_workers_not_being_retired():
+    """Payload ending on a partitionable slot removes dynamic slots, and the factory's own
+    drains remove retiring VMs: neither may look like a collector losing ads."""
+    startds = [
+        slot("vm1", "i-1", kind="Partitionable", Cpus=2),
+        slot("vm1", "i-1", "Claimed", kind="Dynamic", Name="slot1_1@vm1"),
+        slot("vm1", "i-1", "Claimed", kind="Dynamic", Name="slot1_2@vm1"),
+        slot("vm2", "i-2", kind="Partitionable", Cpus=4),
+    ]
+    jobs = [
+        job(1, 2, **RUN),
+        job(2, 2, JobStartDate=NOW - 500, EC2InstanceName="i-2",
+            PilotFactoryRetireRequested=NOW - 30),
+    ]  # fmt: skip
+    port = FakeCondor(jobs=jobs, startds=startds, masters=[])
+    plugin, _ = batch(CondorEC2BatchStatus, port)
+    plugin.refresh()
+    info = plugin.info(Q)
+    assert info is not None and info.pool_startds == 1  # vm1's pslot; vm2 is being retired

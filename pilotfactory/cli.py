@@ -303,6 +303,8 @@ def daemon_status(args: argparse.Namespace) -> int:
             else "ok"
         )
         print(f"  {src['kind']} {src['plugin']} for {', '.join(src['queues'])}: {health}")
+    for queue, n in sorted(state.get("unconfigured_queues", {}).items()):
+        print(f"  {n} worker(s) of queue {queue}, which is not configured: left alone")
     for name, q in queues.items():
         c = q["counters"]
         print(

@@ -70,6 +70,8 @@ class Factory:
         self.sources: dict[Hashable, SourceState] = {}
         self.queues: dict[str, Queue] = {}
         self.setup_errors: dict[str, str] = {}
+        self.unconfigured: dict[str, int] = {}
+        """Workers per queue label that no configured queue owns (last cycle)."""
         self.cycles_run = 0
         self._stop = threading.Event()
         self._reload_requested = False
@@ -162,6 +164,7 @@ class Factory:
                     state.error,
                 )
         self.env.reads.end_cycle()
+        self._report_unconfigured(needed)
         totals = self._totals()
         decided = [
             q.decide(
@@ -212,6 +215,25 @@ class Factory:
                 out[id(src)] = answer
         return out
 
+    def _report_unconfigured(self, refreshed: Sequence[SourceState]) -> None:
+        """Workers labelled with a queue this factory no longer has (a queue removed from
+        queues.conf, or broken) are reported once when they appear, kept in the status, and
+        never touched: no queue owns them."""
+        found: dict[str, int] = {}
+        for state in refreshed:
+            if state.error is None and isinstance(state.source, BatchStatusPlugin):
+                for queue, n in state.source.queues_seen().items():
+                    if queue not in self.queues:
+                        found[queue] = max(found.get(queue, 0), n)
+        for queue in sorted(set(found) - set(self.unconfigured)):
+            log.warning(
+                "%d worker(s) of queue %s, which is not configured (or broken): reported, "
+                "never touched",
+                found[queue],
+                queue,
+            )
+        self.unconfigured = found
+
     def _status_head(self) -> dict[str, Any]:
         return {
             "factory_id": self.fcfg.factory_id,
@@ -229,6 +251,7 @@ class Factory:
                 for s in self.sources.values()
             ],
             "setup_errors": dict(self.setup_errors),
+            "unconfigured_queues": dict(self.unconfigured),
         }
 
     def status_json(self) -> str:

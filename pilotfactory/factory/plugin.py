@@ -155,6 +155,11 @@ class BatchStatusPlugin(StatusSource):
     def want_history(self, queue: str, window: float) -> None:
         """A queue's chain needs jobs that started within ``window`` seconds (Throttle)."""
 
+    def queues_seen(self) -> Mapping[str, int]:
+        """Workers per queue label in the last snapshot, every label this factory's workers
+        carry (the factory reports those of queues no longer configured)."""
+        return {}
+
     def info(self, queue: str) -> BatchQueueInfo | None:
         raise NotImplementedError
 

@@ -140,7 +140,8 @@ class CloudBatchStatus(SnapshotStatus):
         self._by_queue = by_queue
         known = {key for _, rec in live for key in rec.keys}
         unmatched = self.vms.unmatched(known, pool, self.env.factory_id, worker_keys_only=True)
-        snap = Snapshot(now, unmatched=unmatched, pool_startds=pool.ads)
+        seen = {queue: len(ids) for queue, ids in by_queue.items() if queue}
+        snap = Snapshot(now, unmatched=unmatched, pool_startds=pool.ads, seen=seen)
         for queue, ws in workers.items():
             snap.infos[queue] = BatchQueueInfo(queue, now, WorkerSet(ws), None, unmatched, pool.ads)
         log.debug("[%s] %d instance(s), %d queue(s)", self.NAME, len(live), len(workers))

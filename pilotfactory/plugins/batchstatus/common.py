@@ -57,6 +57,8 @@ class Snapshot:
     infos: dict[str, BatchQueueInfo] = field(default_factory=dict)
     unmatched: tuple[str, ...] = ()
     pool_startds: int | None = None
+    seen: Mapping[str, int] = field(default_factory=dict)
+    """Jobs per queue label in the answer (all labels, configured or not)."""
     build: Callable[[str], BatchQueueInfo | None] | None = None
     """Builds a queue's info on first ask: a source serving pilot and VM queues of one schedd
     sees every job, but turns only its own queues' ads into workers."""
@@ -79,6 +81,9 @@ class SnapshotStatus(BatchStatusPlugin):
 
     def release(self) -> None:
         self._snap = None
+
+    def queues_seen(self) -> Mapping[str, int]:
+        return self._snap.seen if self._snap is not None else {}
 
     def refresh(self) -> None:
         now = self.env.clock.now()

@@ -267,7 +267,8 @@ class CondorBatchStatus(SnapshotStatus):
             records = self._history(queue, now, mine, past.get(queue, ()))
             return BatchQueueInfo(queue, now, workers, records, unmatched, startds)
 
-        snap = Snapshot(now, unmatched=unmatched, pool_startds=startds, build=build)
+        seen = {queue: len(group) for queue, group in ads.items()}
+        snap = Snapshot(now, unmatched=unmatched, pool_startds=startds, seen=seen, build=build)
         log.debug("[%s] %d job(s), %d queue(s)", self.NAME, len(jobs), len(ads))
         return snap
 

@@ -311,3 +311,28 @@ batchsubmit.condorec2.secret_access_key = /nonexistent/secret.key
     assert len(rechecks) == 1
     assert rechecks[0][3].count("ClusterId ==") == 4
     assert sorted(len(c[1]) for c in port.named("remove")) == [2, 2]  # n = 1 - 3 in each
+
+
+def test_workers_of_a_queue_no_longer_configured_are_reported_and_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    factory, port, clock = build(tmp_path)
+    status_file = tmp_path / "status.json"
+    factory.fcfg = replace(factory.fcfg, status_file=str(status_file))
+    port.jobs = [
+        {"ClusterId": 8, "ProcId": k, "JobStatus": 1, "PilotFactoryId": "f1", "QDate": 1.0,
+         "PilotFactoryQueue": "GONE_QUEUE"}
+        for k in range(3)
+    ]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        factory.cycle()
+        clock.advance(61)
+        factory.cycle()
+    assert factory.unconfigured == {"GONE_QUEUE": 3}
+    warned = [r for r in caplog.records if "GONE_QUEUE" in r.getMessage()]
+    assert len(warned) == 1 and "never touched" in warned[0].getMessage()
+    assert port.count("remove") == port.count("edit") == 0
+    fconf = tmp_path / "factory.conf"
+    fconf.write_text(f"[Factory]\nstatusFile = {status_file}\n")
+    assert main(["status", "--daemon", "-c", str(fconf)]) == 0
+    assert "3 worker(s) of queue GONE_QUEUE, which is not configured" in capsys.readouterr().out

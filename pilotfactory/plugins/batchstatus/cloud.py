@@ -43,6 +43,7 @@ from pilotfactory.plugins.batchstatus.vmjoin import (
     UNRETIRE_GRACE,
     StartdJoin,
     VMRecord,
+    keep_machines,
 )
 from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, account_of, provider_key
 
@@ -176,16 +177,12 @@ class CloudBatchStatus(SnapshotStatus):
             tags[TAG_QUEUE] = queues.pop()
         live = [(q, rec) for q, rec in self._instances(tags, now) if rec.id in wanted]
         pool = self.vms.reread(self.port, [rec for _, rec in live])
-        old = {w.id: w for w in workers}
         out: dict[str, Worker] = {}
         for queue, rec in live:
             w = self.vms.worker(rec, queue, now, pool)
-            if w is None:
-                continue
-            if w.machine is None and old[w.id].machine:
-                w = replace(w, machine=old[w.id].machine)  # the master ad is not re-read
-            out[w.id] = w
-        return out
+            if w is not None:
+                out[w.id] = w
+        return keep_machines(out, workers)
 
 
 class EC2BatchStatus(CloudBatchStatus):

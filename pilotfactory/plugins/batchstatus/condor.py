@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from pilotfactory.factory.contract import (
@@ -50,6 +49,7 @@ from pilotfactory.plugins.batchstatus.vmjoin import (
     StartdJoin,
     VMRecord,
     join_worker,
+    keep_machines,
 )
 
 log = logging.getLogger(__name__)
@@ -96,19 +96,6 @@ def job_id(ad: Ad) -> str:
 
 def queue_of(ad: Ad) -> str | None:
     return ad.get("PilotFactoryQueue") or ad.get("APF_QUEUE")
-
-
-def base_fields(ad: Ad, queue: str) -> dict[str, Any]:
-    requested, unretired = _time(ad, RETIRE_REQUESTED), _time(ad, UNRETIRED_AT)
-    return {
-        "id": job_id(ad),
-        "queue": queue,
-        "retire_requested_at": requested if retire_active(requested, unretired) else None,
-        "retire_mode": RetireMode.parse(ad.get(RETIRE_MODE)),
-        "unretired_at": unretired,
-        "submitted_at": _time(ad, "QDate"),
-        "hold_reason": ad.get("HoldReason") if ad.get("JobStatus") == JobStatus.HELD else None,
-    }
 
 
 def _number(status: Any) -> int:
@@ -433,13 +420,10 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         now = self.env.clock.now()
         jobs = self.recheck_jobs(workers)
         pool = self.vms.reread(self.port, [vm_record(ad, now) for ad in jobs if not _is_pilot(ad)])
-        old = {w.id: w for w in workers}
         out: dict[str, Worker] = {}
         for ad in jobs:
             w = self.worker(ad, queue_of(ad) or "", now, pool)
             if w is None:
                 continue
-            if w.machine is None and old[w.id].machine:
-                w = replace(w, machine=old[w.id].machine)  # the master ad is not re-read
             out[w.id] = w
-        return out
+        return keep_machines(out, workers)

@@ -10,7 +10,7 @@ VM and a direct-cloud VM are judged by the same rules.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from pilotfactory.factory.contract import classad_string
@@ -189,23 +189,10 @@ def join_worker(
     if derived is None:
         return None
     state, since = derived
-    hold = rec.hold_reason if rec.phase is Phase.HELD else None
-    if state is WorkerState.HELD or state is WorkerState.PENDING:
-        return Worker(
-            rec.id,
-            queue,
-            state,
-            since,
-            instance_id=rec.instance_id,
-            retire_requested_at=obs.retire_requested_at,
-            retire_mode=rec.retire_mode,
-            unretired_at=rec.unretired_at,
-            submitted_at=rec.submitted_at,
-            hold_reason=hold,
-        )
+    joined = state is not WorkerState.HELD and state is not WorkerState.PENDING
     if state is WorkerState.IDLE and idle_from is not None and idle_from > since:
         since = idle_from
-    machine = (slots[0] if slots else master or {}).get("Machine")
+    machine = (slots[0] if slots else master or {}).get("Machine") if joined else None
     retire_times = [s["MaxJobRetirementTime"] for s in slots if "MaxJobRetirementTime" in s]
     return Worker(
         rec.id,
@@ -214,16 +201,26 @@ def join_worker(
         since,
         instance_id=rec.instance_id,
         machine=machine,
-        slots_total=obs.slots_total,
-        slots_busy=obs.slots_busy,
+        slots_total=obs.slots_total if joined else 0,
+        slots_busy=obs.slots_busy if joined else 0,
         retire_requested_at=obs.retire_requested_at,
         retire_mode=rec.retire_mode,
         unretired_at=rec.unretired_at,
         submitted_at=rec.submitted_at,
-        retirement_time=float(min(retire_times)) if retire_times else None,
-        hold_reason=hold,
-        master_seen=obs.master_seen,
+        retirement_time=float(min(retire_times)) if joined and retire_times else None,
+        hold_reason=rec.hold_reason if rec.phase is Phase.HELD else None,
+        master_seen=obs.master_seen if joined else None,
     )
+
+
+def keep_machines(fresh: dict[str, Worker], before: Sequence[Worker]) -> dict[str, Worker]:
+    """A re-read reads no master ads: a VM whose startd is gone keeps the machine its master
+    named when the candidate was planned (the retire commands need it)."""
+    old = {w.id: w for w in before}
+    for wid, w in fresh.items():
+        if w.machine is None and wid in old and old[wid].machine:
+            fresh[wid] = replace(w, machine=old[wid].machine)
+    return fresh
 
 
 class StartdJoin:

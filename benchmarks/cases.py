@@ -230,6 +230,12 @@ def factory_cycle_1000_vms() -> tuple[Callable[[], object], Callable[[], str]]:
         "sched.jobspervm.jobs = 4",
         "sched.maxpercycle.maximum = 50",
         "sched.maxvms.maximum = 500",
+        # what CondorEC2 cannot work without (check refuses the queue otherwise); dry run
+        "batchsubmit.condorec2.gridresource = https://ec2.example.test/",
+        "batchsubmit.condorec2.ami_id = ami-1",
+        "batchsubmit.condorec2.instance_type = m1.small",
+        "batchsubmit.condorec2.access_key_id = /nonexistent/access.key",
+        "batchsubmit.condorec2.secret_access_key = /nonexistent/secret.key",
     ]
     for k in range(10):
         lines += [f"[vmq{k}]", f"wmsqueue = L{k}"]

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,18 @@ def pytest_runtest_makereport(
     if report.failed and uses_pool and _POOL is not None:
         report.sections.append(("condor pool state", pool_report(_POOL)))
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Timelines the elastic scenarios attach to their reports (user property "timeline")."""
+    seen = set()
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "teardown" or report.nodeid in seen:
+                continue
+            for name, rows in getattr(report, "user_properties", ()):
+                if name == "timeline":
+                    seen.add(report.nodeid)
+                    terminalreporter.write_sep("-", f"timeline {report.nodeid}")
+                    for row in rows:
+                        terminalreporter.write_line(row)

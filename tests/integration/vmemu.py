@@ -178,7 +178,8 @@ class Emulator:
         self.client = client
         self.sandbox_root = sandbox_root
         self.vm_dir = vm_dir
-        self.never_join = never_join or (lambda inst: False)
+        self.broken_images: set[str] = set()  # instances of these images never join
+        self.never_join = never_join or (lambda inst: inst.get("ImageId") in self.broken_images)
         self.join_delay = join_delay or (lambda inst: 0.0)
         self.cpus, self.memory, self.interval = cpus, memory, interval
         self.vms: dict[str, VM] = {}
@@ -382,15 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         aws_access_key_id="emulator",
         aws_secret_access_key="emulator",
     )
-    broken = set(args.never_join)
     emu = Emulator(
         client,
         Path(args.sandbox_root),
         vm_dir,
-        never_join=lambda inst: inst.get("ImageId") in broken,
         join_delay=lambda inst: args.join_delay,
         cpus=args.cpus,
-    ).start()
+    )
+    emu.broken_images.update(args.never_join)
+    emu.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from pilotfactory.factory.info import WorkerState
+from pilotfactory.factory.info import Worker, WorkerState
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import SchedContext, SchedPlugin
 
@@ -40,7 +40,16 @@ class JobsPerVM(SchedPlugin):
 
 
 class IdleShutdown(SchedPlugin):
-    """When nothing is to be added, retire VMs idle for ``idle_time`` seconds or more."""
+    """When nothing is to be added, retire VMs idle for ``idle_time`` seconds or more, except
+    those whose free slots the waiting jobs need.
+
+    A VM that has just joined is idle until the negotiator's next cycle gives it a job; with
+    jobs waiting, retiring it throws away the VM that was bought for them and buys another
+    (seen on a real pool: with ``idle_time = 0`` every new VM was drained on joining, for as
+    long as the jobs waited). So idle slots on VMs that are not old enough, and on busy VMs,
+    are counted against the waiting jobs first; of the eligible VMs the most recently idle are
+    kept for what remains, and the longest idle are the ones retired.
+    """
 
     NAME = "IdleShutdown"
     PARAMS = (Param("idle_time", float, 2400.0, "seconds idle before retire", minimum=0.0),)
@@ -49,13 +58,33 @@ class IdleShutdown(SchedPlugin):
         if n > 0 or ctx.batch is None:
             return n, f"IdleShutdown: in={n} ret={n}"
         limit = float(self.params["idle_time"])
-        idle = sum(
-            1
-            for w in ctx.batch.workers
-            if w.state is WorkerState.IDLE and ctx.now - w.since >= limit
+        eligible: list[Worker] = []
+        other_free = 0
+        for w in ctx.batch.workers:
+            if w.state is WorkerState.IDLE and ctx.now - w.since >= limit:
+                eligible.append(w)
+            elif w.state in (WorkerState.IDLE, WorkerState.BUSY):
+                other_free += free_slots(w)
+        waiting = ctx.wms.ready if ctx.wms is not None else 0
+        needed = max(0, waiting - other_free)
+        eligible.sort(key=lambda w: w.since, reverse=True)  # most recently idle first
+        kept = 0
+        for w in eligible:
+            if needed <= 0:
+                break
+            needed -= free_slots(w)
+            kept += 1
+        out = min(n, kept - len(eligible))
+        return out, (
+            f"IdleShutdown: in={n} idle>={limit:g}s={len(eligible)} "
+            f"kept_for_waiting_jobs={kept} ret={out}"
         )
-        out = min(n, -idle)
-        return out, f"IdleShutdown: in={n} idle>={limit:g}s={idle} ret={out}"
+
+
+def free_slots(w: Worker) -> int:
+    """Job slots a joined VM could still take (an unknown slot count is one)."""
+    free = max(0, w.slots_total - w.slots_busy)
+    return max(1, free) if w.state is WorkerState.IDLE else free
 
 
 class MinVMs(SchedPlugin):

@@ -78,3 +78,29 @@ def test_idle_shutdown_then_min_vms_keeps_the_floor() -> None:
     assert n == -3
     assert run(MinVMs, {"minimum": 1}, n, c) == -2
     assert run(IdleShutdown, {"idle_time": 2400}, 0, ctx((I, I, I), idle_for=2399)) == 0
+
+
+def test_idle_shutdown_keeps_idle_vms_waiting_jobs_need() -> None:
+    """A VM that just joined is idle until the negotiator matches a waiting job to it: it is
+    not retired while jobs wait for its slots (found on the real pool with idle_time = 0)."""
+    params = {"idle_time": 0}
+    # 3 idle VMs of 4 slots, 5 jobs waiting: 2 VMs are needed, 1 is spare
+    assert run(IdleShutdown, params, 0, ctx((I, I, I), ready=5)) == -1
+    assert run(IdleShutdown, params, 0, ctx((I, I, I), ready=8)) == -1
+    assert run(IdleShutdown, params, 0, ctx((I, I, I), ready=9)) == 0
+    assert run(IdleShutdown, params, 0, ctx((I, I, I), ready=0)) == -3
+    # free slots on a partly busy VM take waiting jobs first
+    c = ctx((I, I), ready=2)
+    partly = Worker("pb", "q", B, NOW, slots_total=4, slots_busy=2)
+    c = SchedContext("q", NOW, c.wms, BatchQueueInfo("q", NOW, (*c.batch.workers, partly)))
+    assert run(IdleShutdown, params, 0, c) == -2
+
+
+def test_idle_shutdown_retires_the_longest_idle() -> None:
+    old = Worker("old", "q", I, NOW - 900, slots_total=1)
+    new = Worker("new", "q", I, NOW - 10, slots_total=1)
+    c = SchedContext(
+        "q", NOW, WMSQueueInfo("q", NOW, ready=1), BatchQueueInfo("q", NOW, (old, new))
+    )
+    n, why = IdleShutdown(merged(IdleShutdown.PARAMS, {"idle_time": 0})).calc(0, c)
+    assert n == -1 and "kept_for_waiting_jobs=1" in why

@@ -1,0 +1,392 @@
+"""Elastic VM pools on real daemons: the factory grows, drains, un-retires and reaps VMs whose
+startds really join the sandbox pool.
+
+The cloud is a moto EC2 server on loopback; every running instance becomes a real startd
+through ``vmemu.Emulator``, configured only by the user data the factory rendered. Both VM
+paths run the same scenarios: ``EC2`` (the factory calls the EC2 API itself) and
+``CondorEC2`` (grid-universe jobs: the sandbox's real gridmanager and ec2_gahp call moto).
+Each scenario asserts what was lost (nothing: no payload job started twice, no instance left)
+and records a timeline, printed in the terminal summary of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import boto3
+import htcondor2
+import pytest
+from moto.server import ThreadedMotoServer
+
+from pilotfactory.backends.world import RealWorld
+from pilotfactory.factory.clock import WallClock
+from pilotfactory.factory.config import QueueConfig, default_factory_config, load_queues
+from pilotfactory.factory.factory import Factory
+from pilotfactory.factory.info import Worker, WorkerState
+from pilotfactory.factory.ports import CondorTarget
+from pilotfactory.factory.trace import CycleTrace
+from tests.integration.conftest import CondorPool
+from tests.integration.vmemu import Emulator
+
+pytestmark = [pytest.mark.condor, pytest.mark.elastic]
+
+PATHS = ("EC2", "CondorEC2")
+QUEUE = "ELASTIC"
+
+
+# ---------------------------------------------------------------------------- the world
+
+
+@dataclass
+class Cloud:
+    url: str  # what the factory and the emulator use
+    grid_url: str  # what the gridmanager uses (the host name carries region and service)
+    client: Any
+    image: str
+
+
+@pytest.fixture(scope="module")
+def cloud(condor_pool: CondorPool) -> Iterator[Cloud]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    client = boto3.client(
+        "ec2",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDELASTIC",
+        aws_secret_access_key="elastic-secret",
+    )
+    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    grid_host = condor_pool.env["PILOTFACTORY_SANDBOX_EC2_HOST"]
+    yield Cloud(url, f"http://{grid_host}:{port}/", client, image)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def emulator(condor_pool: CondorPool, cloud: Cloud) -> Iterator[Emulator]:
+    jobdir = Path(condor_pool.env["PILOTFACTORY_SANDBOX_JOBDIR"])
+    vm_dir = jobdir / f"vms-{uuid.uuid4().hex[:8]}"
+    emu = Emulator(cloud.client, Path(condor_pool.env["PILOTFACTORY_SANDBOX_ROOT"]), vm_dir)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@dataclass
+class Keys:
+    access: Path
+    secret: Path
+
+
+@pytest.fixture(scope="module")
+def keys(condor_pool: CondorPool) -> Keys:
+    """Owner-only key files the job owner can read (the gridmanager runs as that user)."""
+    root = condor_pool.env["PILOTFACTORY_SANDBOX_ROOT"]
+    user = condor_pool.env["PILOTFACTORY_SANDBOX_SUBMIT_USER"]
+    uid = int(subprocess.check_output(["chroot", root, "id", "-u", user], text=True))
+    gid = int(subprocess.check_output(["chroot", root, "id", "-g", user], text=True))
+    d = Path(condor_pool.env["PILOTFACTORY_SANDBOX_JOBDIR"]) / f"keys-{uuid.uuid4().hex[:8]}"
+    d.mkdir(mode=0o700)
+    os.chown(d, uid, gid)
+    out = []
+    for name, text in (("access.key", "AKIDELASTIC"), ("secret.key", "elastic-secret")):
+        path = d / name
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+        os.chown(path, uid, gid)
+        out.append(path)
+    return Keys(*out)
+
+
+@pytest.fixture
+def workdir(condor_pool: CondorPool) -> Path:
+    path = Path(condor_pool.env["PILOTFACTORY_SANDBOX_JOBDIR"]) / f"el-{uuid.uuid4().hex[:8]}"
+    old = os.umask(0)
+    try:
+        path.mkdir(mode=0o1777)
+    finally:
+        os.umask(old)
+    return path
+
+
+# ---------------------------------------------------------------------------- the queue
+
+
+def queue_text(path: str, run: Run, **settings: Any) -> str:
+    """One elastic queue: idle payload labelled ``run.label`` -> VMs with one job slot each."""
+    base = {
+        "wmsstatusplugin": "Condor",
+        "wmsqueue": run.label,
+        "batchstatusplugin": path,
+        "batchsubmitplugin": path,
+        "schedplugin": "JobsPerVM, IdleShutdown, MaxVMs",
+        "sched.jobspervm.jobs": 1,
+        "sched.idleshutdown.idle_time": 0,
+        "sched.maxvms.maximum": 2,
+        "retire_confirm_cycles": 1,
+        "apfqueue.sleep": 1,
+        "boot_timeout": 120,
+        "expected_job_length": 600,
+    }
+    c, k = run.cloud, run.keys
+    if path == "EC2":
+        account = {
+            "endpoint_url": c.url,
+            "region": "us-east-1",
+            "access_key_id": k.access,
+            "secret_access_key": k.secret,
+            "retries": 0,
+            "timeout": 10,
+        }
+        base.update({f"batchstatus.ec2.{key}": v for key, v in account.items()})
+        base.update({f"batchsubmit.ec2.{key}": v for key, v in account.items()})
+        base.update({"batchsubmit.ec2.image": c.image, "batchsubmit.ec2.flavor": "t3.micro"})
+    else:
+        ud = run.workdir / "user-data.sh"
+        ud.write_text("#!/bin/sh\necho 'booted by CondorEC2' > /etc/condor/config.d/50-note\n")
+        base.update(
+            {
+                "batchsubmit.condorec2.gridresource": c.grid_url,
+                "batchsubmit.condorec2.ami_id": c.image,
+                "batchsubmit.condorec2.instance_type": "t3.micro",
+                "batchsubmit.condorec2.access_key_id": k.access,
+                "batchsubmit.condorec2.secret_access_key": k.secret,
+                "batchsubmit.condorec2.user_data_file": ud,
+                "batchsubmit.condorec2.keypair_file": run.workdir / "keypair",
+            }
+        )
+    base.update(settings)
+    body = "\n".join(f"{key} = {value}" for key, value in base.items())
+    return f"[{QUEUE}]\n{body}\n"
+
+
+@dataclass
+class Run:
+    """One scenario: its factory, its payload, its timeline, and what it saw of the cloud."""
+
+    path: str
+    pool: CondorPool
+    cloud: Cloud
+    keys: Keys
+    emu: Emulator
+    workdir: Path
+    label: str = field(default_factory=lambda: f"EL_{uuid.uuid4().hex[:6]}")
+    factory: Factory | None = None
+    t0: float = field(default_factory=time.monotonic)
+    rows: list[str] = field(default_factory=list)
+    before: set[str] = field(default_factory=set)
+    traces: list[CycleTrace] = field(default_factory=list)
+    port: Any = field(default_factory=lambda: RealWorld("bindings").condor(CondorTarget()))
+
+    # -------------------------------------------------------------- set-up
+
+    def configure(self, **settings: Any) -> Factory:
+        conf = self.workdir / f"queues-{uuid.uuid4().hex[:6]}.conf"
+        conf.write_text(queue_text(self.path, self, **settings))
+        res = load_queues([str(conf)])
+        assert res.errors == [], res.problems
+        queues: list[QueueConfig] = res.queues
+        if self.factory is None:
+            fcfg = replace(
+                default_factory_config(),
+                factory_id=f"pf-el-{uuid.uuid4().hex[:6]}",
+                raw={"baseLogDir": str(self.workdir / "logs")},
+            )
+            self.factory = Factory(fcfg, queues, RealWorld("bindings"), WallClock())
+        else:
+            self.factory.reload(queues)
+        return self.factory
+
+    def payload(self, n: int, seconds: int) -> list[str]:
+        """Payload that only a VM can run (the pool's own startd has no EC2InstanceID)."""
+        res = self.port.submit(
+            {
+                "executable": "/bin/sleep",
+                "arguments": str(seconds),
+                "requirements": "TARGET.EC2InstanceID =!= undefined",
+                "+MATCH_APF_QUEUE": f'"{self.label}"',
+                "request_cpus": "1",
+                "request_memory": "64",
+                "job_lease_duration": "30",
+                "initialdir": str(self.workdir),
+                "log": str(self.workdir / "payload.log"),
+            },
+            n,
+        )
+        return list(res.job_ids)
+
+    # -------------------------------------------------------------- observing
+
+    def instances(self) -> dict[str, str]:
+        """Instances this scenario caused, by id -> state (CondorEC2's gahp cannot tag)."""
+        pages = self.cloud.client.get_paginator("describe_instances").paginate()
+        out = {}
+        for page in pages:
+            for r in page["Reservations"]:
+                for i in r["Instances"]:
+                    if i["InstanceId"] not in self.before:
+                        out[i["InstanceId"]] = i["State"]["Name"]
+        return out
+
+    def payload_jobs(self) -> list[dict[str, Any]]:
+        return self.port.query_jobs(
+            {"MATCH_APF_QUEUE": self.label},
+            ["ClusterId", "ProcId", "JobStatus", "NumJobStarts", "RemoteHost"],
+        )
+
+    def startds(self) -> set[str]:
+        ads = self.port.query_startds(
+            {}, ["Machine", "EC2InstanceID"], constraint="EC2InstanceID =!= undefined"
+        )
+        mine = set(self.instances())
+        return {str(a["EC2InstanceID"]) for a in ads if a.get("EC2InstanceID") in mine}
+
+    def workers(self) -> list[Worker]:
+        assert self.factory is not None
+        src = self.factory.queues[QUEUE].batch_source
+        src.refresh()
+        info = src.info(QUEUE)
+        return list(info.workers) if info is not None else []
+
+    def row(self, note: str = "") -> None:
+        jobs = self.payload_jobs()
+        status = Counter(int(j["JobStatus"]) for j in jobs)
+        inst = Counter(self.instances().values())
+        states = " ".join(f"{k}={v}" for k, v in sorted(inst.items())) or "-"
+        self.rows.append(
+            f"{time.monotonic() - self.t0:6.1f}s waiting={status.get(1, 0)} "
+            f"payload_running={status.get(2, 0)} instances[{states}] "
+            f"startds={len(self.startds())} {note}".rstrip()
+        )
+
+    # -------------------------------------------------------------- driving
+
+    def cycle(self) -> CycleTrace:
+        assert self.factory is not None
+        [trace] = self.factory.cycle(force=True)
+        self.traces.append(trace)
+        acted = "; ".join(trace.results) or "nothing"
+        if trace.error:
+            acted = f"ERROR {trace.error}"
+        if trace.batch is not None:
+            ws = Counter(w.state.value for w in trace.batch.workers)
+            acted = f"workers[{' '.join(f'{k}={v}' for k, v in sorted(ws.items()))}] n={trace.n} {acted}"
+        self.row(acted)
+        if os.environ.get("PILOTFACTORY_ELASTIC_DEBUG"):
+            print(trace.to_dict())
+        return trace
+
+    def until(self, what: str, done: Callable[[], Any], timeout: float = 180) -> Any:
+        """Run factory cycles (one a second or so) until ``done()`` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.cycle()
+            got = done()
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(1.0)
+
+    # -------------------------------------------------------------- what was lost
+
+    def restarts(self) -> dict[str, int]:
+        """Execute events per payload job in its event log (1 each: nothing ever restarted)."""
+        starts: Counter[str] = Counter()
+        evicted: Counter[str] = Counter()
+        log_path = self.workdir / "payload.log"
+        if not log_path.exists():
+            return {}
+        for event in htcondor2.JobEventLog(str(log_path)).events(0):
+            jid = f"{event.cluster}.{event.proc}"
+            if event.type == htcondor2.JobEventType.EXECUTE:
+                starts[jid] += 1
+            elif event.type in (
+                htcondor2.JobEventType.JOB_EVICTED,
+                htcondor2.JobEventType.JOB_ABORTED,
+                htcondor2.JobEventType.SHADOW_EXCEPTION,
+            ):
+                evicted[jid] += 1
+        return {jid: starts[jid] + evicted[jid] for jid in starts | evicted}
+
+    def cleanup(self) -> None:
+        """Remove this run's jobs and end its instances (the emulator kills their VMs)."""
+        try:
+            ids = [f"{j['ClusterId']}.{j['ProcId']}" for j in self.payload_jobs()]
+            if self.factory is not None:
+                fid = self.factory.fcfg.factory_id
+                grid = self.port.query_jobs({"PilotFactoryId": fid}, ["ClusterId", "ProcId"])
+                ids += [f"{j['ClusterId']}.{j['ProcId']}" for j in grid]
+            if ids:
+                self.port.remove(ids, "test cleanup")
+        finally:
+            live = [i for i, s in self.instances().items() if s != "terminated"]
+            if live:
+                self.cloud.client.terminate_instances(InstanceIds=live)
+
+
+@pytest.fixture(params=PATHS)
+def run(
+    request: pytest.FixtureRequest,
+    condor_pool: CondorPool,
+    cloud: Cloud,
+    keys: Keys,
+    emulator: Emulator,
+    workdir: Path,
+) -> Iterator[Run]:
+    r = Run(request.param, condor_pool, cloud, keys, emulator, workdir)
+    r.before = set(r.instances())
+    yield r
+    r.cleanup()
+    r.row("after cleanup")
+    # In the report (and JUnit XML); the integration conftest prints it after the run.
+    request.node.user_properties.append(("timeline", r.rows))
+
+
+def nothing_lost(run: Run) -> None:
+    """No payload job started twice, none evicted; no instance of the run left alive."""
+    restarts = run.restarts()
+    assert restarts, "no payload ever ran"
+    assert set(restarts.values()) == {1}, f"payload restarted or evicted: {restarts}"
+    left = {i: s for i, s in run.instances().items() if s != "terminated"}
+    assert left == {}, f"instances left: {left}"
+    assert not run.emu.errors, run.emu.errors
+
+
+def states(run: Run) -> Counter[WorkerState]:
+    return Counter(w.state for w in run.workers())
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+def test_grow_run_drain_terminate(run: Run) -> None:
+    """(a) Idle payload buys VMs, their startds join and run it; once the work is gone the
+    VMs are drained and terminated: zero evictions, zero instances left."""
+    run.configure()
+    run.row("start")
+    jobs = run.payload(2, 15)
+    run.until("2 VMs running payload", lambda: len(run.startds()) == 2, timeout=150)
+    assert len(run.instances()) == 2, "exactly one VM per idle job (MaxVMs 2)"
+    run.until("payload done", lambda: not run.payload_jobs(), timeout=120)
+    run.until(
+        "every instance terminated",
+        lambda: run.instances() and set(run.instances().values()) == {"terminated"},
+        timeout=120,
+    )
+    assert len(run.instances()) == 2, "no VM bought after the work was gone"
+    assert len(jobs) == 2
+    nothing_lost(run)
+    kinds = Counter(a.kind.value for t in run.traces for a in t.planned)
+    assert kinds["submit"] >= 1 and kinds["retire"] >= 1 and kinds["reap"] >= 1, kinds

@@ -154,7 +154,11 @@ def queue_text(path: str, run: Run, **settings: Any) -> str:
         base.update({"batchsubmit.ec2.image": c.image, "batchsubmit.ec2.flavor": "t3.micro"})
     else:
         ud = run.workdir / "user-data.sh"
-        ud.write_text("#!/bin/sh\necho 'booted by CondorEC2' > /etc/condor/config.d/50-note\n")
+        ud.write_text(  # CondorEC2 passes user data through: the VM's config says who it is
+            "#!/bin/sh\ncat > /etc/condor/config.d/50-queue <<'EOF'\n"
+            f'PilotFactoryQueue = "{QUEUE}"\nSTARTD_ATTRS = $(STARTD_ATTRS) PilotFactoryQueue\n'
+            "EOF\n"
+        )
         base.update(
             {
                 "batchsubmit.condorec2.gridresource": c.grid_url,

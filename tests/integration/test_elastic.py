@@ -137,6 +137,7 @@ def queue_text(path: str, run: Run, **settings: Any) -> str:
         "retire_confirm_cycles": 1,
         "apfqueue.sleep": 1,
         "boot_timeout": 120,
+        "held_timeout": 60,
         "expected_job_length": 600,
     }
     c, k = run.cloud, run.keys
@@ -187,6 +188,7 @@ class Run:
     workdir: Path
     label: str = field(default_factory=lambda: f"EL_{uuid.uuid4().hex[:6]}")
     factory: Factory | None = None
+    factory_id: str = field(default_factory=lambda: f"pf-el-{uuid.uuid4().hex[:6]}")
     t0: float = field(default_factory=time.monotonic)
     rows: list[str] = field(default_factory=list)
     before: set[str] = field(default_factory=set)
@@ -204,13 +206,20 @@ class Run:
         if self.factory is None:
             fcfg = replace(
                 default_factory_config(),
-                factory_id=f"pf-el-{uuid.uuid4().hex[:6]}",
+                factory_id=self.factory_id,
                 raw={"baseLogDir": str(self.workdir / "logs")},
             )
             self.factory = Factory(fcfg, queues, RealWorld("bindings"), WallClock())
         else:
             self.factory.reload(queues)
         return self.factory
+
+    def restart(self, **settings: Any) -> Factory:
+        """The factory process dies (kill -9: nothing it held in memory survives) and a new
+        one starts with the same factory id and the given queue settings."""
+        self.factory = None
+        self.row("factory killed and restarted")
+        return self.configure(**settings)
 
     def payload(self, n: int, seconds: int) -> list[str]:
         """Payload that only a VM can run (the pool's own startd has no EC2InstanceID)."""
@@ -255,6 +264,13 @@ class Run:
         )
         mine = set(self.instances())
         return {str(a["EC2InstanceID"]) for a in ads if a.get("EC2InstanceID") in mine}
+
+    def count(self, state: WorkerState) -> int:
+        return sum(1 for w in self.workers() if w.state is state)
+
+    def acted(self, kind: str, since: int = 0) -> list[Any]:
+        """Actions of this kind planned and carried out in the cycles from ``since`` on."""
+        return [a for t in self.traces[since:] for a in t.planned if a.kind.value == kind]
 
     def workers(self) -> list[Worker]:
         assert self.factory is not None
@@ -394,3 +410,142 @@ def test_grow_run_drain_terminate(run: Run) -> None:
     nothing_lost(run)
     kinds = Counter(a.kind.value for t in run.traces for a in t.planned)
     assert kinds["submit"] >= 1 and kinds["retire"] >= 1 and kinds["reap"] >= 1, kinds
+
+
+@pytest.mark.parametrize("mode", ["drain", "peaceful"])
+def test_demand_returns_while_draining(run: Run, mode: str) -> None:
+    """(b) A busy VM is retired (the operator lowers MaxVMs); work comes back while it
+    drains: it is un-retired instead of buying a VM, its job is never restarted, and (peaceful)
+    its startd comes back after the job and is not reaped in the gap."""
+    run.configure(retire_mode=mode)
+    run.payload(2, 30)
+    run.until("2 busy VMs", lambda: run.count(WorkerState.BUSY) == 2, timeout=150)
+    run.configure(retire_mode=mode, **{"sched.maxvms.maximum": 1})
+    mark = len(run.traces)
+    run.until("one VM retiring", lambda: run.count(WorkerState.RETIRING) == 1, timeout=60)
+    assert len(run.acted("retire", mark)) == 1, "exactly one VM retired for MaxVMs 1"
+    run.payload(1, 5)
+    run.configure(retire_mode=mode, **{"sched.maxvms.maximum": 2})
+    mark = len(run.traces)
+    run.until("the retiring VM un-retired", lambda: run.acted("unretire", mark), timeout=60)
+    assert not run.acted("submit", mark), "no VM bought while one could be un-retired"
+    run.until("payload done", lambda: not run.payload_jobs(), timeout=150)
+    run.until(
+        "every instance terminated",
+        lambda: set(run.instances().values()) == {"terminated"},
+        timeout=120,
+    )
+    assert len(run.instances()) == 2, "no VM bought: the un-retired one took the work"
+    nothing_lost(run)
+    assert len(run.restarts()) == 3
+
+
+def test_never_joining_image(run: Run) -> None:
+    """(c) VMs of a broken image never join: reaped at boot_timeout, never more than
+    max_booting booting at once, submits stop with the reason, reaping goes on."""
+    broken = run.cloud.client.describe_images(Owners=["amazon"])["Images"][1]["ImageId"]
+    run.emu.broken_images.add(broken)
+    image_key = "batchsubmit.ec2.image" if run.path == "EC2" else "batchsubmit.condorec2.ami_id"
+    run.configure(
+        **{
+            image_key: broken,
+            "boot_timeout": 12,
+            "max_booting": 2,
+            "failure_limit": 3,
+            "backoff.initial": 2,
+            "sched.maxvms.maximum": 4,
+        }
+    )
+    run.payload(4, 5)
+    stopped = run.until(
+        "submits stopped by the failure limit",
+        lambda: [n for t in run.traces[-1:] for n in t.notes if "all failed" in n],
+        timeout=240,
+    )
+    assert "never joined" in stopped[0] or "boot_timeout" in stopped[0] or "lost" in stopped[0]
+    for t in run.traces:
+        if t.batch is not None:
+            booting = sum(
+                1 for w in t.batch.workers if w.state in (WorkerState.BOOTING, WorkerState.PENDING)
+            )
+            assert booting <= 2, f"{booting} booting at once (max_booting 2)"
+    mark = len(run.traces)
+    run.until(
+        "every instance reaped",
+        lambda: set(run.instances().values()) <= {"terminated"},
+        timeout=90,
+    )
+    for _ in range(3):
+        run.cycle()
+    assert not run.acted("submit", mark), "no submit once the failure limit stopped the queue"
+    assert len(run.payload_jobs()) == 4, "the payload waits; nothing ran"
+    assert run.restarts() == {}
+
+
+def test_restart_after_launch_and_after_retire(run: Run) -> None:
+    """(d) The factory is killed right after a launch request and right after a retire
+    request, and restarted: no duplicate VM, no orphan, nothing evicted, the retire goes on."""
+    run.configure()
+    run.payload(2, 25)
+    run.until("a launch", lambda: run.acted("submit"), timeout=30)
+    run.restart()
+    run.until("2 busy VMs", lambda: run.count(WorkerState.BUSY) == 2, timeout=150)
+    assert len(run.instances()) == 2, "the restarted factory saw its VMs coming: no duplicate"
+    run.restart(**{"sched.maxvms.maximum": 1})
+    run.until("a retire", lambda: run.acted("retire"), timeout=60)
+    run.restart(**{"sched.maxvms.maximum": 1})
+    run.until("payload done", lambda: not run.payload_jobs(), timeout=150)
+    run.until(
+        "every instance terminated",
+        lambda: set(run.instances().values()) == {"terminated"},
+        timeout=120,
+    )
+    assert len(run.instances()) == 2
+    nothing_lost(run)
+
+
+def test_collector_restart_changes_nothing(run: Run) -> None:
+    """(e) The collector restarts while VMs run payload: its ads vanish for a while, and
+    nothing is retired, reaped or bought because of it."""
+    run.configure()
+    run.payload(2, 40)
+    run.until("2 busy VMs", lambda: run.count(WorkerState.BUSY) == 2, timeout=150)
+    mark = len(run.traces)
+    out = run.pool.tool("condor_restart", "-daemon", "collector")
+    run.row(f"collector restarted: {out.strip()[:60]}")
+    run.until("the startds back in the collector", lambda: len(run.startds()) == 2, timeout=60)
+    for _ in range(3):
+        run.cycle()
+    for kind in ("retire", "reap", "submit", "cancel"):
+        assert not run.acted(kind, mark), f"{kind} while the collector restarted"
+    run.until("payload done", lambda: not run.payload_jobs(), timeout=150)
+    run.until(
+        "every instance terminated",
+        lambda: set(run.instances().values()) == {"terminated"},
+        timeout=120,
+    )
+    assert len(run.instances()) == 2
+    nothing_lost(run)
+
+
+def test_instance_terminated_behind_our_back(run: Run) -> None:
+    """(f) An instance is terminated by someone else while its VM runs payload: its worker
+    leaves the books (its record is cleaned up), a replacement is bought, and HTCondor requeues
+    the payload that ran there, which then completes on the replacement."""
+    run.configure(**{"sched.maxvms.maximum": 1})
+    [job] = run.payload(1, 20)
+    run.until("a busy VM", lambda: run.count(WorkerState.BUSY) == 1, timeout=150)
+    [victim] = [i for i, s in run.instances().items() if s == "running"]
+    run.cloud.client.terminate_instances(InstanceIds=[victim])
+    run.row(f"terminated {victim} behind the factory's back")
+    run.until("a replacement bought", lambda: len(run.instances()) == 2, timeout=120)
+    run.until("payload done", lambda: not run.payload_jobs(), timeout=240)
+    run.until(
+        "every instance terminated",
+        lambda: set(run.instances().values()) == {"terminated"},
+        timeout=120,
+    )
+    starts = run.restarts()
+    assert starts.get(job, 0) >= 2, f"the payload was requeued and ran again: {starts}"
+    assert len(run.instances()) == 2, "one replacement, not more"
+    assert not run.emu.errors, run.emu.errors

@@ -108,7 +108,13 @@ class MinVMs(SchedPlugin):
 
 
 class MaxVMs(SchedPlugin):
-    """Never more than ``maximum`` workers; above it, take the excess away."""
+    """Never more than ``maximum`` workers; above it, take the excess away.
+
+    RETIRING workers still cost money, so they count against new ones; but they are already
+    leaving, so they are not an excess to take away again (counting them there retired one
+    more busy VM every cycle until none stayed: 2 VMs, maximum 1, one draining -> n = -1 ->
+    the other drained too).
+    """
 
     NAME = "MaxVMs"
     PARAMS = (Param("maximum", int, None, minimum=0),)
@@ -118,5 +124,7 @@ class MaxVMs(SchedPlugin):
         if maximum is None or ctx.batch is None:
             return n, f"MaxVMs: unset or no batch info, ret={n}"
         supply = ctx.batch.supply
-        out = min(n, int(maximum) - supply)
-        return out, f"MaxVMs: in={n} supply={supply} maximum={maximum} ret={out}"
+        staying = supply - ctx.batch.count(WorkerState.RETIRING)
+        room = int(maximum) - supply
+        out = min(n, room) if room >= 0 else min(n, 0, int(maximum) - staying)
+        return out, f"MaxVMs: in={n} supply={supply} staying={staying} maximum={maximum} ret={out}"

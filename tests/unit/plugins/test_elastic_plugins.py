@@ -50,6 +50,12 @@ ROWS = [
     (MaxVMs, {"maximum": 3}, 5, (R, I), 1),
     (MaxVMs, {"maximum": 3}, 0, (I, I, I, I), -1),
     (MaxVMs, {}, 7, (I,), 7),
+    # ... but a retiring VM is not an excess to take away again (the regression rows: one
+    # busy VM more was drained every cycle until none stayed)
+    (MaxVMs, {"maximum": 1}, 0, (R, B), 0),
+    (MaxVMs, {"maximum": 1}, 0, (R, B, I), -1),
+    (MaxVMs, {"maximum": 1}, 3, (R, B), 0),
+    (MaxVMs, {"maximum": 0}, 0, (R, R), 0),
     # JobsPerVM: 4 idle jobs need 1 VM, 5 need 2 (ECM's JOBS_PER_VM)
     (JobsPerVM, {"jobs": 4}, 0, (), 0),
 ]

@@ -132,9 +132,11 @@ def queue_text(path: str, run: Run, **settings: Any) -> str:
         "batchsubmitplugin": path,
         "schedplugin": "JobsPerVM, IdleShutdown, MaxVMs",
         "sched.jobspervm.jobs": 1,
-        "sched.idleshutdown.idle_time": 0,
+        # A VM given a job looks idle until its slot ad reaches the collector: with a cycle a
+        # second, an idle time and 3 confirming cycles keep that window from retiring it.
+        "sched.idleshutdown.idle_time": 8,
         "sched.maxvms.maximum": 2,
-        "retire_confirm_cycles": 1,
+        "retire_confirm_cycles": 3,
         "apfqueue.sleep": 1,
         "boot_timeout": 120,
         "held_timeout": 60,

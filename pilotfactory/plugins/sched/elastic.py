@@ -110,10 +110,12 @@ class MinVMs(SchedPlugin):
 class MaxVMs(SchedPlugin):
     """Never more than ``maximum`` workers; above it, take the excess away.
 
-    RETIRING workers still cost money, so they count against new ones; but they are already
-    leaving, so they are not an excess to take away again (counting them there retired one
-    more busy VM every cycle until none stayed: 2 VMs, maximum 1, one draining -> n = -1 ->
-    the other drained too).
+    Measured against the workers that stay (RETIRING ones are leaving): the planner spends a
+    positive n on un-retiring first, which adds no VM, and only the rest on new VMs, so
+    ``n <= maximum - staying`` never buys past the maximum while retiring VMs still cost money.
+    Counting retiring VMs as supply instead (seen on the real pool) blocked the un-retire that
+    returning work asked for, and counted a draining VM as excess again, so one more busy VM
+    was drained every cycle until none stayed.
     """
 
     NAME = "MaxVMs"
@@ -125,6 +127,5 @@ class MaxVMs(SchedPlugin):
             return n, f"MaxVMs: unset or no batch info, ret={n}"
         supply = ctx.batch.supply
         staying = supply - ctx.batch.count(WorkerState.RETIRING)
-        room = int(maximum) - supply
-        out = min(n, room) if room >= 0 else min(n, 0, int(maximum) - staying)
+        out = min(n, int(maximum) - staying)
         return out, f"MaxVMs: in={n} supply={supply} staying={staying} maximum={maximum} ret={out}"

@@ -46,8 +46,9 @@ ROWS = [
     (MinVMs, {"minimum": 1}, 0, (P,), 0),  # a VM on its way counts
     (MinVMs, {"minimum": 1}, 0, (H,), 0),  # HELD is supply (reaped after held_timeout)
     (MinVMs, {"minimum": 3}, 5, (), 5),
-    # MaxVMs: retiring ones still cost money and count
-    (MaxVMs, {"maximum": 3}, 5, (R, I), 1),
+    # MaxVMs: n=2 with one retiring: the planner un-retires it and buys one, 3 in all
+    (MaxVMs, {"maximum": 3}, 5, (R, I), 2),
+    (MaxVMs, {"maximum": 2}, 1, (R, B), 1),  # work came back: the un-retire is allowed
     (MaxVMs, {"maximum": 3}, 0, (I, I, I, I), -1),
     (MaxVMs, {}, 7, (I,), 7),
     # ... but a retiring VM is not an excess to take away again (the regression rows: one
@@ -55,6 +56,7 @@ ROWS = [
     (MaxVMs, {"maximum": 1}, 0, (R, B), 0),
     (MaxVMs, {"maximum": 1}, 0, (R, B, I), -1),
     (MaxVMs, {"maximum": 1}, 3, (R, B), 0),
+    (MaxVMs, {"maximum": 2}, 3, (R, R, B), 1),  # un-retire one; no new VM
     (MaxVMs, {"maximum": 0}, 0, (R, R), 0),
     # JobsPerVM: 4 idle jobs need 1 VM, 5 need 2 (ECM's JOBS_PER_VM)
     (JobsPerVM, {"jobs": 4}, 0, (), 0),

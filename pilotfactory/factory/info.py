@@ -137,6 +137,8 @@ class Worker:
     retirement_time: float | None = None
     """The startd's MaxJobRetirementTime as advertised (drain is only safe when large)."""
     hold_reason: str | None = None
+    """Why it is HELD, or why a PENDING VM request is not being fulfilled (the provider's
+    spot request status, a grid resource the gridmanager cannot use)."""
     master_seen: bool | None = None
     """VMs: whether the VM's master ad was in the collector (a retired VM keeps its master until
     reaped; a collector that lost ads loses both). ``None`` for pilots: not applicable."""

@@ -4,8 +4,11 @@ n > 0: un-retire retiring workers first (already booted, cheapest), then submit 
 n < 0: take away |n| workers, cheapest first: held and pending (cancel), then idle (longest idle
 first), then busy (fewest busy slots first, retired peacefully). A worker is acted on only after
 it has been a candidate in ``retire_confirm_cycles`` consecutive cycles.
-Every cycle: reap retired workers, booting ones past ``boot_timeout`` and held ones past
-``held_timeout``.
+Every cycle: reap retired workers, booting ones past ``boot_timeout``, held ones past
+``held_timeout`` and VM requests never fulfilled within ``pending_timeout`` (an open spot
+request, a grid job the gridmanager cannot act on: pending forever otherwise, counted as coming
+supply); the cause a status plugin reports for a pending request is a note every cycle.
+
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ PLANNER_PARAMS: tuple[Param, ...] = (
     ),
     Param("boot_timeout", float, 1800.0, "BOOTING longer than this is LOST", minimum=0.0),
     Param("held_timeout", float, 3600.0, "HELD longer than this is reaped", minimum=0.0),
+    Param(
+        "pending_timeout",
+        float,
+        1800.0,
+        "a VM request PENDING longer than this is cancelled (a failure) and replaced",
+        minimum=0.0,
+    ),
     Param("retire_confirm_cycles", int, 2, minimum=1),
     Param("max_booting", int, None, "cap on PENDING+BOOTING workers", minimum=0),
     Param("max_retire_per_cycle", str, None, "count or percentage, e.g. 5 or 10%"),
@@ -68,6 +78,7 @@ class PlannerSettings:
     """Drain only where the slots' MaxJobRetirementTime is at least this (else peaceful)."""
     boot_timeout: float = _D["boot_timeout"]
     held_timeout: float = _D["held_timeout"]
+    pending_timeout: float = _D["pending_timeout"]
     retire_confirm_cycles: int = _D["retire_confirm_cycles"]
     max_booting: int | None = _D["max_booting"]
     max_retire_per_cycle: str | None = _D["max_retire_per_cycle"]
@@ -170,6 +181,7 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
     last_up = memory.last_scale_up
 
     # ---- reaping, every cycle
+    notes.extend(stuck_notes(inp))
     if inp.freeze:
         notes.append(f"retire and reap frozen: {inp.freeze}")
     else:
@@ -222,10 +234,12 @@ def _reaps(inp: PlanInput) -> list[Action]:
     retired: list[Worker] = []
     lost: list[Worker] = []
     held: list[Worker] = []
-    candidates = inp.workers.in_states(
-        WorkerState.RETIRED, WorkerState.LOST, WorkerState.BOOTING, WorkerState.HELD
-    )
-    for w in candidates:
+    stuck: list[Worker] = []
+    states = [WorkerState.RETIRED, WorkerState.LOST, WorkerState.BOOTING, WorkerState.HELD]
+    vms = inp.worker_kind is WorkerKind.VM  # an idle pilot waits for a slot: not stuck
+    if vms:
+        states.append(WorkerState.PENDING)
+    for w in inp.workers.in_states(*states):
         if w.state is WorkerState.RETIRED:
             retired.append(w)
         elif w.state is WorkerState.LOST or (
@@ -234,6 +248,8 @@ def _reaps(inp: PlanInput) -> list[Action]:
             lost.append(w)
         elif w.state is WorkerState.HELD and inp.now - w.since > s.held_timeout:
             held.append(w)
+        elif w.state is WorkerState.PENDING and inp.now - w.since > s.pending_timeout:
+            stuck.append(w)
     out: list[Action] = []
     if retired:
         out.append(Action(ActionKind.REAP, tuple(retired), reason="retired"))
@@ -256,7 +272,38 @@ def _reaps(inp: PlanInput) -> list[Action]:
                 failure=True,
             )
         )
+    if stuck:
+        cause = next((w.hold_reason for w in stuck if w.hold_reason), None)
+        out.append(
+            Action(
+                ActionKind.REAP,
+                tuple(stuck),
+                reason=f"not fulfilled within pending_timeout={s.pending_timeout:g}s: "
+                + (cause or "no cause reported"),
+                failure=True,
+            )
+        )
     return out
+
+
+def stuck_notes(inp: PlanInput) -> list[str]:
+    """Pending VM requests whose status plugin reports a cause (a spot request the provider
+    cannot fulfil, a grid resource the gridmanager cannot use): said every cycle, before
+    ``pending_timeout`` cancels them."""
+    if inp.worker_kind is not WorkerKind.VM:
+        return []
+    causes: dict[str, int] = {}
+    oldest: dict[str, float] = {}
+    for w in inp.workers.in_states(WorkerState.PENDING):
+        if w.hold_reason:
+            causes[w.hold_reason] = causes.get(w.hold_reason, 0) + 1
+            oldest[w.hold_reason] = min(oldest.get(w.hold_reason, w.since), w.since)
+    left = inp.settings.pending_timeout
+    return [
+        f"{k} request(s) pending: {cause} (cancelled after pending_timeout="
+        f"{left:g}s, {max(0.0, left - (inp.now - oldest[cause])):.0f}s to go)"
+        for cause, k in sorted(causes.items())
+    ]
 
 
 def _submit_count(inp: PlanInput, want: int) -> tuple[int, str | None]:

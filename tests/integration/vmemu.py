@@ -25,6 +25,7 @@ master at all: a broken image) or join late (``join_delay``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import base64
 import logging
 import os
@@ -94,10 +95,8 @@ def kill_tree(pid: int) -> None:
         todo.extend(tree.get(p, ()))
     for sig in (signal.SIGSTOP, signal.SIGKILL):
         for p in found:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, sig)
-            except ProcessLookupError:
-                pass
 
 
 def image_config(vm: VM, cpus: int, memory: int) -> str:
@@ -238,7 +237,12 @@ class Emulator:
                         vm.events.append(f"{now:.1f} master exited {vm.proc.returncode}")
                         log.info("%s: master exited by itself: terminating", iid)
                         self.client.terminate_instances(InstanceIds=[iid])
-                elif vm is not None and state in ("stopping", "stopped", "shutting-down", "terminated"):
+                elif vm is not None and state in (
+                    "stopping",
+                    "stopped",
+                    "shutting-down",
+                    "terminated",
+                ):
                     self._kill(vm, f"instance {state}")
 
     def _new_vm(self, inst: Mapping[str, Any], now: float) -> VM:
@@ -279,7 +283,9 @@ class Emulator:
         bindir = vm.root / "bin"
         bindir.mkdir(exist_ok=True)
         systemctl = bindir / "systemctl"
-        systemctl.write_text('#!/bin/sh\necho "systemctl $*" >> "$(dirname "$0")/../systemctl.log"\n')
+        systemctl.write_text(
+            '#!/bin/sh\necho "systemctl $*" >> "$(dirname "$0")/../systemctl.log"\n'
+        )
         systemctl.chmod(0o755)
         vm.user_data_rc = self.apply_user_data(vm, self.user_data(vm.instance_id))
         env = {"CONDOR_CONFIG": str(config)}
@@ -365,8 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--region", default="us-east-1")
     ap.add_argument("--sandbox-root", default=os.environ.get("PILOTFACTORY_SANDBOX_ROOT"))
     ap.add_argument("--vm-dir", default=None, help="where VM directories go (under the job dir)")
-    ap.add_argument("--never-join", action="append", default=[], metavar="AMI",
-                    help="instances of this image never start HTCondor (repeatable)")
+    ap.add_argument(
+        "--never-join",
+        action="append",
+        default=[],
+        metavar="AMI",
+        help="instances of this image never start HTCondor (repeatable)",
+    )
     ap.add_argument("--join-delay", type=float, default=0.0, help="seconds before a VM boots")
     ap.add_argument("--cpus", type=int, default=1)
     ap.add_argument("-v", "--verbose", action="store_true")

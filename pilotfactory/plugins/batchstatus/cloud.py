@@ -76,7 +76,7 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
         retire_mode=RetireMode.parse(tags.get(TAG_RETIRE_MODE)),
         hold_reason=(inst.fault or f"instance {inst.id} is in state {inst.state}")
         if phase is Phase.HELD
-        else None,
+        else inst.fault,  # pending: why the provider does not fulfil the request
     )
 
 

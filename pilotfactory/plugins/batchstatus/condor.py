@@ -10,6 +10,7 @@ direct-cloud plugins).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ JOB_ATTRS = (
     "ClusterId", "ProcId", "JobStatus", "EnteredCurrentStatus", "QDate", "JobStartDate",
     "CompletionDate", "HoldReason", "JobUniverse", "RemoteHost", "EC2InstanceName",
     "PilotFactoryQueue", "APF_QUEUE", RETIRE_REQUESTED, RETIRE_MODE, UNRETIRED_AT,
+    "GridResource", "GridResourceUnavailableTime",
 )  # fmt: skip
 HISTORY_ATTRS = (
     "ClusterId", "ProcId", "JobStatus", "PilotFactoryQueue", "APF_QUEUE", "JobStartDate",
@@ -329,7 +331,20 @@ def vm_record(ad: Ad, now: float) -> VMRecord:
         unretired_at=timestamp(get(UNRETIRED_AT)),
         retire_mode=RetireMode.parse(get(RETIRE_MODE))
         or (RECORDED_DEFAULT if requested is not None else None),
-        hold_reason=get("HoldReason"),
+        hold_reason=get("HoldReason") or _unavailable(ad),
+    )
+
+
+def _unavailable(ad: Ad) -> str | None:
+    """Why an idle grid job gets no instance: the gridmanager sets GridResourceUnavailableTime
+    and retries for ever without holding the job (e.g. key files its owner cannot read)."""
+    since = ad.get("GridResourceUnavailableTime")
+    if since is None:
+        return None
+    return (
+        f"grid resource {ad.get('GridResource') or '?'} unavailable to the gridmanager since "
+        f"{time.strftime('%H:%M:%S', time.gmtime(float(since)))} UTC (endpoint down, or "
+        "credential files the job owner cannot read)"
     )
 
 

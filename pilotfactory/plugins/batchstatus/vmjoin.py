@@ -208,7 +208,7 @@ def join_worker(
         unretired_at=rec.unretired_at,
         submitted_at=rec.submitted_at,
         retirement_time=float(min(retire_times)) if joined and retire_times else None,
-        hold_reason=rec.hold_reason if rec.phase is Phase.HELD else None,
+        hold_reason=rec.hold_reason if not joined else None,
         master_seen=obs.master_seen if joined else None,
     )
 

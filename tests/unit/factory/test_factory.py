@@ -294,8 +294,9 @@ batchsubmit.condorec2.secret_access_key = /nonexistent/secret.key
 """
     factory, port, clock = build(tmp_path, text)
     port.jobs = [
-        {"ClusterId": 7, "ProcId": k, "JobStatus": 1, "PilotFactoryId": "f1", "QDate": 1.0,
-         "JobUniverse": 5 if k < 3 else 9, "PilotFactoryQueue": "A" if k < 3 else "V"}
+        {"ClusterId": 7, "ProcId": k, "JobStatus": 1, "PilotFactoryId": "f1",
+         "QDate": clock.now(), "JobUniverse": 5 if k < 3 else 9,
+         "PilotFactoryQueue": "A" if k < 3 else "V"}
         for k in range(6)
     ]  # fmt: skip
     acting: list[str] = []

@@ -85,7 +85,7 @@ CASES = [
     (
         "newest pending first",
         -1,
-        [w("old", P, since=1.0), w("new", P, since=2.0)],
+        [w("old", P, since=NOW - 20), w("new", P, since=NOW - 10)],
         {"cancel": ["new"]},
     ),
     (
@@ -272,6 +272,7 @@ def test_planner_invariants(n: int, picks: list[tuple[WorkerState, int, float]])
                     WorkerState.LOST,
                     WorkerState.BOOTING,
                     WorkerState.HELD,
+                    WorkerState.PENDING,  # a VM request past pending_timeout
                 )
     assert len(touched) == len(set(touched)), "a worker gets at most one action per cycle"
     taken = sum(
@@ -293,3 +294,28 @@ def test_newest_pending_first_within_one_cluster() -> None:
     # QDate has whole seconds: one cluster's jobs tie on time, the highest proc is newest.
     workers = [w(f"15.{p}", P, since=NOW - 50, submitted_at=NOW - 50) for p in range(3)]
     assert summary(-2, workers) == {"cancel": ["15.2", "15.1"]}
+
+
+def test_vm_request_never_fulfilled_is_cancelled_with_its_cause() -> None:
+    """An open spot request or a grid job the gridmanager cannot act on stays PENDING: its
+    cause is a note every cycle, and past pending_timeout it is cancelled as a failure."""
+    s = replace(S, pending_timeout=900)
+    cause = "capacity-not-available: no m5 in us-east-1a"
+    young = w("young", P, since=NOW - 100, hold_reason=cause)
+    old = w("old", P, since=NOW - 1000, hold_reason=cause)
+    res = plan(PlanInput(n=0, workers=(young, old), now=NOW, settings=s))
+    [reap] = [a for a in res.actions if a.kind is ActionKind.REAP]
+    assert [x.id for x in reap.workers] == ["old"] and reap.failure
+    assert "pending_timeout=900s" in reap.reason and cause in reap.reason
+    [note] = [n for n in res.notes if "pending" in n]
+    assert note.startswith(f"2 request(s) pending: {cause}") and "0s to go" in note
+
+
+def test_pending_pilots_wait_for_slots_without_a_deadline() -> None:
+    s = replace(S, pending_timeout=60)
+    res = plan(
+        PlanInput(
+            n=0, workers=(w("p", P, since=0.0),), now=NOW, settings=s, worker_kind=WorkerKind.PILOT
+        )
+    )
+    assert res.actions == () and res.notes == ()

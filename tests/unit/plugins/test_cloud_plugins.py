@@ -178,6 +178,18 @@ def test_held_carries_the_fault_and_untagged_worker_is_its_instance():
     assert (w.id, w.state, w.hold_reason) == ("i-9", S.HELD, "No valid host")
 
 
+def test_open_spot_request_carries_the_providers_reason():
+    _port, cloud, env, _ = setup()
+    why = "capacity-not-available: no m5 in us-east-1a"
+    cloud.instances["sir-1"] = Instance(
+        "sir-1", "pending", NOW, {TAG_FACTORY: "f1", TAG_QUEUE: Q}, fault=why
+    )
+    plugin = status(env)
+    plugin.refresh()
+    (w,) = plugin.info(Q).workers
+    assert (w.state, w.hold_reason) == (S.PENDING, why)
+
+
 def test_one_list_one_startd_one_master_query_and_pool_gauge():
     port, cloud, env, _ = setup()
     cloud.add("i-1", "running", **{TAG_WORKER: WID})

@@ -130,6 +130,21 @@ def test_vm_worker_details():
     assert held is not None and held.hold_reason == "bad key"
 
 
+def test_grid_job_the_gridmanager_cannot_act_on_says_why():
+    """Key files the job owner cannot read: the job stays idle (no hold) with
+    GridResourceUnavailableTime set; the pending worker carries that cause."""
+    stuck = {
+        **job(1, 1),
+        "GridResource": "ec2 https://ec2.example/",
+        "GridResourceUnavailableTime": 0,
+    }
+    w = vm_worker(stuck, Q, NOW, [], None, 120)
+    assert w is not None and w.state is S.PENDING
+    assert w.hold_reason is not None and "ec2 https://ec2.example/ unavailable" in w.hold_reason
+    w = vm_worker(job(1, 1), Q, NOW, [], None, 120)
+    assert w is not None and w.hold_reason is None
+
+
 def test_unretire_grace_counts_from_last_time_the_startd_was_seen():
     # Un-retired an hour ago; the startd restarts after its last job: a short gap, not LOST.
     ad = {**job(1, 2), **RUN, "PilotFactoryUnretiredAt": NOW - 3600}

@@ -25,8 +25,8 @@ master at all: a broken image) or join late (``join_delay``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import base64
+import contextlib
 import logging
 import os
 import shlex

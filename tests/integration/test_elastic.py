@@ -242,6 +242,10 @@ class Run:
 
     # -------------------------------------------------------------- observing
 
+    def open_requests(self) -> int:
+        reqs = self.cloud.client.describe_spot_instance_requests()["SpotInstanceRequests"]
+        return sum(1 for r in reqs if r["State"] == "open")
+
     def instances(self) -> dict[str, str]:
         """Instances this scenario caused, by id -> state (CondorEC2's gahp cannot tag)."""
         pages = self.cloud.client.get_paginator("describe_instances").paginate()
@@ -288,6 +292,8 @@ class Run:
         except CondorError as exc:  # the pool itself is what a scenario disturbs
             seen = f"(pool unreadable: {str(exc)[:50]})"
         inst = Counter(self.instances().values())
+        if opened := self.open_requests():
+            inst["open-spot-request"] = opened
         states = " ".join(f"{k}={v}" for k, v in sorted(inst.items())) or "-"
         self.rows.append(
             f"{time.monotonic() - self.t0:6.1f}s {seen} instances[{states}] {note}".rstrip()
@@ -514,9 +520,11 @@ def test_restart_after_launch_and_after_retire(run: Run) -> None:
 def test_collector_restart_changes_nothing(run: Run) -> None:
     """(e) The collector restarts while VMs run payload: its ads vanish for a while, and
     nothing is retired, reaped or bought because of it."""
-    run.configure()
-    run.payload(2, 40)
+    # VMs older than boot_timeout without ads would be LOST, were the breaker not to hold
+    run.configure(boot_timeout=15)
+    run.payload(2, 45)
     run.until("2 busy VMs", lambda: run.count(WorkerState.BUSY) == 2, timeout=150)
+    time.sleep(max(0.0, 16 - (time.monotonic() - run.t0)))
     mark = len(run.traces)
     out = run.pool.tool("condor_restart", "-daemon", "collector")
     run.row(f"collector restarted: {out.strip()[:60]}")
@@ -556,3 +564,69 @@ def test_instance_terminated_behind_our_back(run: Run) -> None:
     assert starts.get(job, 0) >= 2, f"the payload was requeued and ran again: {starts}"
     assert len(run.instances()) == 2, "one replacement, not more"
     assert not run.emu.errors, run.emu.errors
+
+
+@pytest.fixture
+def spot_stays_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto leaves new spot requests open with AWS's capacity status, as a busy region does
+    (the threaded server shares this process's model)."""
+    from moto.ec2.models import spot_requests
+
+    original = spot_requests.SpotInstanceRequest.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.ec2_backend.terminate_instances([self.instance.id])
+        self.instance = type("NoInstance", (), {"id": None})()
+        self.state, self._status_code = "open", "capacity-not-available"
+        self.status_message = "no t3.micro capacity in us-east-1a"
+
+    monkeypatch.setattr(spot_requests.SpotInstanceRequest, "__init__", init)
+
+
+def test_request_never_fulfilled(run: Run, request: pytest.FixtureRequest) -> None:
+    """(g) VM requests that are never fulfilled -- an open spot request (EC2), a grid job the
+    gridmanager cannot act on because its owner cannot read the key files (CondorEC2) -- are
+    reported with their cause, cancelled after pending_timeout and replaced, and the queue
+    stops when every request fails the same way."""
+    settings: dict[str, Any] = {"pending_timeout": 20, "failure_limit": 2, "backoff.initial": 1}
+    if run.path == "EC2":
+        request.getfixturevalue("spot_stays_open")
+        settings["batchsubmit.ec2.spot_price"] = 0.05
+        cause = "capacity-not-available"
+    else:
+        locked = run.workdir / "root-only"
+        locked.mkdir(mode=0o700)  # root's: the gridmanager runs as the job owner
+        for name in ("access.key", "secret.key"):
+            (locked / name).write_text("x\n")
+            (locked / name).chmod(0o600)
+        settings["batchsubmit.condorec2.access_key_id"] = locked / "access.key"
+        settings["batchsubmit.condorec2.secret_access_key"] = locked / "secret.key"
+        cause = "unavailable to the gridmanager"
+    run.configure(**settings)
+    run.payload(2, 5)
+    reported = run.until(
+        "the cause reported",
+        lambda: [n for n in run.traces[-1].notes if cause in n],
+        timeout=60,
+    )
+    assert "pending_timeout=20s" in reported[0]
+    run.until("a request cancelled", lambda: run.acted("reap"), timeout=60)
+    [reap] = run.acted("reap")[:1]
+    assert reap.failure and cause in reap.reason
+    run.until(
+        "the queue stopped: every request failed the same way",
+        lambda: [n for n in run.traces[-1].notes if "all failed" in n],
+        timeout=120,
+    )
+    assert len(run.acted("submit")) >= 2, "a cancelled request is replaced"
+    mark = len(run.traces)
+    run.until(
+        "the last requests cancelled",
+        lambda: not run.workers() and not run.open_requests(),
+        timeout=90,
+    )
+    for _ in range(3):
+        run.cycle()
+    assert not run.acted("submit", mark), "no submit once every request failed"
+    assert run.instances() == {} and run.restarts() == {}

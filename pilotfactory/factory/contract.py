@@ -64,6 +64,9 @@ TAG_WORKER = "pilotfactory:worker"
 TAG_RETIRE = "pilotfactory:retire_requested_at"
 TAG_RETIRE_MODE = "pilotfactory:retire_mode"
 TAG_UNRETIRED = "pilotfactory:unretired_at"
+TAG_ENDED = "pilotfactory:ended_at"
+"""Set just before the factory terminates an instance: a terminated instance without it (and
+without a retire) was ended by someone else, and its worker is LOST."""
 
 # Grid-universe VMs (CondorEC2): the gridmanager copies these ec2_tag_* names onto the instance.
 GRID_TAG_FACTORY = "pilotfactory_factory"

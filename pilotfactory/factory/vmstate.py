@@ -28,6 +28,9 @@ class Phase(enum.Enum):
     """Job held / instance in error."""
     GONE = "gone"
     """Job removed or completed / instance stopping or terminated: not a worker."""
+    ENDED_UNASKED = "ended unasked"
+    """Instance terminated or stopped although the factory recorded neither an end nor a
+    retire (someone else, or the provider, ended it): its capacity is lost."""
     UNKNOWN = "unknown"
     """A status the factory does not know (a suspended job): still a worker, never dropped."""
 
@@ -80,6 +83,8 @@ STATE_TABLE: tuple[tuple[str, Rule, WorkerState | None, Since], ...] = (
      WorkerState.PENDING, lambda o: o.entered),
     ("removed, completed, stopping or terminated: not a worker",
      lambda o, n, g: o.phase is Phase.GONE, None, lambda o: o.entered),
+    ("ended without the factory asking: lost (reaped once, which records the end)",
+     lambda o, n, g: o.phase is Phase.ENDED_UNASKED, WorkerState.LOST, lambda o: o.entered),
     ("a status the factory does not know: counted as supply, never acted on",
      lambda o, n, g: o.phase is Phase.UNKNOWN, WorkerState.UNKNOWN, lambda o: o.entered),
     ("running job, no instance, startd or master yet (gridmanager still launching)",

@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from pilotfactory.factory.contract import (
+    TAG_ENDED,
     TAG_FACTORY,
     TAG_QUEUE,
     TAG_RETIRE,
@@ -37,7 +38,12 @@ from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env
 from pilotfactory.factory.ports import CloudPort, CondorPort, Instance
 from pilotfactory.factory.vmstate import Phase
-from pilotfactory.plugins.batchstatus.common import Snapshot, SnapshotStatus, timestamp
+from pilotfactory.plugins.batchstatus.common import (
+    Snapshot,
+    SnapshotStatus,
+    retire_active,
+    timestamp,
+)
 from pilotfactory.plugins.batchstatus.vmjoin import (
     JOIN_ATTRIBUTE,
     UNRETIRE_GRACE,
@@ -54,6 +60,8 @@ PHASE = {
     "running": Phase.RUNNING,
     "error": Phase.HELD,
     "stopping": Phase.GONE,
+    "stopped": Phase.GONE,
+    "shutting-down": Phase.GONE,
     "terminated": Phase.GONE,
 }
 """Provider-neutral instance state as a phase; an unknown state counts as running."""
@@ -64,6 +72,10 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
     tags = inst.tags
     phase = PHASE.get(inst.state, Phase.RUNNING)
     launched = timestamp(inst.launched_at)
+    retire = timestamp(tags.get(TAG_RETIRE))
+    unretired = timestamp(tags.get(TAG_UNRETIRED))
+    if phase is Phase.GONE and not tags.get(TAG_ENDED) and not retire_active(retire, unretired):
+        phase = Phase.ENDED_UNASKED
     return VMRecord(
         id=tags.get(TAG_WORKER) or inst.id,
         phase=phase,
@@ -71,11 +83,14 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
         started=launched,
         submitted_at=launched,
         instance_id=inst.id,
-        retire_requested_at=timestamp(tags.get(TAG_RETIRE)),
-        unretired_at=timestamp(tags.get(TAG_UNRETIRED)),
+        retire_requested_at=retire,
+        unretired_at=unretired,
         retire_mode=RetireMode.parse(tags.get(TAG_RETIRE_MODE)),
         hold_reason=(inst.fault or f"instance {inst.id} is in state {inst.state}")
         if phase is Phase.HELD
+        else f"instance {inst.id} is {inst.state} but the factory never asked: ended by "
+        "someone else or by the provider"
+        if phase is Phase.ENDED_UNASKED
         else inst.fault,  # pending: why the provider does not fulfil the request
     )
 
@@ -119,12 +134,14 @@ class CloudBatchStatus(SnapshotStatus):
         )
 
     def _instances(self, tags: Mapping[str, str], now: float) -> list[tuple[str, VMRecord]]:
-        """(queue tag, record) of the live instances; terminated ones are history, not workers."""
-        return [
-            (inst.tags.get(TAG_QUEUE) or "", instance_record(inst, now))
-            for inst in self.cloud.list(tags)
-            if inst.state != "terminated"
-        ]
+        """(queue tag, record) of the live instances and of those ended without the factory
+        asking (LOST until reaped); the factory's own terminated ones are history."""
+        out = []
+        for inst in self.cloud.list(tags):
+            rec = instance_record(inst, now)
+            if inst.state != "terminated" or rec.phase is not Phase.GONE:
+                out.append((inst.tags.get(TAG_QUEUE) or "", rec))
+        return out
 
     def observe(self, now: float) -> Snapshot:
         live = self._instances({TAG_FACTORY: self.env.factory_id}, now)

@@ -208,7 +208,7 @@ def join_worker(
         unretired_at=rec.unretired_at,
         submitted_at=rec.submitted_at,
         retirement_time=float(min(retire_times)) if joined and retire_times else None,
-        hold_reason=rec.hold_reason if not joined else None,
+        hold_reason=rec.hold_reason if not joined or state is WorkerState.LOST else None,
         master_seen=obs.master_seen if joined else None,
     )
 

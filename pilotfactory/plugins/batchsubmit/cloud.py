@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from pilotfactory.factory.contract import (
+    TAG_ENDED,
     TAG_FACTORY,
     TAG_QUEUE,
     TAG_RETIRE,
@@ -165,6 +166,12 @@ class CloudSubmit(BatchSubmitPlugin):
         if not mine:
             return
         ids = [w.instance_id or w.id for w in mine]
+        try:  # the mark that tells our own ends from someone else's (worker LOST)
+            self.cloud.set_tags(ids, {TAG_ENDED: str(int(self.env.clock.now()))})
+        except CloudError as exc:  # never in the way of a terminate
+            log.warning(
+                "[%s] could not mark %s as ended by the factory: %s", self.queue.queue, ids, exc
+            )
         with self.calling(f"terminate ({why})"):
             self.cloud.terminate(ids)
         log.info("[%s] %s: terminated %s", self.queue.queue, why, ids)

@@ -23,6 +23,8 @@ def expected(
         return S.PENDING
     if phase is Phase.GONE:
         return None
+    if phase is Phase.ENDED_UNASKED:
+        return S.LOST
     if phase is Phase.UNKNOWN:
         return S.UNKNOWN
     if not (instance or joined or master):

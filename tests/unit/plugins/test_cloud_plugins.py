@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pilotfactory.factory.contract import (
+    TAG_ENDED,
     TAG_FACTORY,
     TAG_QUEUE,
     TAG_RETIRE,
@@ -141,8 +142,14 @@ STATE_TABLE = [
     ("running", UNRET, [], S.BOOTING, NOW - 300),
     ("running", UNRET, [slot("vm1", "Claimed", PilotFactoryWorker=WID)], S.BUSY, NOW - 50),
     ("error", {}, [], S.HELD, NOW - 300),
-    ("stopping", {}, [slot("vm1", PilotFactoryWorker=WID)], None, None),
-    ("terminated", {}, [], None, None),
+    # ended by the factory (its mark, or a retire it recorded): history, not a worker
+    ("stopping", {TAG_ENDED: str(int(NOW))}, [slot("vm1", PilotFactoryWorker=WID)], None, None),
+    ("terminated", {TAG_ENDED: str(int(NOW))}, [], None, None),
+    ("terminated", RET, [], None, None),
+    # ended without the factory asking: its capacity is lost, and the books say so
+    ("terminated", {}, [], S.LOST, NOW - 300),
+    ("stopped", {}, [], S.LOST, NOW - 300),
+    ("terminated", UNRET, [], S.LOST, NOW - 300),
 ]
 
 
@@ -333,6 +340,7 @@ def test_retire_records_before_acting():
     stamp = str(int(NOW))
     assert [c for c in port.calls if c[0] != "query_startds"] == [
         ("set_tags", ["i-1"], {TAG_RETIRE: stamp, TAG_RETIRE_MODE: "drain"}),
+        ("set_tags", ["i-4"], {TAG_ENDED: stamp}),
         ("terminate", ["i-4"]),
         ("drain", "vm1", "pilotfactory"),
     ]
@@ -345,7 +353,7 @@ def test_retire_records_before_acting():
     ]
     port.calls.clear()
     plugin.retire([vm(5)], RetireMode.KILL)
-    assert [c[0] for c in port.calls] == ["set_tags", "terminate"]
+    assert [c[0] for c in port.calls] == ["set_tags", "set_tags", "terminate"]
 
 
 def test_retire_failure_still_recorded_and_raised():
@@ -376,7 +384,29 @@ def test_cancel_reap_terminate_and_refuse_other_queues():
     plugin = submit(env)
     plugin.cancel([Worker("w1", Q, S.PENDING, 0, "sir-1")])
     plugin.reap([vm(2), replace(vm(3), queue="OTHER")])
-    assert port.calls == [("terminate", ["sir-1"]), ("terminate", ["i-2"])]
+    ended = {TAG_ENDED: str(int(NOW))}
+    assert port.calls == [
+        ("set_tags", ["sir-1"], ended),
+        ("terminate", ["sir-1"]),
+        ("set_tags", ["i-2"], ended),
+        ("terminate", ["i-2"]),
+    ]
+
+
+def test_an_instance_ended_behind_the_factorys_back_is_lost_once():
+    """Terminated without the factory's mark: LOST, with the cause; reaping it marks it, and
+    the next cycle it is history."""
+    _port, cloud, env, _ = setup()
+    cloud.instances["i-7"] = Instance(
+        "i-7", "terminated", NOW - 50, {TAG_FACTORY: "f1", TAG_QUEUE: Q, TAG_WORKER: WID}
+    )
+    stat = status(env)
+    stat.refresh()
+    (w,) = stat.info(Q).workers
+    assert w.state is S.LOST and "never asked" in (w.hold_reason or "")
+    submit(env).reap([w])
+    stat.refresh()
+    assert stat.info(Q).workers == ()
 
 
 def test_roundtrip_through_the_tags():

@@ -128,7 +128,7 @@ class CloudSubmit(BatchSubmitPlugin):
             "factory_id": fid,
             "queue": q,
             "collector": collector or "",
-            "condor_config": condor_config(worker_id, fid, q, collector),
+            "condor_config": condor_config(worker_id, fid, q, collector, self.queue.wmsqueue),
         }
         try:
             return render_user_data(template, values)

@@ -46,8 +46,16 @@ systemctl try-restart condor >/dev/null 2>&1 || true
 _PLACEHOLDER = re.compile(r"\{(worker_id|factory_id|queue|collector|condor_config)\}")
 
 
-def condor_config(worker_id: str, factory_id: str, queue: str, collector: str | None) -> str:
-    """Config lines that make the VM's startd and master advertise who it is."""
+def condor_config(
+    worker_id: str,
+    factory_id: str,
+    queue: str,
+    collector: str | None,
+    label: str | None = None,
+) -> str:
+    """Config lines that make the VM's startd and master advertise who it is; with the
+    queue's ``wmsqueue`` label, a START that takes only that label's jobs (the demand the VM
+    was bought for), so other work in the pool cannot occupy it."""
     attrs = "PilotFactoryWorker PilotFactoryId PilotFactoryQueue"
     lines = [
         f"PilotFactoryWorker = {classad_string(worker_id)}",
@@ -58,6 +66,8 @@ def condor_config(worker_id: str, factory_id: str, queue: str, collector: str | 
     ]
     if collector:
         lines.append(f"COLLECTOR_HOST = {collector}")
+    if label and label != "ANY":
+        lines.append(f"START = ($(START)) && (TARGET.MATCH_APF_QUEUE =?= {classad_string(label)})")
     return "\n".join(lines)
 
 

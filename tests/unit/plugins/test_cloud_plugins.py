@@ -272,6 +272,8 @@ def test_submit_one_launch_per_worker_with_its_own_tags_and_user_data():
         assert spec.user_data.startswith("#!/bin/sh\n")
         assert f'PilotFactoryWorker = "{wid}"' in spec.user_data
         assert "COLLECTOR_HOST = cm" in spec.user_data and "STARTD_ATTRS" in spec.user_data
+        # the VM takes only the jobs of the label it was bought for
+        assert f'&& (TARGET.MATCH_APF_QUEUE =?= "{Q}")' in spec.user_data
     assert wid.startswith("ECM-") and plugin.submit(1)[0] not in ids
     assert env.world.providers == ["openstack"]  # one client, cached
 

@@ -56,7 +56,7 @@ class CircuitBreaker:
                 if w.id in reference and w.master_seen is not True
             ]
         why = None
-        if len(reference) >= 4 and len(vanished) >= max(2, len(reference) * self.ratio):
+        if len(reference) >= 2 and len(vanished) >= max(2, len(reference) * self.ratio):
             why = (
                 f"{len(vanished)} of {len(reference)} joined workers lost their startd and "
                 "master ads in one cycle"
@@ -65,7 +65,7 @@ class CircuitBreaker:
         if (
             ads is not None
             and last_ads is not None
-            and last_ads >= 4
+            and last_ads >= 2
             and ads < last_ads * self.ratio
         ):
             why = (

@@ -100,8 +100,12 @@ STATE_TABLE: tuple[tuple[str, Rule, WorkerState | None, Since], ...] = (
      WorkerState.RETIRED, lambda o: o.retire_requested_at or o.entered),
     ("startd absent within unretire_grace of an un-retire (restarting)", _recent_unretire,
      WorkerState.RETIRING, lambda o: o.unretired_at or o.entered),
-    ("running, startd never seen or vanished unasked", lambda o, n, g: True,
-     WorkerState.BOOTING, lambda o: o.started or o.entered),
+    # boot_timeout counts from the last sighting: a VM whose ads a restarted collector lost
+    # is not "never joined" (counted from launch, every VM older than boot_timeout was LOST
+    # and reaped with its payload the moment the collector came back empty)
+    ("running, startd never seen (since launch) or vanished unasked (since last seen)",
+     lambda o, n, g: True,
+     WorkerState.BOOTING, lambda o: o.last_joined or o.started or o.entered),
 )  # fmt: skip
 
 

@@ -465,7 +465,7 @@ def test_never_joining_image(run: Run) -> None:
             "boot_timeout": 12,
             "max_booting": 2,
             "failure_limit": 3,
-            "backoff.initial": 2,
+            "backoff.initial": 600,
             "sched.maxvms.maximum": 4,
         }
     )
@@ -589,7 +589,7 @@ def test_request_never_fulfilled(run: Run, request: pytest.FixtureRequest) -> No
     gridmanager cannot act on because its owner cannot read the key files (CondorEC2) -- are
     reported with their cause, cancelled after pending_timeout and replaced, and the queue
     stops when every request fails the same way."""
-    settings: dict[str, Any] = {"pending_timeout": 20, "failure_limit": 2, "backoff.initial": 1}
+    settings: dict[str, Any] = {"pending_timeout": 20, "failure_limit": 4, "backoff.initial": 600}
     if run.path == "EC2":
         request.getfixturevalue("spot_stays_open")
         settings["batchsubmit.ec2.spot_price"] = 0.05

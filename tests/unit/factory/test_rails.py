@@ -41,7 +41,9 @@ BREAKER_CASES = [
         [(JOINED4, 8)] + [(JOINED4, 2)] * 4 + [(JOINED4, 2)],
         [False, True, True, True, False, False],
     ),
-    ("too small a pool to judge", [(JOINED4[:3], 3), ([], 0)], [False, False]),
+    ("too small a pool to judge", [(JOINED4[:1], 1), ([], 0)], [False, False]),
+    # two VMs whose ads a restarted collector lost (real pool): frozen
+    ("two of two vanish", [(JOINED4[:2], 2), ([], 0)], [False, True]),
 ]
 
 

@@ -82,6 +82,11 @@ def test_state_matrix(
     [
         (VMObservation(Phase.RUNNING, 1.0, started=2.0, instance_known=True), 2.0),  # booting
         (VMObservation(Phase.RUNNING, 1.0, instance_known=True), 1.0),  # booting, no start
+        # vanished unasked: boot_timeout counts from the last time its slots were seen
+        (
+            VMObservation(Phase.RUNNING, 1.0, started=2.0, instance_known=True, last_joined=50.0),
+            50.0,
+        ),
         (VMObservation(Phase.RUNNING, 1.0, slot_ads=1, first_activity=5.0, last_activity=7.0), 7.0),
         (
             VMObservation(
@@ -104,7 +109,7 @@ def test_grace_counts_from_the_last_time_the_slots_were_seen() -> None:
         Phase.RUNNING, 1.0, master_seen=True, unretired_at=NOW - 500, last_joined=NOW - 30
     )
     assert derive_state(obs, NOW, GRACE) == (S.RETIRING, NOW - 500)
-    assert derive_state(obs, NOW + 200, GRACE) == (S.BOOTING, 1.0)
+    assert derive_state(obs, NOW + 200, GRACE) == (S.BOOTING, NOW - 30)
 
 
 def test_every_row_is_reached() -> None:

@@ -9,6 +9,7 @@ every problem names file, section and key. A broken section disables that queue 
 from __future__ import annotations
 
 import configparser
+import contextlib
 import difflib
 import glob
 import os
@@ -414,6 +415,13 @@ def _validate_plugins(
         if spec is not None:
             sched.append(spec)
     used = {ns for spec in [*specs.values(), *sched] if spec for ns in spec.cls.namespaces()}
+    # a plugin whose parameters were refused still owns its keys (no second, wrong complaint)
+    named = [(kind, c.generic.get(sel)) for kind, sel in _PLUGIN_SELECTORS.items()]
+    named += [("sched", name) for name in names or ()]
+    for kind, name in named:
+        if name:
+            with contextlib.suppress(UnknownPlugin, PluginLoadError):
+                used.update(registry.get(kind, name).namespaces())
     for key in c.plugin_keys:
         # A key for a plugin this queue does not use: harmless in [DEFAULT], odd in a queue.
         if not any(key.startswith(ns) for ns in used) and (sec.name, key) in sec.where:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,8 @@ class Param:
     minimum: float | None = None
     required: bool = False
     """The plugin cannot work without it: ``check`` refuses a queue that leaves it unset."""
+    validate: Callable[[Any], object] | None = None
+    """Further checks of a parsed value; a ``ValueError`` it raises is the config error."""
 
     def of(self, params: Mapping[str, Any]) -> Any:
         """This parameter's value in ``params``, or its declared default when unset (``None``);
@@ -95,6 +97,11 @@ class Param:
         too_small = self.minimum is not None and isinstance(parsed, int | float)
         if too_small and parsed < self.minimum:
             raise ParamValueError(f"got {raw!r}, expected {self.expected}")
+        if self.validate is not None:
+            try:
+                self.validate(parsed)
+            except ValueError as exc:
+                raise ParamValueError(f"got {raw!r}: {exc}") from None
         return parsed
 
 

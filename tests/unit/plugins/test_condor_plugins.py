@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pilotfactory.factory.info import RetireMode, Worker, WorkerState
-from pilotfactory.factory.params import defaults, merged
+from pilotfactory.factory.params import ParamValueError, defaults, merged
 from pilotfactory.factory.plugin import PluginError, QueueEnv, SubmitError
 from pilotfactory.factory.ports import CondorRejected, CondorTarget, CondorUnreachable
 from pilotfactory.plugins.batchstatus.condor import (
@@ -400,6 +400,52 @@ def test_wms_counts_payload_by_label():
     clock.advance(601)
     assert plugin.info("X", {}) is None
     assert plugin.info("X", {"maxage": 700}) is not None
+
+
+def pj(cid: int, status: int, **kw: Any) -> dict[str, Any]:
+    """A payload job labelled L (not one of this factory's)."""
+    return job(cid, status, "L", JobUniverse=5, PilotFactoryId=None, **kw)
+
+
+SLOT = '[ Cpus = 4; Memory = 8192; OpSys = "LINUX"; EC2InstanceID = "i-template" ]'
+
+
+def test_wms_counts_only_jobs_the_queues_vms_can_run():
+    """An idle job whose Requirements are false on the queue's slot_ad never buys a VM: it is
+    notready. Undefined is not false. Each kind of job is evaluated once."""
+    fits = "TARGET.Cpus >= RequestCpus && TARGET.EC2InstanceID =!= undefined"
+    port = FakeCondor(
+        jobs=[
+            pj(1, 1, Requirements=fits, RequestCpus=2),
+            pj(2, 1, Requirements=fits, RequestCpus=2),
+            pj(3, 1, Requirements=fits, RequestCpus=16),  # too big for the VM
+            pj(4, 1, Requirements='TARGET.OpSys == "WINDOWS"'),  # never on these VMs
+            pj(5, 1, Requirements="TARGET.GPUs >= 1"),  # undefined: may match
+            pj(6, 1, Requirements=False),
+            pj(7, 2, Requirements=fits, RequestCpus=16),  # running: not demand anyway
+            pj(8, 1),  # no requirements at all
+        ]
+    )
+    env, _ = make_env(port)
+    plugin = CondorWMSStatus(defaults(CondorWMSStatus.PARAMS), env)
+    params = {"slot_ad": SLOT}
+    plugin.refresh()
+    first = plugin.info_for("Q", "L", params)  # the first ask: matched from the next refresh
+    assert first is not None and (first.ready, first.notready) == (7, 0)
+    assert "Requirements" not in port.calls[-1][2]
+    plugin.refresh()
+    assert "Requirements" in port.calls[-1][2]
+    info = plugin.info_for("Q", "L", params)
+    assert info is not None and (info.ready, info.notready, info.running) == (4, 3, 1)
+    plain = plugin.info_for("P", "L", {})  # another queue on the label without a template
+    assert plain is not None and plain.ready == 7
+    assert len(plugin._verdicts) == 6  # one per distinct kind of idle job
+
+
+@pytest.mark.parametrize("text", ["[ Cpus = ]", "", "[]", "Cpus ="])
+def test_slot_ad_that_is_no_classad_is_a_config_error(text):
+    with pytest.raises(ParamValueError, match="ClassAd"):
+        CondorWMSStatus.SLOT_AD.parse(text or " ")
 
 
 def test_wms_alias_and_shared_source():

@@ -222,15 +222,16 @@ class Run:
         self.row("factory killed and restarted")
         return self.configure(**settings)
 
-    def payload(self, n: int, seconds: int) -> list[str]:
+    def payload(self, n: int, seconds: int, cpus: int = 1, label: bool = True) -> list[str]:
         """Payload that only a VM can run (the pool's own startd has no EC2InstanceID)."""
+        labelled = {"+MATCH_APF_QUEUE": f'"{self.label}"'} if label else {}
         res = self.port.submit(
             {
                 "executable": "/bin/sleep",
                 "arguments": str(seconds),
                 "requirements": "TARGET.EC2InstanceID =!= undefined",
-                "+MATCH_APF_QUEUE": f'"{self.label}"',
-                "request_cpus": "1",
+                **labelled,
+                "request_cpus": str(cpus),
                 "request_memory": "64",
                 "job_lease_duration": "30",
                 "initialdir": str(self.workdir),
@@ -630,3 +631,49 @@ def test_request_never_fulfilled(run: Run, request: pytest.FixtureRequest) -> No
         run.cycle()
     assert not run.acted("submit", mark), "no submit once every request failed"
     assert run.instances() == {} and run.restarts() == {}
+
+
+@pytest.mark.parametrize("run", ["EC2"], indirect=True)
+def test_only_demand_the_vms_can_serve(run: Run) -> None:
+    """(5) With the slot its VMs advertise in the queue config, an idle job that cannot
+    match it buys no VM; the VM's rendered START takes only the queue's label, so a stranger's
+    job that would fit stays idle."""
+    slot = '[ Cpus = 1; Memory = 1024; OpSys = "LINUX"; Arch = "X86_64"; EC2InstanceID = "i-x" ]'
+    run.configure(**{"wmsstatus.condor.slot_ad": slot, "sched.maxvms.maximum": 3})
+    run.cycle()  # the first cycle tells the WMS source to match this label
+    [big] = run.payload(1, 5, cpus=4)
+    [fits] = run.payload(1, 10)
+    [stranger] = run.port.submit(
+        {
+            "executable": "/bin/sleep",
+            "arguments": "5",
+            "requirements": "TARGET.EC2InstanceID =!= undefined",
+            "request_cpus": "1",
+            "request_memory": "64",
+            "initialdir": str(run.workdir),
+            "log": str(run.workdir / "stranger.log"),
+        },
+        1,
+    ).job_ids
+    try:
+        run.until("the fitting job done", lambda: fits not in ids(run.payload_jobs()), timeout=150)
+        stranger_ad = run.port.query_jobs(
+            {"ClusterId": int(stranger.split(".")[0])}, ["JobStatus", "NumJobStarts"]
+        )
+    finally:
+        run.port.remove([stranger], "test cleanup")
+    assert len(run.instances()) == 1, "one VM: the 4-core job cannot run on a 1-core VM"
+    waiting = {j: int(a["JobStatus"]) for j, a in ids(run.payload_jobs()).items()}
+    assert waiting == {big: 1}, "the unmatchable job still waits"
+    assert any(t.wms is not None and t.wms.notready == 1 for t in run.traces)
+    assert stranger_ad and int(stranger_ad[0]["JobStatus"]) == 1, "START kept the stranger off"
+    assert not stranger_ad[0].get("NumJobStarts")
+    run.until(
+        "the idle VM terminated",
+        lambda: set(run.instances().values()) == {"terminated"},
+        timeout=120,
+    )
+
+
+def ids(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f"{j['ClusterId']}.{j['ProcId']}": j for j in jobs}

@@ -64,6 +64,10 @@ TAG_WORKER = "pilotfactory:worker"
 TAG_RETIRE = "pilotfactory:retire_requested_at"
 TAG_RETIRE_MODE = "pilotfactory:retire_mode"
 TAG_UNRETIRED = "pilotfactory:unretired_at"
+TAG_LAUNCHED = "pilotfactory:launched_at"
+"""The factory's clock at the launch call: ages of pending requests count from it, not from the
+provider's stamp (moto stamps every spot request 2015-01-01; a skewed provider clock would
+cancel requests at once)."""
 TAG_ENDED = "pilotfactory:ended_at"
 """Set just before the factory terminates an instance: a terminated instance without it (and
 without a retire) was ended by someone else, and its worker is LOST."""

@@ -521,11 +521,12 @@ def test_restart_after_launch_and_after_retire(run: Run) -> None:
 def test_collector_restart_changes_nothing(run: Run) -> None:
     """(e) The collector restarts while VMs run payload: its ads vanish for a while, and
     nothing is retired, reaped or bought because of it."""
-    # VMs older than boot_timeout without ads would be LOST, were the breaker not to hold
-    run.configure(boot_timeout=15)
-    run.payload(2, 45)
+    # The VMs are older than boot_timeout when their ads vanish: counted from launch (as it
+    # was), they were LOST and reaped with their payload the moment the collector came back.
+    run.configure(boot_timeout=40)
+    run.payload(2, 90)
     run.until("2 busy VMs", lambda: run.count(WorkerState.BUSY) == 2, timeout=150)
-    time.sleep(max(0.0, 16 - (time.monotonic() - run.t0)))
+    run.until("VMs older than boot_timeout", lambda: time.monotonic() - run.t0 > 45, timeout=60)
     mark = len(run.traces)
     out = run.pool.tool("condor_restart", "-daemon", "collector")
     run.row(f"collector restarted: {out.strip()[:60]}")
@@ -630,7 +631,7 @@ def test_request_never_fulfilled(run: Run, request: pytest.FixtureRequest) -> No
     for _ in range(3):
         run.cycle()
     assert not run.acted("submit", mark), "no submit once every request failed"
-    assert run.instances() == {} and run.restarts() == {}
+    assert set(run.instances().values()) <= {"terminated"} and run.restarts() == {}
 
 
 @pytest.mark.parametrize("run", ["EC2"], indirect=True)

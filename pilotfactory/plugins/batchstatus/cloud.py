@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from pilotfactory.factory.contract import (
     TAG_ENDED,
     TAG_FACTORY,
+    TAG_LAUNCHED,
     TAG_QUEUE,
     TAG_RETIRE,
     TAG_RETIRE_MODE,
@@ -71,7 +72,11 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
     """The adapter from a cloud instance: times and the retire record come from its tags."""
     tags = inst.tags
     phase = PHASE.get(inst.state, Phase.RUNNING)
-    launched = timestamp(inst.launched_at)
+    # The later of the factory's launch mark and the provider's stamp: a fulfilled spot
+    # request's instance starts after the request; a provider stamp before the launch call is
+    # wrong (moto's spot requests all say 2015-01-01).
+    stamps = [t for t in (timestamp(tags.get(TAG_LAUNCHED)), timestamp(inst.launched_at)) if t]
+    launched = max(stamps) if stamps else None
     retire = timestamp(tags.get(TAG_RETIRE))
     unretired = timestamp(tags.get(TAG_UNRETIRED))
     if phase is Phase.GONE and not tags.get(TAG_ENDED) and not retire_active(retire, unretired):

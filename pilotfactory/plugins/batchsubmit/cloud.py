@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from pilotfactory.factory.contract import (
     TAG_ENDED,
     TAG_FACTORY,
+    TAG_LAUNCHED,
     TAG_QUEUE,
     TAG_RETIRE,
     TAG_RETIRE_MODE,
@@ -146,7 +147,12 @@ class CloudSubmit(BatchSubmitPlugin):
         spec, template = self.spec(), self.template()
         launched: list[str] = []
         for wid in self.worker_ids(count):
-            tags = {TAG_FACTORY: self.env.factory_id, TAG_QUEUE: q, TAG_WORKER: wid}
+            tags = {
+                TAG_FACTORY: self.env.factory_id,
+                TAG_QUEUE: q,
+                TAG_WORKER: wid,
+                TAG_LAUNCHED: str(int(self.env.clock.now())),
+            }
             one = replace(spec, user_data=self.user_data(template, wid))
             try:
                 with self.calling(f"launch {len(launched) + 1} of {count}"):

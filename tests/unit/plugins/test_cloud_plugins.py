@@ -14,6 +14,7 @@ import pytest
 from pilotfactory.factory.contract import (
     TAG_ENDED,
     TAG_FACTORY,
+    TAG_LAUNCHED,
     TAG_QUEUE,
     TAG_RETIRE,
     TAG_RETIRE_MODE,
@@ -185,6 +186,19 @@ def test_held_carries_the_fault_and_untagged_worker_is_its_instance():
     assert (w.id, w.state, w.hold_reason) == ("i-9", S.HELD, "No valid host")
 
 
+def test_pending_age_counts_from_the_factorys_launch_mark():
+    """A provider stamp older than the launch call (moto: 2015-01-01) does not make a fresh
+    request look stuck; a fulfilled request's instance counts from its own launch."""
+    _port, cloud, env, _ = setup()
+    mark = {TAG_FACTORY: "f1", TAG_QUEUE: Q, TAG_LAUNCHED: str(int(NOW - 60))}
+    cloud.instances["sir-1"] = Instance("sir-1", "pending", 1420070400.0, dict(mark))
+    cloud.instances["i-2"] = Instance("i-2", "running", NOW - 20, dict(mark))
+    plugin = status(env)
+    plugin.refresh()
+    since = {w.instance_id: w.since for w in plugin.info(Q).workers}
+    assert since == {"sir-1": NOW - 60, "i-2": NOW - 20}
+
+
 def test_open_spot_request_carries_the_providers_reason():
     _port, cloud, env, _ = setup()
     why = "capacity-not-available: no m5 in us-east-1a"
@@ -263,7 +277,12 @@ def test_submit_one_launch_per_worker_with_its_own_tags_and_user_data():
     launches = [c for c in port.calls if c[0] == "launch"]
     assert len(launches) == 2 and len(set(ids)) == 2
     for wid, (_, spec, count, tags) in zip(ids, launches, strict=True):
-        assert count == 1 and tags == {TAG_FACTORY: "f1", TAG_QUEUE: Q, TAG_WORKER: wid}
+        assert count == 1 and tags == {
+            TAG_FACTORY: "f1",
+            TAG_QUEUE: Q,
+            TAG_WORKER: wid,
+            TAG_LAUNCHED: str(int(NOW)),
+        }
         assert (spec.flavor, spec.key_name, spec.security_groups) == (
             "m1.large",
             "my_key",

@@ -58,6 +58,11 @@ class Universe(enum.IntEnum):
 # ---------------------------------------------------------------------------- cloud tags
 
 # Direct-cloud instances (EC2 / OpenStack plugins): labels and the retire record.
+KEEP_ATTR = "PilotFactoryKeep"
+"""A slot attribute that protects its VM from retire (set by the VM's config, or by a running
+job through ``STARTD_JOB_ATTRS``, which the rendered VM config lists it in); bounded by the
+queue's ``keep_max``."""
+
 TAG_FACTORY = "pilotfactory:factory"
 TAG_QUEUE = "pilotfactory:queue"
 TAG_WORKER = "pilotfactory:worker"

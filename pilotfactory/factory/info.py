@@ -144,6 +144,8 @@ class Worker:
     reaped; a collector that lost ads loses both). ``None`` for pilots: not applicable."""
     remote_host: str | None = None
     """Pilots: the slot the job runs in, as the schedd reports it."""
+    keep: bool = False
+    """VMs: a slot (or the job running in it) asks that the VM not be retired."""
 
 
 class JobRecord(NamedTuple):

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pilotfactory.factory.contract import KEEP_ATTR
 from pilotfactory.factory.info import (
     DEFAULT_RETIRE_MODE,
     RetireMode,
@@ -54,6 +55,13 @@ PLANNER_PARAMS: tuple[Param, ...] = (
         minimum=0.0,
     ),
     Param("retire_confirm_cycles", int, 2, minimum=1),
+    Param(
+        "keep_max",
+        float,
+        86400.0,
+        "a VM whose slot or job says PilotFactoryKeep is spared retire this long at most",
+        minimum=0.0,
+    ),
     Param("max_booting", int, None, "cap on PENDING+BOOTING workers", minimum=0),
     Param("max_retire_per_cycle", str, None, "count or percentage, e.g. 5 or 10%"),
     Param("scale_down_delay", float, 0.0, "no retire this long after a scale-up", minimum=0.0),
@@ -80,6 +88,7 @@ class PlannerSettings:
     held_timeout: float = _D["held_timeout"]
     pending_timeout: float = _D["pending_timeout"]
     retire_confirm_cycles: int = _D["retire_confirm_cycles"]
+    keep_max: float = _D["keep_max"]
     max_booting: int | None = _D["max_booting"]
     max_retire_per_cycle: str | None = _D["max_retire_per_cycle"]
     scale_down_delay: float = _D["scale_down_delay"]
@@ -338,6 +347,14 @@ def _scale_down(
             busy.sort(key=lambda w: (w.slots_busy, w.since))
         else:
             busy.sort(key=_newest_first)  # pilots in kill mode: newest first
+        spared = {w.id for w in idle + busy if w.keep and inp.now - w.since < s.keep_max}
+        if spared:
+            notes.append(
+                f"{len(spared)} worker(s) kept from retire by {KEEP_ATTR} "
+                f"(for at most keep_max={s.keep_max:g}s)"
+            )
+            idle = [w for w in idle if w.id not in spared]
+            busy = [w for w in busy if w.id not in spared]
         ordered += [(w, ActionKind.RETIRE) for w in idle + busy]
     ordered = [(w, k) for w, k in ordered if w.id not in reaped]
     take = ordered[: -inp.n]

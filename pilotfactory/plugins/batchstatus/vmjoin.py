@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from pilotfactory.factory.contract import classad_string
+from pilotfactory.factory.contract import KEEP_ATTR, classad_string
 from pilotfactory.factory.info import RetireMode, Worker, WorkerState
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.ports import CondorPort
@@ -210,6 +210,7 @@ def join_worker(
         retirement_time=float(min(retire_times)) if joined and retire_times else None,
         hold_reason=rec.hold_reason if not joined or state is WorkerState.LOST else None,
         master_seen=obs.master_seen if joined else None,
+        keep=joined and any(s.get(KEEP_ATTR) is True for s in slots),
     )
 
 
@@ -240,7 +241,8 @@ class StartdJoin:
     def _slots(self, port: CondorPort, constraint: str) -> list[dict[str, Any]]:
         attrs = (
             "Name", "Machine", "State", "Activity", "SlotType", "Cpus", "EnteredCurrentActivity",
-            "MaxJobRetirementTime", "Draining", WORKER_ATTR, "PilotFactoryId", self.join,
+            "MaxJobRetirementTime", "Draining", WORKER_ATTR, "PilotFactoryId", KEEP_ATTR,
+            self.join,
         )  # fmt: skip
         return port.query_startds({}, attrs, constraint)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from pilotfactory.factory.contract import TARGET_PARAMS, classad_string
+from pilotfactory.factory.contract import KEEP_ATTR, TARGET_PARAMS, classad_string
 from pilotfactory.factory.params import Param
 from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS
 
@@ -62,6 +62,8 @@ def condor_config(
         f"PilotFactoryId = {classad_string(factory_id)}",
         f"PilotFactoryQueue = {classad_string(queue)}",
         f"STARTD_ATTRS = $(STARTD_ATTRS) {attrs}",
+        # a job asks that its VM not be retired under it (bounded by the queue's keep_max)
+        f"STARTD_JOB_ATTRS = $(STARTD_JOB_ATTRS) {KEEP_ATTR}",
         f"MASTER_ATTRS = $(MASTER_ATTRS) {attrs}",
     ]
     if collector:

@@ -319,3 +319,14 @@ def test_pending_pilots_wait_for_slots_without_a_deadline() -> None:
         )
     )
     assert res.actions == () and res.notes == ()
+
+
+def test_a_kept_vm_is_not_retired_until_keep_max() -> None:
+    """PilotFactoryKeep on a slot (or its job) spares the VM, for keep_max at most."""
+    s = replace(S, keep_max=3600)
+    kept = w("kept", I, since=NOW - 100, keep=True)
+    old = w("old-kept", I, since=NOW - 7200, keep=True)
+    res = plan(PlanInput(n=-3, workers=(kept, old, w("plain", U, busy=1)), now=NOW, settings=s))
+    retired = {x.id for a in res.actions if a.kind is ActionKind.RETIRE for x in a.workers}
+    assert retired == {"old-kept", "plain"}
+    assert any("1 worker(s) kept from retire by PilotFactoryKeep" in n for n in res.notes)

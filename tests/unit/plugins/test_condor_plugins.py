@@ -130,6 +130,15 @@ def test_vm_worker_details():
     assert held is not None and held.hold_reason == "bad key"
 
 
+def test_keep_attribute_on_a_slot_marks_the_vm():
+    ad = {**job(1, 2), **RUN}
+    kept = [slot("vm1", "i-1", "Claimed", PilotFactoryKeep=True)]
+    w = vm_worker(ad, Q, NOW, kept, MASTER, grace=120)
+    assert w is not None and w.keep
+    w = vm_worker(ad, Q, NOW, BUSY_SLOTS, MASTER, grace=120)
+    assert w is not None and not w.keep
+
+
 def test_grid_job_the_gridmanager_cannot_act_on_says_why():
     """Key files the job owner cannot read: the job stays idle (no hold) with
     GridResourceUnavailableTime set; the pending worker carries that cause."""

@@ -33,6 +33,7 @@ from pilotfactory.factory.factory import Factory
 from pilotfactory.factory.info import Worker, WorkerState
 from pilotfactory.factory.ports import CondorError, CondorTarget
 from pilotfactory.factory.trace import CycleTrace
+from tests.conftest import wait_for
 from tests.integration.conftest import CondorPool
 from tests.integration.vmemu import Emulator
 
@@ -365,9 +366,23 @@ class Run:
             if ids:
                 self.port.remove(ids, "test cleanup")
         finally:
-            live = [i for i, s in self.instances().items() if s != "terminated"]
-            if live:
+            # The gridmanager terminates a removed grid job's instance by itself; what is still
+            # up after that is terminated here. Then every VM of the run must be dead: a VM left
+            # idle would take the next scenario's payload.
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline and self.live():
+                time.sleep(1)
+            if live := self.live():
                 self.cloud.client.terminate_instances(InstanceIds=live)
+            mine = set(self.instances())
+
+            def vms_dead() -> bool:
+                return not any(v.instance_id in mine for v in self.emu.running())
+
+            wait_for("the run's VMs killed", vms_dead, timeout=30)
+
+    def live(self) -> list[str]:
+        return [i for i, s in self.instances().items() if s != "terminated"]
 
 
 @pytest.fixture(params=PATHS)

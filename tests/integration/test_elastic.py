@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -511,25 +512,82 @@ def test_never_joining_image(run: Run) -> None:
     assert run.restarts() == {}
 
 
-def test_restart_after_launch_and_after_retire(run: Run) -> None:
-    """(d) The factory is killed right after a launch request and right after a retire
-    request, and restarted: no duplicate VM, no orphan, nothing evicted, the retire goes on."""
-    run.configure()
-    run.payload(2, 25)
-    run.until("a launch", lambda: run.acted("submit"), timeout=30)
-    run.restart()
-    run.until("2 busy VMs", lambda: run.count(WorkerState.BUSY) == 2, timeout=150)
-    assert len(run.instances()) == 2, "the restarted factory saw its VMs coming: no duplicate"
-    run.restart(**{"sched.maxvms.maximum": 1})
-    run.until("a retire", lambda: run.acted("retire"), timeout=60)
-    run.restart(**{"sched.maxvms.maximum": 1})
-    run.until("payload done", lambda: not run.payload_jobs(), timeout=150)
-    run.until(
-        "every instance terminated",
-        lambda: set(run.instances().values()) == {"terminated"},
-        timeout=120,
+def start_daemon(run: Run, **settings: Any) -> subprocess.Popen[bytes]:
+    """``pilotfactory run`` as its own process, on this scenario's queue and factory id."""
+    qconf = run.workdir / f"queues-{uuid.uuid4().hex[:6]}.conf"
+    qconf.write_text(queue_text(run.path, run, **settings))
+    fconf = run.workdir / "factory.conf"
+    fconf.write_text(
+        f"[Factory]\nfactoryId = {run.factory_id}\nbaseLogDir = {run.workdir}/logs\n"
+        f"queueConf = {qconf}\nfactory.sleep = 1\ncondor_backend = bindings\n"
     )
-    assert len(run.instances()) == 2
+    log = open(run.workdir / "daemon.log", "ab")  # noqa: SIM115 - the child keeps it
+    argv = [
+        sys.executable,
+        "-c",
+        "from pilotfactory.cli import main; raise SystemExit(main())",
+        "run",
+        "-v",
+    ]
+    proc = subprocess.Popen(
+        [*argv, "-c", str(fconf)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+    )
+    log.close()
+    run.row(f"daemon started (pid {proc.pid})")
+    return proc
+
+
+def kill_9(run: Run, proc: subprocess.Popen[bytes], what: str) -> None:
+    proc.kill()
+    proc.wait(timeout=10)
+    run.row(f"daemon kill -9 {what}")
+
+
+def watch(run: Run, what: str, done: Callable[[], Any], timeout: float) -> Any:
+    """Poll (fast: the kill must land right after the event) while the daemon acts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = done()
+        except CondorError:
+            got = None
+        if got:
+            run.row(what)
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_kill_9_after_launch_and_after_retire(run: Run) -> None:
+    """(d) The factory daemon is killed with SIGKILL right after a launch request and right
+    after a retire request, and restarted: no duplicate VM, no orphan, nothing evicted, and
+    the retire goes on."""
+    run.configure()  # an observer only: it reads, never cycles
+    run.payload(2, 30)
+    proc = start_daemon(run)
+    try:
+        watch(run, "first instance launched", lambda: run.instances(), timeout=60)
+        kill_9(run, proc, "right after a launch")
+        proc = start_daemon(run)
+        watch(run, "2 busy VMs", lambda: run.count(WorkerState.BUSY) == 2, timeout=150)
+        assert len(run.instances()) == 2, "the restarted daemon saw its VMs coming"
+        kill_9(run, proc, "to lower MaxVMs")
+        proc = start_daemon(run, **{"sched.maxvms.maximum": 1})
+        watch(run, "a retire recorded", lambda: run.count(WorkerState.RETIRING), timeout=60)
+        kill_9(run, proc, "right after a retire")
+        proc = start_daemon(run, **{"sched.maxvms.maximum": 1})
+        watch(run, "payload done", lambda: not run.payload_jobs(), timeout=150)
+        watch(
+            run,
+            "every instance terminated",
+            lambda: set(run.instances().values()) == {"terminated"},
+            timeout=120,
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert len(run.instances()) == 2, "no duplicate VM"
     nothing_lost(run)
 
 

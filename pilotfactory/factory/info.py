@@ -146,6 +146,10 @@ class Worker:
     """Pilots: the slot the job runs in, as the schedd reports it."""
     keep: bool = False
     """VMs: a slot (or the job running in it) asks that the VM not be retired."""
+    retire_visible: bool | None = None
+    """Joined VMs: whether the startd shows a retire under way (a slot Draining, Drained or
+    Retiring). A recorded retire the startd does not show was never sent (the factory died
+    between record and act) or was lost; the planner sends it again."""
 
 
 class JobRecord(NamedTuple):

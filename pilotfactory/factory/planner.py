@@ -234,6 +234,9 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
             actions_down, counters, down_notes = _scale_down(inp, memory, reaped)
             actions.extend(actions_down)
             notes.extend(down_notes)
+    if not inp.freeze:  # last: an un-retire this cycle wins over a second send
+        acted = {w.id for a in actions for w in a.workers}
+        actions.extend(_resend_retires(inp, acted))
     new_memory = PlannerMemory(candidate_cycles=counters, last_scale_up=last_up)
     return Plan(actions=tuple(actions), notes=tuple(notes), memory=new_memory)
 
@@ -293,6 +296,37 @@ def _reaps(inp: PlanInput) -> list[Action]:
             )
         )
     return out
+
+
+RETIRE_RESEND_AFTER = 600.0
+"""Seconds a recorded retire may go unseen on the startd (slot ads lag by up to an update
+interval) before it is sent again."""
+
+
+def _resend_retires(inp: PlanInput, acted: set[str]) -> list[Action]:
+    """RETIRING VMs whose startd shows no retire under way long after it was recorded: the
+    factory died between recording and sending it (or the command was lost), and without a
+    second send the VM would stay RETIRING, and paid for, for ever."""
+    if inp.worker_kind is not WorkerKind.VM:
+        return []
+    by_mode: dict[RetireMode, list[Worker]] = {}
+    for w in inp.workers.in_states(WorkerState.RETIRING):
+        asked = w.retire_requested_at
+        if w.id in acted or w.retire_visible is not False or not asked:
+            continue
+        if inp.now - asked > RETIRE_RESEND_AFTER:
+            mode = w.retire_mode or DEFAULT_RETIRE_MODE[inp.worker_kind]
+            by_mode.setdefault(mode, []).append(w)
+    return [
+        Action(
+            ActionKind.RETIRE,
+            tuple(ws),
+            mode=mode,
+            reason=f"retire recorded over {RETIRE_RESEND_AFTER:g}s ago but not under way "
+            "on the startd: sent again",
+        )
+        for mode, ws in by_mode.items()
+    ]
 
 
 def stuck_notes(inp: PlanInput) -> list[str]:

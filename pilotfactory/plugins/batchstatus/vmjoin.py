@@ -211,6 +211,15 @@ def join_worker(
         hold_reason=rec.hold_reason if not joined or state is WorkerState.LOST else None,
         master_seen=obs.master_seen if joined else None,
         keep=joined and any(s.get(KEEP_ATTR) is True for s in slots),
+        retire_visible=any(map(_retiring_slot, slots)) if slots else None,
+    )
+
+
+def _retiring_slot(slot: Ad) -> bool:
+    return (
+        slot.get("Draining") is True
+        or slot.get("Activity") == "Retiring"
+        or slot.get("State") == "Drained"
     )
 
 

@@ -262,7 +262,9 @@ def test_planner_invariants(n: int, picks: list[tuple[WorkerState, int, float]])
         for x in a.workers:
             if a.kind is ActionKind.CANCEL:
                 assert x.state in (WorkerState.PENDING, WorkerState.HELD)
-            if a.kind is ActionKind.RETIRE:
+            if a.kind is ActionKind.RETIRE and x.state is WorkerState.RETIRING:
+                assert a.reason.endswith("sent again")  # a recorded retire never sent
+            elif a.kind is ActionKind.RETIRE:
                 assert n < 0 and x.state in (WorkerState.IDLE, WorkerState.BUSY)
             if a.kind is ActionKind.UNRETIRE:
                 assert n > 0 and x.state is WorkerState.RETIRING
@@ -330,3 +332,24 @@ def test_a_kept_vm_is_not_retired_until_keep_max() -> None:
     retired = {x.id for a in res.actions if a.kind is ActionKind.RETIRE for x in a.workers}
     assert retired == {"old-kept", "plain"}
     assert any("1 worker(s) kept from retire by PilotFactoryKeep" in n for n in res.notes)
+
+
+def test_a_recorded_retire_the_startd_does_not_show_is_sent_again() -> None:
+    """The factory died between recording a retire and sending it: the VM is RETIRING by its
+    record but its startd runs on; after RETIRE_RESEND_AFTER the retire goes out again."""
+    lost = w(
+        "lost", R, retire_requested_at=NOW - 600, retire_visible=False, retire_mode=RetireMode.DRAIN
+    )
+    fresh = w("fresh", R, retire_requested_at=NOW - 10, retire_visible=False)
+    under_way = w("ok", R, retire_requested_at=NOW - 600, retire_visible=True)
+    res = plan(PlanInput(n=0, workers=(lost, fresh, under_way), now=NOW, settings=S))
+    [again] = [a for a in res.actions if a.kind is ActionKind.RETIRE]
+    assert [x.id for x in again.workers] == ["lost"] and again.mode is RetireMode.DRAIN
+    frozen = plan(PlanInput(n=0, workers=(lost,), now=NOW, settings=S, freeze="collector"))
+    assert not frozen.actions
+
+
+def test_work_coming_back_unretires_rather_than_resends() -> None:
+    lost = w("lost", R, retire_requested_at=NOW - 900, retire_visible=False)
+    res = plan(PlanInput(n=1, workers=(lost,), now=NOW, settings=S))
+    assert [a.kind for a in res.actions] == [ActionKind.UNRETIRE]

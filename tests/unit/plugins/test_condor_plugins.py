@@ -139,6 +139,17 @@ def test_keep_attribute_on_a_slot_marks_the_vm():
     assert w is not None and not w.keep
 
 
+def test_whether_the_startd_shows_the_retire():
+    ad = {**job(1, 2), **RUN, "PilotFactoryRetireRequested": NOW - 300}
+    shown = [slot("vm1", "i-1", "Claimed", Activity="Retiring")]
+    w = vm_worker(ad, Q, NOW, shown, MASTER, grace=120)
+    assert w is not None and (w.state, w.retire_visible) == (S.RETIRING, True)
+    w = vm_worker(ad, Q, NOW, [slot("vm1", "i-1", "Claimed", Draining=True)], MASTER, 120)
+    assert w is not None and w.retire_visible
+    w = vm_worker(ad, Q, NOW, BUSY_SLOTS, MASTER, grace=120)
+    assert w is not None and (w.state, w.retire_visible) == (S.RETIRING, False)
+
+
 def test_grid_job_the_gridmanager_cannot_act_on_says_why():
     """Key files the job owner cannot read: the job stays idle (no hold) with
     GridResourceUnavailableTime set; the pending worker carries that cause."""

@@ -338,7 +338,7 @@ def test_a_recorded_retire_the_startd_does_not_show_is_sent_again() -> None:
     """The factory died between recording a retire and sending it: the VM is RETIRING by its
     record but its startd runs on; after RETIRE_RESEND_AFTER the retire goes out again."""
     lost = w(
-        "lost", R, retire_requested_at=NOW - 600, retire_visible=False, retire_mode=RetireMode.DRAIN
+        "lost", R, retire_requested_at=NOW - 900, retire_visible=False, retire_mode=RetireMode.DRAIN
     )
     fresh = w("fresh", R, retire_requested_at=NOW - 10, retire_visible=False)
     under_way = w("ok", R, retire_requested_at=NOW - 600, retire_visible=True)

@@ -289,8 +289,12 @@ class Run:
 
     def row(self, note: str = "") -> None:
         try:
-            status = Counter(int(j["JobStatus"]) for j in self.payload_jobs())
+            jobs = self.payload_jobs()
+            status = Counter(int(j["JobStatus"]) for j in jobs)
             seen = f"waiting={status.get(1, 0)} payload_running={status.get(2, 0)}"
+            hosts = sorted(str(j["RemoteHost"]).split("@")[-1] for j in jobs if "RemoteHost" in j)
+            if hosts:
+                seen += f" on[{','.join(h.split('.')[0] for h in hosts)}]"
             seen += f" startds={len(self.startds())}"
         except CondorError as exc:  # the pool itself is what a scenario disturbs
             seen = f"(pool unreadable: {str(exc)[:50]})"

@@ -99,6 +99,27 @@ def kill_tree(pid: int) -> None:
                 os.kill(p, sig)
 
 
+def stale_vm_masters(vm_dir: Path) -> list[int]:
+    """condor_master processes of emulated VMs under ``vm_dir``'s parent, not ``vm_dir``'s."""
+    prefix = f"CONDOR_CONFIG={vm_dir.parent}/vms-".encode()
+    mine = f"CONDOR_CONFIG={vm_dir}/".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as fh:
+                if fh.read().strip() != b"condor_master":
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if any(v.startswith(prefix) and not v.startswith(mine) for v in env):
+            out.append(int(entry))
+    return out
+
+
 def image_config(vm: VM, cpus: int, memory: int) -> str:
     """What the emulated image bakes in: an execute node of the sandbox pool."""
     local = vm.root / "var"
@@ -191,6 +212,11 @@ class Emulator:
     # ------------------------------------------------------------------ running
 
     def start(self) -> Emulator:
+        """Start watching, after killing VMs an earlier emulator left behind (a killed test
+        run): they would share this one's loopback addresses and take its payload."""
+        for pid in stale_vm_masters(self.vm_dir):
+            log.warning("killing an emulated VM left by an earlier run (pid %d)", pid)
+            kill_tree(pid)
         self._thread = threading.Thread(target=self._loop, name="vmemu", daemon=True)
         self._thread.start()
         return self
@@ -386,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sandbox_root:
         ap.error("--sandbox-root (or PILOTFACTORY_SANDBOX_ROOT from condor-sandbox env) is needed")
     jobdir = os.environ.get("PILOTFACTORY_SANDBOX_JOBDIR", "/tmp/pilotfactory-sandbox")
-    vm_dir = Path(args.vm_dir or Path(jobdir) / f"vms-{os.getpid()}")
+    vm_dir = Path(args.vm_dir or Path(jobdir) / f"vms-{os.getpid()}")  # "vms-": see start()
     client = boto3.client(
         "ec2",
         endpoint_url=args.ec2,

@@ -111,6 +111,12 @@ def _expr_to_python(expr: classad2.ExprTree, ad: classad2.ClassAd | None) -> Any
     return str(expr) if value is _MISSING else value
 
 
+TEXT_ATTRS = frozenset({"requirements", "rank"})
+"""Match expressions: kept as their text, never evaluated in the ad alone, where every TARGET
+reference is undefined (``TARGET.X =!= undefined`` is then false: a job that runs on any slot
+with X read back as one that runs nowhere)."""
+
+
 def plain_ad(ad: classad2.ClassAd, projection: Sequence[str]) -> dict[str, Any]:
     """The projected attributes of ``ad`` (all when ``projection`` is empty), undefined dropped.
 
@@ -122,7 +128,10 @@ def plain_ad(ad: classad2.ClassAd, projection: Sequence[str]) -> dict[str, Any]:
         if wanted and key.lower() not in wanted:
             continue
         raw = ad[key]
-        value = _expr_to_python(raw, ad) if isinstance(raw, classad2.ExprTree) else to_python(raw)
+        if isinstance(raw, classad2.ExprTree):
+            value = str(raw) if key.lower() in TEXT_ATTRS else _expr_to_python(raw, ad)
+        else:
+            value = to_python(raw)
         if value is not _MISSING:
             out[wanted.get(key.lower(), key)] = value
     return out

@@ -51,9 +51,38 @@ def parse_slot_ad(text: str) -> Any:
     return ad
 
 
+def conjuncts(text: str) -> list[str]:
+    """The top-level ``&&`` terms of an expression (outside parentheses, lists and strings)."""
+    out, depth, start, i, quoted = [], 0, 0, 0, False
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and text.startswith("&&", i):
+            out.append(text[start:i])
+            start = i + 2
+            i += 1
+        i += 1
+    out.append(text[start:])
+    return [t.strip() for t in out if t.strip()]
+
+
 def unmatchable(job: tuple[Any, ...], slot: Any) -> bool:
-    """Whether a job (``MATCH_ATTRS`` values) certainly cannot run on ``slot``: its
-    Requirements evaluate to false there (undefined or unparsable is not false)."""
+    """Whether a job (``MATCH_ATTRS`` values) certainly cannot run on ``slot``: a top-level
+    term of its Requirements is false there, so the whole is false or an error, no match
+    either way. Terms are judged one by one because the template names only some of what a
+    startd advertises: condor_submit's own terms (``versionGE(split(TARGET.CondorVersion)...``)
+    are an error against it, which would hide a false ``TARGET.Cpus >= RequestCpus``.
+    Undefined, an error or an unparsable term is never false."""
     import classad2
 
     requirements = job[0]
@@ -65,11 +94,13 @@ def unmatchable(job: tuple[Any, ...], slot: Any) -> bool:
     for name, value in zip(MATCH_ATTRS[1:], job[1:], strict=True):
         if value is not None:
             ad[name] = value
-    try:
-        result = classad2.ExprTree(str(requirements)).eval(ad, slot)
-    except Exception:
-        return False
-    return result is False
+    for term in conjuncts(str(requirements)):
+        try:
+            if classad2.ExprTree(term).eval(ad, slot) is False:
+                return True
+        except Exception:  # noqa: S112 - an unparsable term says nothing
+            continue
+    return False
 
 
 def is_payload(ad: Mapping[str, Any]) -> bool:

@@ -63,6 +63,16 @@ def test_plain_ad_projects_keeps_caller_spelling_and_drops_undefined() -> None:
     assert to_python([1, "a", classad2.Value.Undefined]) == [1, "a"]
 
 
+def test_match_expressions_come_back_as_text() -> None:
+    """Evaluated in the job ad alone, TARGET.EC2InstanceID =!= undefined is false: a job that
+    runs on any VM read back as one that runs nowhere (found on the real pool)."""
+    ad = classad2.ClassAd({"RequestCpus": 1})
+    ad["Requirements"] = classad2.ExprTree("TARGET.EC2InstanceID =!= undefined")
+    ad["Other"] = classad2.ExprTree("RequestCpus + 1")
+    out = plain_ad(ad, ("Requirements", "Other"))
+    assert out == {"Requirements": "TARGET.EC2InstanceID isnt undefined", "Other": 2}
+
+
 def test_parse_json_ads() -> None:
     assert parse_json_ads("", ("A",)) == []
     text = '[{"ClusterId": 7, "ProcId": 0, "Req": "/Expr(1 + 1)/", "Other": 1}]'

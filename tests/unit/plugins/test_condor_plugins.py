@@ -816,3 +816,24 @@ def test_the_breaker_gauge_counts_steady_slots_of_workers_not_being_retired():
     plugin.refresh()
     info = plugin.info(Q)
     assert info is not None and info.pool_startds == 1  # vm1's pslot; vm2 is being retired
+
+
+def test_requirements_split_into_top_level_terms():
+    from pilotfactory.plugins.wmsstatus.condor import conjuncts
+
+    text = '(A && B) && C == "x && y" && f([1, 2] && 3) && (D)'
+    assert conjuncts(text) == ["(A && B)", 'C == "x && y"', "f([1, 2] && 3)", "(D)"]
+
+
+def test_a_false_term_is_no_match_though_others_error():
+    """condor_submit's requirements: a versionGE term is an error against a template without
+    CondorVersion; a false Cpus term still makes the job unmatchable."""
+    from pilotfactory.plugins.wmsstatus.condor import parse_slot_ad, unmatchable
+
+    req = (
+        '(TARGET.EC2InstanceID isnt undefined) && (TARGET.Arch == "X86_64") && '
+        '(versionGE(split(TARGET.CondorVersion)[1], "9.8.0")) && (TARGET.Cpus >= RequestCpus)'
+    )
+    slot = parse_slot_ad('[ Cpus = 1; Arch = "X86_64"; EC2InstanceID = "i-x" ]')
+    assert unmatchable((req, 4, 64, None, None), slot)
+    assert not unmatchable((req, 1, 64, None, None), slot)

@@ -195,6 +195,7 @@ class Run:
     t0: float = field(default_factory=time.monotonic)
     rows: list[str] = field(default_factory=list)
     before: set[str] = field(default_factory=set)
+    requests_before: set[str] = field(default_factory=set)
     traces: list[CycleTrace] = field(default_factory=list)
     port: Any = field(default_factory=lambda: RealWorld("bindings").condor(CondorTarget()))
 
@@ -245,9 +246,17 @@ class Run:
 
     # -------------------------------------------------------------- observing
 
-    def open_requests(self) -> int:
+    def spot_requests(self) -> dict[str, str]:
+        """Spot requests this scenario caused, by id -> state (moto is shared by the suite)."""
         reqs = self.cloud.client.describe_spot_instance_requests()["SpotInstanceRequests"]
-        return sum(1 for r in reqs if r["State"] == "open")
+        return {
+            r["SpotInstanceRequestId"]: r["State"]
+            for r in reqs
+            if r["SpotInstanceRequestId"] not in self.requests_before
+        }
+
+    def open_requests(self) -> int:
+        return sum(1 for state in self.spot_requests().values() if state == "open")
 
     def instances(self) -> dict[str, str]:
         """Instances this scenario caused, by id -> state (CondorEC2's gahp cannot tag)."""
@@ -336,8 +345,31 @@ class Run:
             if got:
                 return got
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+                raise AssertionError(
+                    f"timed out after {timeout:g}s waiting for {what}; {self.diagnosis()}"
+                )
             time.sleep(1.0)
+
+    def diagnosis(self) -> str:
+        """What the factory and the cloud looked like when a wait timed out (CI keeps only
+        the assertion message and the tail of the log)."""
+        parts = []
+        if self.traces:
+            parts.append(f"last notes: {list(self.traces[-1].notes)}")
+        try:
+            workers = [
+                f"{w.id}:{w.state.value}@{w.since:.0f}:{w.hold_reason or ''}"
+                for w in self.workers()
+            ]
+            parts.append(f"workers: {workers}")
+        except Exception as exc:  # a diagnosis must not hide the failure
+            parts.append(f"workers unreadable: {exc}")
+        try:
+            parts.append(f"instances: {self.instances()} requests: {self.spot_requests()}")
+        except Exception as exc:
+            parts.append(f"cloud unreadable: {exc}")
+        parts.append(f"now={time.time():.0f}")
+        return "; ".join(parts)
 
     # -------------------------------------------------------------- what was lost
 
@@ -401,6 +433,7 @@ def run(
 ) -> Iterator[Run]:
     r = Run(request.param, condor_pool, cloud, keys, emulator, workdir)
     r.before = set(r.instances())
+    r.requests_before = set(r.spot_requests())
     yield r
     r.cleanup()
     r.row("after cleanup")

@@ -24,6 +24,9 @@ from pilotfactory.factory.ports import (
 class RealWorld:
     """Ports to real services; backend libraries are imported only when first needed."""
 
+    blocking_io = True
+    """A server may stall a call: the factory reads its status sources on lane threads."""
+
     def __init__(self, condor_backend: str = "bindings") -> None:
         self.condor_backend = condor_backend
         self._condor: dict[CondorTarget, CondorPort] = {}

@@ -60,6 +60,14 @@ FACTORY_PARAMS: tuple[Param, ...] = (
     Param("queueConf", list, None, "comma list of queues.conf files; later ones win per key"),
     Param("queueDirConf", str, None, "a directory of *.conf read as one file"),
     Param("factory.sleep", float, 30.0, "main loop tick", minimum=0.0),
+    Param(
+        "factory.refresh_timeout",
+        float,
+        30.0,
+        "status sources not answered within this (s) fail their own queues closed for the "
+        "cycle; the other queues go on without them (0: refresh inline, one after another)",
+        minimum=0.0,
+    ),
     Param("cycles", int, None, "stop after this many cycles", minimum=1),
     Param("abort_no_queues", bool, False),
     Param("maxperfactory.maximum", int, None),
@@ -95,6 +103,7 @@ class FactoryConfig:
     """``<kind>.<plugin>.<param>`` keys from [Factory], defaults under the queues' own."""
     source: str = "<defaults>"
     status_file: str | None = None
+    refresh_timeout: float = 30.0
 
 
 def default_factory_config(queue_conf: Iterable[str] = ()) -> FactoryConfig:
@@ -187,6 +196,7 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
         plugin_defaults=plugin_defaults,
         source=path,
         status_file=_resolve(values["statusFile"], base) if values["statusFile"] else None,
+        refresh_timeout=values["factory.refresh_timeout"],
     )
     return cfg, problems
 

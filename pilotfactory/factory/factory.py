@@ -14,6 +14,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -48,6 +49,26 @@ class SourceState:
     failures: int = 0
 
 
+class _Lane:
+    """One lane's refreshes of one tick, on a daemon thread (a server that never answers must
+    not keep the process alive after SIGTERM). ``results`` is filled by the thread, one
+    entry per finished source; the main thread reads it only after the wait."""
+
+    def __init__(
+        self, states: list[SourceState], refresh: Callable[[SourceState], str | None]
+    ) -> None:
+        self.states = states
+        self.results: dict[int, str | None] = {}
+        self.started = time.monotonic()
+        self.thread = threading.Thread(
+            target=self._run, args=(refresh,), name="pilotfactory-refresh", daemon=True
+        )
+
+    def _run(self, refresh: Callable[[SourceState], str | None]) -> None:
+        for state in self.states:
+            self.results[id(state)] = refresh(state)
+
+
 class Factory:
     def __init__(
         self,
@@ -74,6 +95,8 @@ class Factory:
         """Workers per queue label that no configured queue owns (last cycle)."""
         self.cycles_run = 0
         self._stop = threading.Event()
+        self._lanes: dict[Hashable, _Lane] = {}
+        """The last refresh thread of each lane (kept while it runs past its cycle)."""
         self._reload_requested = False
         self.reload_hook: Callable[[], list[QueueConfig]] | None = None
         self.metrics = FactoryMetrics()
@@ -143,26 +166,9 @@ class Factory:
                 state = self._state_of(src)
                 if state not in needed:
                     needed.append(state)
-        for state in needed:
-            state.source.release()
-        for state in needed:  # one query per source per tick
-            try:
-                state.source.refresh()
-                state.error = None
-                state.failures = 0
-                state.refreshed_at = now
-            except Exception as exc:
-                state.failures += 1
-                state.error = f"{type(exc).__name__}: {bounded(str(exc))}"
-                self.metrics.source_failed(state.source.KIND, state.source.NAME)
-                log.warning(
-                    "%s source %s failed (%d in a row); its queues %s fail closed: %s",
-                    state.source.KIND,
-                    state.source.NAME,
-                    state.failures,
-                    ",".join(state.queues),
-                    state.error,
-                )
+        if not self._refresh(needed, now):
+            self.env.reads.end_cycle()
+            return []  # stopped while sources were being read: act on nothing
         self.env.reads.end_cycle()
         self._report_unconfigured(needed)
         totals = self._totals()
@@ -186,6 +192,83 @@ class Factory:
         if self.fcfg.status_file and not self.dry_run:
             self.write_status(self.fcfg.status_file)
         return traces
+
+    def _refresh(self, needed: Sequence[SourceState], now: float) -> bool:
+        """One query per source per tick. Where the world's calls may block, lanes (see
+        ``StatusSource.refresh_lane``) run on their own threads and the cycle waits at most
+        ``refresh_timeout``: a source without an answer by then fails its own queues closed
+        and the others go on; a lane still busy from an earlier tick is not asked again
+        (never two refreshes of one source at once). False when the factory was asked to
+        stop meanwhile (a SIGTERM is honoured within a fraction of a second, whatever a
+        server does)."""
+        budget = self.fcfg.refresh_timeout
+        if budget <= 0 or not getattr(self.world, "blocking_io", False):
+            for state in needed:
+                state.source.release()
+                self._refreshed(state, now, self._refresh_one(state))
+            return True
+        lanes: dict[Hashable, list[SourceState]] = {}
+        for state in needed:
+            lanes.setdefault(state.source.refresh_lane(), []).append(state)
+        started: list[_Lane] = []
+        for key, states in lanes.items():
+            busy = self._lanes.get(key)
+            if busy is not None and busy.thread.is_alive():
+                for state in states:
+                    self._refreshed(
+                        state,
+                        now,
+                        f"still refreshing: the previous refresh of its lane has run "
+                        f"{time.monotonic() - busy.started:.0f}s (refresh_timeout={budget:g}s)",
+                    )
+                continue
+            lane = _Lane(states, self._refresh_one)
+            self._lanes[key] = lane
+            started.append(lane)
+            lane.thread.start()
+        deadline = time.monotonic() + budget
+        while any(lane.thread.is_alive() for lane in started):
+            if self._stop.is_set():
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._stop.wait(min(0.05, left))
+        for lane in started:
+            for state in lane.states:
+                self._refreshed(
+                    state,
+                    now,
+                    lane.results.get(id(state), f"no answer within refresh_timeout={budget:g}s"),
+                )
+        return True
+
+    @staticmethod
+    def _refresh_one(state: SourceState) -> str | None:
+        """Refresh one source: None, or why it failed."""
+        state.source.release()
+        try:
+            state.source.refresh()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {bounded(str(exc))}"
+        return None
+
+    def _refreshed(self, state: SourceState, now: float, error: str | None) -> None:
+        state.error = error
+        if error is None:
+            state.failures = 0
+            state.refreshed_at = now
+            return
+        state.failures += 1
+        self.metrics.source_failed(state.source.KIND, state.source.NAME)
+        log.warning(
+            "%s source %s failed (%d in a row); its queues %s fail closed: %s",
+            state.source.KIND,
+            state.source.NAME,
+            state.failures,
+            ",".join(state.queues),
+            error,
+        )
 
     def _recheck(
         self, due: Sequence[Queue], decided: Sequence[CycleTrace]

@@ -123,6 +123,14 @@ class StatusSource(Plugin):
         """Queues whose params give equal keys share one instance (one query per cycle)."""
         return (cls.NAME,)
 
+    def refresh_lane(self) -> Hashable:
+        """Sources of one lane refresh one after another on one thread; lanes run side by side
+        when the world's calls may block (``World.blocking_io``), so a stalled server delays
+        only its own lane's queues. The default lane is the local batch system's: its
+        bindings are kept to one thread. A source that only talks to its own remote server
+        (PanDA over HTTP) has a lane of its own."""
+        return ("local",)
+
     def register(self, params: Mapping[str, Any]) -> None:
         """A queue with these params reads this source (so it can fetch what they need)."""
 

@@ -278,6 +278,10 @@ class SiteStatusPort(Protocol):
 
 
 class World(Protocol):
+    """Where plugins get their ports. A world whose calls may stall on a server also has
+    ``blocking_io = True`` (read with ``getattr``: the simulated world's never stall, and
+    its virtual clock wants the sources read in order on one thread)."""
+
     def condor(self, target: CondorTarget) -> CondorPort: ...
 
     def cloud(self, account: CloudAccount) -> CloudPort:

@@ -37,6 +37,9 @@ class SimConfig:
 class SimWorld:
     """``World`` for the demo and the simulation tests; ``tick()`` after moving the clock."""
 
+    blocking_io = False
+    """Nothing stalls in the simulation; sources are read in order, on the caller's thread."""
+
     def __init__(self, clock: Clock, config: SimConfig | None = None) -> None:
         self.clock = clock
         self.config = config or SimConfig()

@@ -149,6 +149,10 @@ class PandaWMSStatus(WMSStatusPlugin):
             _text(params, "token_file"),
         )
 
+    def refresh_lane(self) -> Hashable:
+        """Its own: only this server (and the site status URLs) is asked."""
+        return ("http", self.source_key(self.params))
+
     # ------------------------------------------------------------------------ registration
 
     def register(self, params: Mapping[str, Any]) -> None:

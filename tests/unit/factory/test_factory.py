@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -337,3 +339,82 @@ def test_workers_of_a_queue_no_longer_configured_are_reported_and_left_alone(
     fconf.write_text(f"[Factory]\nstatusFile = {status_file}\n")
     assert main(["status", "--daemon", "-c", str(fconf)]) == 0
     assert "3 worker(s) of queue GONE_QUEUE, which is not configured" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- stalled sources
+
+STALLING = QUEUES.replace(
+    "[A]\nwmsqueue = LABEL_A", "[A]\nwmsqueue = LABEL_A\nwmsstatus.condor.scheddhost = far.example"
+)
+
+
+def stalling(tmp_path: Path, budget: float = 0.3) -> tuple[Factory, FakeCondor, Any, Any]:
+    """A and B read their work from different sources; A's hangs on a server until released."""
+    factory, port, _ = build(tmp_path, STALLING)
+    factory.fcfg = replace(factory.fcfg, refresh_timeout=budget)
+    factory.world.blocking_io = True  # type: ignore[attr-defined]
+    stuck = factory.queues["A"].wms_source
+    assert stuck is not factory.queues["B"].wms_source
+    gate = threading.Event()
+    calls = []
+    real = stuck.refresh
+
+    def hang() -> None:
+        calls.append(time.monotonic())
+        gate.wait(30)
+        real()
+
+    stuck.refresh = hang  # type: ignore[method-assign]
+    stuck.refresh_lane = lambda: ("http", "far")  # type: ignore[method-assign]
+    port.jobs = payload("LABEL_A", 2) + payload("LABEL_B", 3, start=2)
+    return factory, port, gate, calls
+
+
+def test_a_stalled_source_delays_no_other_queue(tmp_path: Path) -> None:
+    factory, port, gate, calls = stalling(tmp_path)
+    t0 = time.monotonic()
+    traces = {t.queue: t for t in factory.cycle()}
+    took = time.monotonic() - t0
+    assert took < 2.0, f"the cycle waited {took:.1f}s for a stalled source"
+    assert traces["B"].n == 3 and [c[2] for c in port.named("submit")] == [3]
+    assert traces["A"].n == 0
+    assert "no answer within refresh_timeout=0.3s" in json.dumps(traces["A"].to_dict())
+    # Next tick, the stalled lane is not asked again while its refresh still runs.
+    traces = {t.queue: t for t in factory.cycle(force=True)}
+    assert len(calls) == 1
+    assert "still refreshing" in json.dumps(traces["A"].to_dict())
+    gate.set()
+    factory._lanes[("http", "far")].thread.join(5)
+    traces = {t.queue: t for t in factory.cycle(force=True)}
+    assert len(calls) == 2 and traces["A"].n == 2, traces["A"].to_dict()
+
+
+def test_stop_is_honoured_while_a_server_stalls(tmp_path: Path) -> None:
+    factory, _, gate, _ = stalling(tmp_path, budget=60)
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (factory.run(), done.set()), daemon=True)
+    runner.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    factory.stop()
+    assert done.wait(2), "run() still waiting on a stalled source after stop()"
+    assert time.monotonic() - t0 < 1.0
+    assert factory.cycles_run == 0, "a cycle interrupted while reading acts on nothing"
+    gate.set()
+
+
+def test_inline_refresh_without_blocking_io(tmp_path: Path) -> None:
+    """A world that never stalls (the simulator) is read in order on the caller's thread."""
+    factory, port, _ = build(tmp_path)
+    port.jobs = payload("LABEL_A", 1)
+    seen = []
+    src = factory.queues["A"].batch_source
+    real = src.refresh
+
+    def spy() -> None:
+        seen.append(threading.current_thread() is threading.main_thread())
+        real()
+
+    src.refresh = spy  # type: ignore[method-assign]
+    factory.cycle()
+    assert seen == [True]

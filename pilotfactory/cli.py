@@ -1,7 +1,8 @@
 """The ``pilotfactory`` command.
 
 Exit codes: 0 success; 1 configuration problems (``check`` found errors, or no queue could be
-loaded); 2 usage error or an unreadable file; 3 a cycle ran with queue errors (``--once``).
+loaded); 2 usage error or an unreadable file; 3 a cycle ran with queue errors (``--once``);
+141 stdout was closed by its reader (``| head``).
 Logs go to stderr; machine-readable output (``--json``) to stdout.
 """
 
@@ -29,6 +30,8 @@ from pilotfactory.factory.config import (
 log = logging.getLogger("pilotfactory")
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_QUEUE_ERRORS = 0, 1, 2, 3
+EXIT_PIPE = 141
+"""stdout closed by its reader (``| head``): what a shell reports for a writer SIGPIPE killed."""
 DEFAULT_FACTORY_CONF = "/etc/pilotfactory/factory.conf"
 
 
@@ -177,11 +180,14 @@ def _make_factory(args: argparse.Namespace, dry_run: bool) -> Any:
         fcfg, result.queues, RealWorld(fcfg.condor_backend), WallClock(), dry_run=dry_run
     )
 
-    def reload_queues() -> list[Any]:
+    def reload_queues() -> QueuesResult:
         _, res, probs = load_all(args)
         for line in probs:
             log.warning("%s", line)
-        return list(res.queues)
+        broken = [p for p in probs if p.endswith("[Factory] has errors")]
+        if broken:  # never run on half a factory.conf: the old one goes on
+            raise ConfigError(broken[0])
+        return res
 
     factory.reload_hook = reload_queues
     return factory
@@ -277,15 +283,41 @@ def load_factory(args: argparse.Namespace) -> FactoryConfig:
     return fcfg
 
 
+def _read_daemon_status(path: str) -> dict[str, Any]:
+    """The daemon's status file, checked for the shape this command reads: a truncated, empty
+    or foreign file is a clear error naming the file, never a traceback."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the daemon's status: {exc}") from None
+    shape: dict[str, type | tuple[type, ...]] = {
+        "factory_id": str,
+        "time": (int, float),
+        "cycles": int,
+        "sources": list,
+        "queues": dict,
+    }
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: not a pilotfactory status file (no JSON object)")
+    for key, kind in shape.items():
+        if not isinstance(state.get(key), kind):
+            raise ConfigError(f"{path}: not a pilotfactory status file ({key!r} missing or bad)")
+    for name, q in state["queues"].items():
+        if not (
+            isinstance(q, dict)
+            and isinstance(q.get("history"), list)
+            and isinstance(q.get("counters"), dict)
+        ):
+            raise ConfigError(f"{path}: queue {name!r} has no history/counters")
+    return state
+
+
 def daemon_status(args: argparse.Namespace) -> int:
     fcfg = load_factory(args)
     if not fcfg.status_file:
         raise ConfigError(f"{fcfg.source}: [Factory] statusFile is not set")
-    try:
-        with open(fcfg.status_file, encoding="utf-8") as fh:
-            state = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{fcfg.status_file}: cannot read the daemon's status: {exc}") from None
+    state = _read_daemon_status(fcfg.status_file)
     wanted = set(args.queue or state["queues"])
     queues = {k: v for k, v in state["queues"].items() if k in wanted}
     for q in queues.values():
@@ -293,9 +325,24 @@ def daemon_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**state, "queues": queues}, indent=2))
         return EXIT_OK
+    try:
+        _print_daemon_status(state, queues)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{fcfg.status_file}: unexpected content in the daemon's status ({exc!r}); "
+            "was it written by another version?"
+        ) from None
+    return EXIT_OK
+
+
+def _print_daemon_status(state: dict[str, Any], queues: dict[str, Any]) -> None:
     print(
         f"factory {state['factory_id']}: {state['cycles']} cycles, status of {_when(state['time'])}"
     )
+    if state.get("reload_refused"):
+        print(f"  last reload refused, the old queues run on: {state['reload_refused']}")
+    for name, why in sorted((state.get("reload_errors") or {}).items()):
+        print(f"  queue {name} runs on its old configuration: {why}")
     for src in state["sources"]:
         health = (
             f"failing ({src['failures_in_a_row']} in a row): {src['error']}"
@@ -319,7 +366,6 @@ def daemon_status(args: argparse.Namespace) -> int:
             acts = ", ".join(f"{a['kind']} {a['count']}" for a in t["actions"]) or "nothing"
             line = f"  {_when(t['time'])}  n={t['n']:<4} {t['error'] or acts}"
             print(line + ("  | " + "; ".join(t["notes"]) if t["notes"] else ""))
-    return EXIT_OK
 
 
 def _when(ts: float) -> str:
@@ -370,12 +416,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sim": cmd_demo,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except ConfigError as exc:
         print(f"pilotfactory: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `pilotfactory status | head`: the reader left. Point stdout at /dev/null so the
+        # interpreter's own flush at exit does not complain, and exit as a killed writer would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from pilotfactory.factory.clock import Clock
-from pilotfactory.factory.config import FactoryConfig, QueueConfig
+from pilotfactory.factory.config import FactoryConfig, QueueConfig, QueuesResult
 from pilotfactory.factory.info import Worker, sum_totals
 from pilotfactory.factory.metrics import FactoryMetrics
 from pilotfactory.factory.plugin import (
@@ -98,7 +98,13 @@ class Factory:
         self._lanes: dict[Hashable, _Lane] = {}
         """The last refresh thread of each lane (kept while it runs past its cycle)."""
         self._reload_requested = False
-        self.reload_hook: Callable[[], list[QueueConfig]] | None = None
+        self.reload_hook: Callable[[], QueuesResult] | None = None
+        """Reads the configuration again for SIGHUP (raises ConfigError when it cannot)."""
+        self.reload_errors: dict[str, str] = {}
+        """Queues whose new configuration was broken at the last reload: they run on their
+        old one until a reload fixes them."""
+        self.reload_refused: str | None = None
+        """Why the last reload was refused as a whole (the old queues run on), or None."""
         self.metrics = FactoryMetrics()
         for qcfg in queues:
             self._add_queue(qcfg)
@@ -334,6 +340,8 @@ class Factory:
                 for s in self.sources.values()
             ],
             "setup_errors": dict(self.setup_errors),
+            "reload_errors": dict(self.reload_errors),
+            "reload_refused": self.reload_refused,
             "unconfigured_queues": dict(self.unconfigured),
         }
 
@@ -353,14 +361,15 @@ class Factory:
         return out
 
     def write_status(self, path: str) -> None:
-        """Atomically (write + rename), so a reader never sees half a file."""
+        """Atomically (write + rename), so a reader never sees half a file; readable by the
+        factory's user and group only."""
         try:
             directory = os.path.dirname(os.path.abspath(path))
             os.makedirs(directory, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".status-", dir=directory)
             with os.fdopen(fd, "w") as fh:
                 fh.write(self.status_json())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o640)  # error texts and names: the factory's group, not the world
             os.replace(tmp, path)
         except OSError as exc:  # a status file must never stop the factory
             log.warning("cannot write status file %s: %s", path, exc)
@@ -390,9 +399,28 @@ class Factory:
         signal.signal(signal.SIGINT, _term)
         signal.signal(signal.SIGHUP, _hup)
 
-    def reload(self, queues: Iterable[QueueConfig]) -> None:
-        """Replace the queue set; queues whose config is unchanged keep their state whole."""
+    def reload(
+        self, queues: Iterable[QueueConfig], broken: Mapping[str, str] | None = None
+    ) -> bool:
+        """Replace the queue set; queues whose config is unchanged keep their state whole.
+
+        A queue in ``broken`` (name -> why) that runs now keeps running on its old
+        configuration, and says so in the log and the status: a typo must not drop a queue
+        and the VMs it looks after. A reload that would leave no queue at all is refused
+        (False) and everything runs on as before."""
         new = {q.name: q for q in queues}
+        kept: dict[str, str] = {}
+        for name, why in (broken or {}).items():
+            if name in self.queues and name not in new:
+                new[name] = self.queues[name].cfg
+                kept[name] = why
+                log.error("reload: queue %s keeps its old configuration: %s", name, why)
+        if not new:
+            self.reload_refused = "the new configuration has no usable queue"
+            log.error("reload refused, the old queues run on: %s", self.reload_refused)
+            return False
+        self.reload_refused = None
+        self.reload_errors = kept
         old = self.queues
         self.queues = {}
         self.sources = {}
@@ -400,17 +428,33 @@ class Factory:
             self._add_queue(qcfg)
             if name in old and name in self.queues and old[name].cfg == qcfg:
                 self.queues[name].carry_over(old[name])
+        return True
+
+    def reload_from_hook(self) -> bool:
+        """SIGHUP: read the configuration again; any failure keeps the old queues running."""
+        if self.reload_hook is None:
+            return False
+        try:
+            result = self.reload_hook()
+        except Exception as exc:
+            self.reload_refused = f"{type(exc).__name__}: {bounded(str(exc))}"
+            log.error("reload failed, keeping the old queues: %s", self.reload_refused)
+            return False
+        broken: dict[str, str] = {}
+        for problem in result.errors:
+            if problem.section in result.broken:
+                broken.setdefault(problem.section, str(problem))
+        for name in result.broken:
+            broken.setdefault(name, "broken")
+        return self.reload(result.queues, broken)
 
     def run(self, cycles: int | None = None) -> None:
         """The daemon loop: tick every ``factory.sleep`` seconds until stopped."""
         limit = cycles if cycles is not None else self.fcfg.cycles
         while not self._stop.is_set():
-            if self._reload_requested and self.reload_hook is not None:
+            if self._reload_requested:
                 self._reload_requested = False
-                try:
-                    self.reload(self.reload_hook())
-                except Exception as exc:
-                    log.error("reload failed, keeping the old queues: %s", exc)
+                self.reload_from_hook()
             self.cycle()
             if limit is not None and self.cycles_run >= limit:
                 break

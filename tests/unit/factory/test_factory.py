@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -418,3 +421,87 @@ def test_inline_refresh_without_blocking_io(tmp_path: Path) -> None:
     src.refresh = spy  # type: ignore[method-assign]
     factory.cycle()
     assert seen == [True]
+
+
+# ---------------------------------------------------------------------------- reload, status file
+
+
+def test_reload_keeps_a_queue_that_broke_on_its_old_config(tmp_path: Path) -> None:
+    factory, port, _ = build(tmp_path)
+    conf = tmp_path / "queues.conf"
+    conf.write_text(
+        textwrap.dedent(QUEUES).replace("wmsqueue = LABEL_A", "wmsqueue = LABEL_A\nbogus.key = 1")
+        .replace("[B]\nwmsqueue = LABEL_B", "[B]\nwmsqueue = LABEL_B\nbatchsubmitplugin = Nope")
+    )  # fmt: skip
+    factory.reload_hook = lambda: load_queues([str(conf)])
+    assert factory.reload_from_hook()
+    assert set(factory.queues) == {"A", "B"}, "a typo must not drop a queue"
+    assert "A" not in factory.reload_errors, "a warning is no reason to keep the old config"
+    assert "Nope" in factory.reload_errors["B"], factory.reload_errors
+    assert factory.queues["B"].cfg.batchsubmit.cls.NAME == "CondorLocal"
+    port.jobs = payload("LABEL_B", 2)
+    traces = {t.queue: t for t in factory.cycle(force=True)}
+    assert traces["B"].n == 2, "the kept queue still runs"
+    assert "Nope" in factory.status()["reload_errors"]["B"]
+
+
+def test_reload_to_no_queue_or_unreadable_config_is_refused(tmp_path: Path) -> None:
+    factory, _, _ = build(tmp_path)
+    before = dict(factory.queues)
+    conf = tmp_path / "queues.conf"
+    conf.write_text("[A]\nenabled = False\n[B]\nenabled = False\n")
+    factory.reload_hook = lambda: load_queues([str(conf)])
+    assert not factory.reload_from_hook()
+    assert factory.queues == before
+    assert "no usable queue" in (factory.status()["reload_refused"] or "")
+    conf.write_bytes(b"\x00\xff not ini")
+    assert not factory.reload_from_hook()
+    assert factory.queues == before and factory.reload_refused
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", '{"factory_id": "f1", "cyc', "[1, 2]", '{"a": 1}', '{"factory_id": "f1", "time": 1, '
+     '"cycles": 1, "sources": [], "queues": {"A": {"history": "x", "counters": {}}}}',
+     '{"factory_id": "f1", "time": 1, "cycles": 1, "sources": [{}], "queues": {}}'],
+)  # fmt: skip
+def test_status_daemon_survives_a_bad_status_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    status_file = tmp_path / "status.json"
+    status_file.write_text(content)
+    fconf = tmp_path / "factory.conf"
+    fconf.write_text(f"[Factory]\nstatusFile = {status_file}\n")
+    assert main(["status", "--daemon", "-c", str(fconf)]) == 2
+    err = capsys.readouterr().err
+    assert str(status_file) in err and "Traceback" not in err
+
+
+def test_status_file_is_not_world_readable(tmp_path: Path) -> None:
+    factory, _, _ = build(tmp_path)
+    status_file = tmp_path / "status.json"
+    factory.fcfg = replace(factory.fcfg, status_file=str(status_file))
+    factory.cycle()
+    assert status_file.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
+    """`pilotfactory check ... | head -1`: the reader leaves early."""
+    conf = tmp_path / "queues.conf"
+    conf.write_text(
+        "".join(f"[Q{i}]\nwmsqueue = L\nbogus{i} = 1\n" for i in range(2000))
+        + "[DEFAULT]\nbatchsubmitplugin = CondorLocal\nbatchsubmit.condorlocal.executable = /x\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pilotfactory.cli", "check", "-q", str(conf)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves, as head does
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

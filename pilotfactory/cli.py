@@ -20,12 +20,14 @@ from typing import Any
 from pilotfactory import __version__
 from pilotfactory.factory.config import (
     ConfigError,
+    ConfigProblem,
     FactoryConfig,
     QueuesResult,
     default_factory_config,
     load_factory_config,
     load_queues,
 )
+from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger("pilotfactory")
 
@@ -133,7 +135,31 @@ def load_all(args: argparse.Namespace) -> tuple[FactoryConfig, QueuesResult, lis
         )
     result = load_queues(qpaths, dirconf, fcfg)
     problems.extend(str(p) for p in result.problems)
+    problems.extend(str(p) for p in secret_file_problems(result))
     return fcfg, result, problems
+
+
+def secret_file_problems(result: QueuesResult) -> list[ConfigProblem]:
+    """Every secret file a queue names (keys, tokens, passwords, proxies), judged the way the
+    backends will judge it when they open it, so ``check`` says it first: open to group or
+    others, or not a regular file, is an error; missing now is a warning (a proxy may be
+    renewed into place later)."""
+    out: list[ConfigProblem] = []
+    seen: set[tuple[str, str]] = set()
+    for q in result.queues:
+        for spec in (q.wmsstatus, q.batchstatus, q.batchsubmit):
+            for name, path in spec.cls.secret_files(spec.params).items():
+                key = f"{spec.kind}.{spec.name.lower()}.{name}"
+                if (q.name, path) in seen:
+                    continue
+                seen.add((q.name, path))
+                try:
+                    check_private(path, "secret file")
+                except SecretFileError as exc:
+                    missing = exc.mode is None and not os.path.lexists(os.path.expanduser(path))
+                    severity = "warning" if missing else "error"
+                    out.append(ConfigProblem(severity, q.source, q.name, key, str(exc)))
+    return out
 
 
 def cmd_check(args: argparse.Namespace) -> int:

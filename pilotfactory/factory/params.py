@@ -41,6 +41,9 @@ class Param:
     """The plugin cannot work without it: ``check`` refuses a queue that leaves it unset."""
     validate: Callable[[Any], object] | None = None
     """Further checks of a parsed value; a ``ValueError`` it raises is the config error."""
+    secret: bool = False
+    """The value names a file holding a secret (a key, token, password, proxy): ``check``
+    refuses it unless only its owner can read it, before ``run`` ever opens it."""
 
     def of(self, params: Mapping[str, Any]) -> Any:
         """This parameter's value in ``params``, or its declared default when unset (``None``);

@@ -42,6 +42,18 @@ class Plugin:
         return tuple(f"{cls.KIND}.{n.lower()}." for n in (cls.NAME, *cls.ALIASES))
 
     @classmethod
+    def secret_files(cls, params: Mapping[str, Any]) -> dict[str, str]:
+        """Parameter name -> path of each secret file these params name (``Param.secret``),
+        so ``check`` can judge its permissions; a plugin that resolves a name into a path
+        (a proxy in ``proxy_dir``) says where it will look."""
+        out = {}
+        for p in cls.PARAMS:
+            value = params.get(p.name)
+            if p.secret and value:
+                out[p.name] = str(value)
+        return out
+
+    @classmethod
     def factory_namespaces(cls) -> tuple[str, ...]:
         """Prefixes of [Factory] defaults: the family's first, so the plugin's own win."""
         family = (f"{cls.KIND}.{cls.FAMILY.lower()}.",) if cls.FAMILY else ()

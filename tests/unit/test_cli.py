@@ -59,3 +59,54 @@ def test_console_script_runs_and_logs_to_stderr(tmp_path: Path) -> None:
     assert proc.returncode == 1  # no usable queue
     assert proc.stdout == ""
     assert "missing: every queue needs a wmsstatus plugin" in proc.stderr
+
+
+SECRET_QUEUES = """
+[DEFAULT]
+batchstatusplugin = Condor
+batchsubmitplugin = CondorLocal
+batchsubmit.condorlocal.executable = /bin/true
+schedplugin = Ready
+
+[PANDA_Q]
+wmsstatusplugin = Panda
+wmsstatus.panda.token_file = {token}
+
+[PILOTS]
+wmsstatusplugin = Condor
+batchsubmit.condorlocal.proxy = atlas
+batchsubmit.condorlocal.proxy_dir = {proxy_dir}
+"""
+
+
+@pytest.mark.parametrize(
+    ("token_mode", "proxy_mode", "rc", "says"),
+    [
+        (0o600, 0o600, 0, []),
+        (0o644, 0o600, 1, ["[PANDA_Q] wmsstatus.panda.token_file: error", "mode 0644"]),
+        (0o600, 0o640, 1, ["[PILOTS] batchsubmit.condorlocal.proxy: error", "x509up_atlas"]),
+        (None, 0o600, 0, ["[PANDA_Q] wmsstatus.panda.token_file: warning", "cannot be read"]),
+    ],
+)
+def test_check_judges_every_secret_file_before_run(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    token_mode: int | None,
+    proxy_mode: int,
+    rc: int,
+    says: list[str],
+) -> None:
+    token = tmp_path / "token"
+    if token_mode is not None:
+        token.write_text("t0ken-value\n")
+        token.chmod(token_mode)
+    proxy = tmp_path / "x509up_atlas"
+    proxy.write_text("cert+key")
+    proxy.chmod(proxy_mode)
+    conf = tmp_path / "queues.conf"
+    conf.write_text(SECRET_QUEUES.format(token=token, proxy_dir=tmp_path))
+    assert main(["check", "-q", str(conf)]) == rc
+    out = capsys.readouterr().out
+    for text in says:
+        assert text in out, out
+    assert "t0ken-value" not in out

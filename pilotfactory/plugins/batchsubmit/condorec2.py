@@ -53,8 +53,17 @@ class CondorEC2Submit(CondorSubmitBase):
         Param("user_data_file", str, None, "file with the user data"),
         Param("security_groups", list, None, "security group names"),
         Param("keypair_file", str, None, "where the gridmanager writes the key pair"),
-        Param("access_key_id", str, None, "file holding the access key id", required=True),
-        Param("secret_access_key", str, None, "file holding the secret access key", required=True),
+        Param(
+            "access_key_id", str, None, "file holding the access key id", required=True, secret=True
+        ),
+        Param(
+            "secret_access_key",
+            str,
+            None,
+            "file holding the secret access key",
+            required=True,
+            secret=True,
+        ),
         Param("peaceful", bool, None, "APF legacy key; the queue's retire_mode decides"),
     )
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import SubmitError
 from pilotfactory.plugins.batchsubmit.condor_common import COMMON_SUBMIT_PARAMS, CondorSubmitBase
+from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,9 @@ class CondorLocalSubmit(CondorSubmitBase):
         *COMMON_SUBMIT_PARAMS,
         Param("executable", str, None, "pilot wrapper (overrides the queue's executable)"),
         Param("executable.arguments", str, None, "its arguments"),
-        Param("proxy", str, None, "x509 proxy: a path, or a name resolved in proxy_dir"),
+        Param(
+            "proxy", str, None, "x509 proxy: a path, or a name resolved in proxy_dir", secret=True
+        ),
         Param("proxy_dir", str, "/tmp", "where named proxies live (x509up_<name>)"),
     )
 
@@ -39,17 +43,30 @@ class CondorLocalSubmit(CondorSubmitBase):
             args = self.queue.generic.get("executable.arguments")
         return exe or None, args or None
 
-    def proxy_path(self) -> str | None:
-        """Resolve ``proxy`` (path or name); a missing file is a SubmitError."""
-        proxy = str(self.params.get("proxy") or "")
+    @classmethod
+    def secret_files(cls, params: Mapping[str, Any]) -> dict[str, str]:
+        path = cls._proxy_location(params)
+        return {"proxy": path} if path else {}
+
+    @staticmethod
+    def _proxy_location(params: Mapping[str, Any]) -> str | None:
+        proxy = str(params.get("proxy") or "")
         if not proxy:
             return None
         if os.sep in proxy:
-            path = proxy
-        else:
-            path = os.path.join(self.params.get("proxy_dir") or "/tmp", f"x509up_{proxy}")
-        if not os.path.isfile(path):
-            raise SubmitError(f"queue {self.queue.queue}: x509 proxy {proxy!r} not found at {path}")
+            return proxy
+        return os.path.join(params.get("proxy_dir") or "/tmp", f"x509up_{proxy}")
+
+    def proxy_path(self) -> str | None:
+        """Resolve ``proxy`` (path or name); a missing proxy, or one others can read (it holds
+        a private key), is a SubmitError."""
+        path = self._proxy_location(self.params)
+        if path is None:
+            return None
+        try:
+            check_private(path, "x509 proxy")
+        except SecretFileError as exc:
+            raise SubmitError(f"queue {self.queue.queue}: {exc}") from None
         return path
 
     def template(self) -> dict[str, str]:

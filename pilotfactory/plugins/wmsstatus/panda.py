@@ -104,9 +104,17 @@ class PandaWMSStatus(WMSStatusPlugin):
         Param("timeout", float, 30.0, "seconds per HTTP request", minimum=0.1),
         Param("verify", bool, True, "verify the server's TLS certificate"),
         Param("ca_bundle", str, None, "CA bundle file or directory for TLS verification"),
-        Param("cert", str, None, "client certificate (or X.509 proxy holding the key too)"),
-        Param("key", str, None, "client private key (must be chmod 600)"),
-        Param("token_file", str, None, "file holding a bearer token (must be chmod 600)"),
+        Param(
+            "cert",
+            str,
+            None,
+            "client certificate (or X.509 proxy holding the key too)",
+            secret=True,
+        ),
+        Param("key", str, None, "client private key (must be chmod 600)", secret=True),
+        Param(
+            "token_file", str, None, "file holding a bearer token (must be chmod 600)", secret=True
+        ),
         Param("legacy", bool, False, "use the pre-2024 pickle API (opt-in, restricted decoder)"),
         WMSStatusPlugin.MAXAGE,
         Param("sitestatus_url", str, None, "queue configuration JSON (CRIC/schedconfig style)"),

@@ -533,10 +533,15 @@ def test_local_proxy_resolution(tmp_path):
     with pytest.raises(SubmitError, match=r"BNL_CLOUD.*x509up_atlas-production"):
         p.submit(1)
     (tmp_path / "x509up_atlas-production").write_text("x")
+    (tmp_path / "x509up_atlas-production").chmod(0o644)
+    with pytest.raises(SubmitError, match=r"accessible by group or others \(mode 0644\)"):
+        p.submit(1)  # a proxy holds a private key
+    (tmp_path / "x509up_atlas-production").chmod(0o600)
     p.submit(1)
     assert port.named("submit")[0][1]["x509userproxy"] == str(tmp_path / "x509up_atlas-production")
     path = tmp_path / "my.pem"
     path.write_text("x")
+    path.chmod(0o600)
     p = local(tmp_path, port, proxy=str(path), **exe)
     assert p.description()["x509userproxy"] == str(path)
     assert "x509userproxy" not in local(tmp_path, port, **exe).description()

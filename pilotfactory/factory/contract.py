@@ -9,6 +9,7 @@ database, and this module is its schema).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,6 +95,54 @@ def target_from(params: Mapping[str, Any]) -> CondorTarget:
     return CondorTarget(params.get("scheddhost") or None, params.get("collectorhost") or None)
 
 
-def classad_string(value: str) -> str:
-    """A ClassAd string literal."""
+# ---------------------------------------------------------------------------- quoting
+# Everything the factory writes into a submit description, a ClassAd or a VM's HTCondor
+# configuration goes through these: a value must never end its line (a continuation would
+# become a new submit command or config line), nor expand a macro the factory did not write.
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_SUBMIT_KEY = re.compile(r"^(?:[+]|[Mm][Yy]\.)?[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+class UnsafeValue(ValueError):
+    """A value that cannot be written safely where it was going (the message says why)."""
+
+
+def inert(value: str, what: str, macros: bool = False) -> str:
+    """``value`` unchanged if it is safe on one line of a submit description or an HTCondor
+    config file: no control character (tab excepted), and no ``$`` unless ``macros`` (the
+    factory's own ``$(Cluster)``), since both languages expand ``$(...)``."""
+    if _CONTROL.search(value):
+        raise UnsafeValue(f"{what}: control character in {value[:60]!r}")
+    if not macros and "$" in value:
+        raise UnsafeValue(f"{what}: '$' would be expanded as a macro in {value[:60]!r}")
+    return value
+
+
+def classad_string(value: str, macros: bool = False) -> str:
+    """A ClassAd string literal, safe in a submit description and an HTCondor config file
+    (see ``inert``); backslashes and quotes escaped."""
+    inert(value, "ClassAd string", macros)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def submit_key(key: str) -> str:
+    """A submit description key: a command or a ``+Attr`` / ``MY.Attr`` custom attribute."""
+    if not _SUBMIT_KEY.match(key.strip()):
+        raise UnsafeValue(f"not a submit description key: {key[:60]!r}")
+    return key
+
+
+def submit_environment(pairs: Mapping[str, str]) -> str:
+    """The new-syntax ``environment`` value: double-quoted; a value holding spaces or quotes
+    single-quoted, ``'`` and ``"`` doubled as the submit language wants."""
+    parts = []
+    for name, value in pairs.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise UnsafeValue(f"not an environment variable name: {name[:60]!r}")
+        inert(value, f"environment {name}", macros=True)
+        if value and not re.search(r"[\s'\"]", value):
+            parts.append(f"{name}={value}")
+        else:
+            parts.append(f"{name}='{value.replace(chr(39), chr(39) * 2)}'".replace('"', '""'))
+    return '"' + " ".join(parts) + '"'

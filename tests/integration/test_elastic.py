@@ -633,10 +633,10 @@ def test_collector_restart_changes_nothing(run: Run) -> None:
     nothing is retired, reaped or bought because of it."""
     # The VMs are older than boot_timeout when their ads vanish: counted from launch (as it
     # was), they were LOST and reaped with their payload the moment the collector came back.
-    run.configure(boot_timeout=40)
-    run.payload(2, 90)
+    run.configure(boot_timeout=20)
+    run.payload(2, 70)  # outlasts the restart and the checks after it, with a margin
     run.until("2 busy VMs", lambda: run.count(WorkerState.BUSY) == 2, timeout=150)
-    run.until("VMs older than boot_timeout", lambda: time.monotonic() - run.t0 > 45, timeout=60)
+    run.until("VMs older than boot_timeout", lambda: time.monotonic() - run.t0 > 25, timeout=60)
     mark = len(run.traces)
     out = run.pool.tool("condor_restart", "-daemon", "collector")
     run.row(f"collector restarted: {out.strip()[:60]}")

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import classad2
 import htcondor2
 
+from pilotfactory.factory.contract import UnsafeValue, inert, submit_key
 from pilotfactory.factory.ports import (
     CondorError,
     CondorPermission,
@@ -365,6 +366,11 @@ class BindingsCondor:
     def submit(self, description: Mapping[str, str], count: int) -> SubmitResult:
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
+        try:  # the same rules as a submit file written for condor_submit
+            for key, value in description.items():
+                inert(str(value), submit_key(key), macros=True)
+        except UnsafeValue as exc:
+            raise CondorRejected(f"submit description: {exc}") from None
         with _SWITCH.shared():
             schedd = self._schedd()
 

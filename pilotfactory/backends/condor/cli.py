@@ -31,6 +31,7 @@ from pilotfactory.backends.condor.bindings import (
     classify,
     plain_ad,
 )
+from pilotfactory.factory.contract import UnsafeValue, inert, submit_key
 from pilotfactory.factory.ports import (
     CondorError,
     CondorRejected,
@@ -143,9 +144,10 @@ def render_submit(description: Mapping[str, str], count: int) -> str:
     for key, value in description.items():
         if key.strip().lower() == "queue":
             raise ValueError("the count is an argument, not a 'queue' key")
-        if "\n" in key or "\n" in str(value):
-            raise CondorRejected(f"submit value for {key!r} contains a newline")
-        lines.append(f"{key} = {value}")
+        try:
+            lines.append(f"{submit_key(key)} = {inert(str(value), key, macros=True)}")
+        except UnsafeValue as exc:
+            raise CondorRejected(f"submit description: {exc}") from None
     lines.append(f"queue {count}")
     return "\n".join(lines) + "\n"
 

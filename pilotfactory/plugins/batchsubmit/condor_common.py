@@ -14,7 +14,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pilotfactory.factory.contract import TARGET_PARAMS, classad_string, target_from
+from pilotfactory.factory.contract import (
+    TARGET_PARAMS,
+    UnsafeValue,
+    classad_string,
+    submit_environment,
+    target_from,
+)
 from pilotfactory.factory.info import RetireMode, Worker
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import (
@@ -162,7 +168,7 @@ def labels(factory_id: str, queue: str) -> dict[str, str]:
     return {
         "+MATCH_APF_QUEUE": classad_string(queue),
         "+APF_QUEUE": classad_string(queue),
-        "+FACTORY_JOBID": classad_string(f"{factory_id}#$(Cluster).$(Process)"),
+        "+FACTORY_JOBID": classad_string(f"{factory_id}#$(Cluster).$(Process)", macros=True),
         "+PilotFactoryId": classad_string(factory_id),
         "+PilotFactoryQueue": classad_string(queue),
     }
@@ -170,9 +176,13 @@ def labels(factory_id: str, queue: str) -> dict[str, str]:
 
 def environment(factory_id: str, queue: str, environ: str | None) -> str:
     """New-syntax environment: the APF variables pilot wrappers read, then ``environ``."""
-    parts = [f"APFFID={factory_id}", "APFCID=$(Cluster).$(Process)", f"FACTORYQUEUE={queue}"]
-    parts.extend((environ or "").split())
-    return '"' + " ".join(parts) + '"'
+    pairs = {"APFFID": factory_id, "APFCID": "$(Cluster).$(Process)", "FACTORYQUEUE": queue}
+    for part in (environ or "").split():
+        name, eq, value = part.partition("=")
+        if not eq:
+            raise UnsafeValue(f"environ: {part[:60]!r} is not NAME=value")
+        pairs[name] = value
+    return submit_environment(pairs)
 
 
 def _norm(key: str) -> str:
@@ -252,7 +262,10 @@ class CondorSubmitBase(BatchSubmitPlugin):
     def submit(self, count: int) -> list[str]:
         if count <= 0:
             return []
-        desc = self.description()
+        try:
+            desc = self.description()
+        except UnsafeValue as exc:
+            raise SubmitError(f"queue {self.queue.queue}: {exc}") from None
         try:
             result = self.port.submit(desc, count)
         except CondorError as exc:

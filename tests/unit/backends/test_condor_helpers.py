@@ -93,7 +93,13 @@ def test_job_constraint_accepts_only_job_ids() -> None:
 
 def test_render_submit_refuses_injected_lines() -> None:
     assert render_submit({"executable": "/bin/true"}, 3) == "executable = /bin/true\nqueue 3\n"
-    with pytest.raises(CondorRejected, match="newline"):
+    with pytest.raises(CondorRejected, match="control character"):
         render_submit({"arguments": "a\nqueue 1000"}, 1)
+    with pytest.raises(CondorRejected, match="control character"):
+        render_submit({"arguments": "a\rqueue 1000"}, 1)
+    with pytest.raises(CondorRejected, match="not a submit description key"):
+        render_submit({"executable = /bin/sh\n+x": "1"}, 1)
+    with pytest.raises(CondorRejected, match="not a submit description key"):
+        render_submit({"a b": "1"}, 1)
     with pytest.raises(ValueError, match="count is an argument"):
         render_submit({"Queue": "5"}, 1)

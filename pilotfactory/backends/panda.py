@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 
 from pilotfactory import secretfiles
 from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
+from pilotfactory.factory.text import clip as text_clip
+from pilotfactory.factory.text import redact_url as redact_url  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +47,8 @@ _CLIP = 300
 
 
 def clip(text: str, limit: int = _CLIP) -> str:
-    """Bounded head + tail of outside text, so one huge error page cannot flood a log."""
-    text = text.strip()
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]} [...] {text[-half:]}"
-
-
-def redact_url(url: str) -> str:
-    """The URL without any ``user:password@`` part, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    """Bounded, one-line, inert head + tail of outside text (``factory.text.clip``)."""
+    return text_clip(text, limit)
 
 
 def split_base(url: str) -> tuple[str, str]:

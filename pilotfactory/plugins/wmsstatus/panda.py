@@ -18,11 +18,12 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pilotfactory.backends.panda import DEFAULT_URL, redact_url, split_base
+from pilotfactory.backends.panda import DEFAULT_URL, split_base
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
 from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
+from pilotfactory.factory.text import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pilotfactory.backends.http import DEFAULT_MAX_REPLY_BYTES, DEFAULT_TIMEOUT
 from pilotfactory.backends.panda import DEFAULT_URL, split_base
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
@@ -102,7 +103,20 @@ class PandaWMSStatus(WMSStatusPlugin):
             "PanDA server: .../api/v1, .../server/panda or bare",
             aliases=("url",),
         ),
-        Param("timeout", float, 30.0, "seconds per HTTP request", minimum=0.1),
+        Param(
+            "timeout",
+            float,
+            DEFAULT_TIMEOUT,
+            "seconds one HTTP request may take in all (connect, headers, every body byte)",
+            minimum=0.1,
+        ),
+        Param(
+            "max_reply_bytes",
+            int,
+            DEFAULT_MAX_REPLY_BYTES,
+            "largest reply read, counted after gzip/deflate decoding",
+            minimum=1,
+        ),
         Param("verify", bool, True, "verify the server's TLS certificate"),
         Param("ca_bundle", str, None, "CA bundle file or directory for TLS verification"),
         Param("cert", str, None, "client certificate (or X.509 proxy holding the key too)"),

@@ -25,6 +25,7 @@ from pilotfactory.factory.config import (
     load_factory_config,
     load_queues,
 )
+from pilotfactory.factory.text import one_line
 
 log = logging.getLogger("pilotfactory")
 
@@ -100,13 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OneLineFormatter(logging.Formatter):
+    """Every record's message is one inert line: outside text that reached a log call without
+    ``clip`` still cannot forge a record (``\r\n``) or drive the terminal (``ESC [``). A
+    traceback, appended after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=max(logging.DEBUG, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(logging.DEBUG, level), handlers=[handler])
 
 
 def load_all(args: argparse.Namespace) -> tuple[FactoryConfig, QueuesResult, list[str]]:

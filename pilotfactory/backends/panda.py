@@ -140,10 +140,16 @@ class _Bearer(requests.auth.AuthBase):
 # ---------------------------------------------------------------------------- validation
 
 
+def _bad(url: str, what: str) -> PandaError:
+    """A validation error: the server's keys and values in ``what`` are clipped and inert (a
+    site name can be a megabyte of escape sequences)."""
+    return PandaError(f"{url}: {clip(what, 500)}")
+
+
 def _count(value: Any, url: str, where: str) -> int:
     # bool is an int subclass, but True is not a job count.
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PandaError(f"{url}: {where} is {value!r}, expected an integer >= 0")
+        raise _bad(url, f"{where} is {value!r}, expected an integer >= 0")
     return value
 
 
@@ -152,7 +158,7 @@ def _mapping(value: Any, url: str, where: str) -> Mapping[Any, Any]:
         raise PandaError(f"{url}: {where} is a {type(value).__name__}, expected a mapping")
     for key in value:
         if not isinstance(key, str):
-            raise PandaError(f"{url}: {where} has key {key!r}, expected strings")
+            raise _bad(url, f"{where} has key {key!r}, expected strings")
     return value
 
 
@@ -374,7 +380,7 @@ class PandaClient:
                 message = reply.get("message")
                 text = clip(str(message)) if message else "(no message)"
                 raise PandaError(f"{shown}: server answered success=false: {text}")
-            raise PandaError(f"{shown}: reply has success={success!r}, expected true/false")
+            raise _bad(shown, f"reply has success={success!r}, expected true/false")
         if "data" not in reply:
             raise PandaError(f"{shown}: reply has no 'data'")
         return reply["data"]
@@ -431,12 +437,12 @@ def parse_site_status(doc: Any, where: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, entry in entries:
         if not isinstance(entry, Mapping):
-            raise PandaError(f"{where}: [{name!r}] is a {type(entry).__name__}, expected object")
+            raise _bad(where, f"[{name!r}] is a {type(entry).__name__}, expected object")
         status = entry.get("status")
         if status is None:
             continue
         if not isinstance(status, str):
-            raise PandaError(f"{where}: [{name!r}]['status'] is {status!r}, expected a string")
+            raise _bad(where, f"[{name!r}]['status'] is {status!r}, expected a string")
         out[name] = status.strip().lower()
     return out
 

@@ -24,8 +24,14 @@ _PRECUT = 4
 1 MB page costs no more than a short one."""
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
@@ -34,6 +40,18 @@ def inert(text: str) -> str:
     tab, U+2028...) becomes one space, every other control or bidi character a visible escape
     such as ``\\x1b``. Unbounded; ``clip`` also bounds."""
     return _UNSAFE.sub(_escape, " ".join(text.split()))
+
+
+_LINE_BREAKING = re.compile(
+    r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character but the tab (line breaks too) as a visible escape
+    and nothing else changed: the last line of defence for a log record, whose own spacing is
+    kept. Outside text should have gone through ``clip`` before."""
+    return _LINE_BREAKING.sub(_escape, text)
 
 
 def clip(text: str, limit: int = 400) -> str:

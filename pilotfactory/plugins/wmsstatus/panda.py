@@ -24,7 +24,7 @@ from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
 from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
-from pilotfactory.factory.text import redact_url
+from pilotfactory.factory.text import clip, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ STATUS_MAP: Mapping[str, str] = {
     "cancelled": "failed",
 }
 
+ONCE_LIMIT = 1000
+"""Distinct "first seen" warnings (unknown statuses...) logged per source at most."""
 BACKOFF_START = 30.0
 BACKOFF_MAX = 1800.0
 
@@ -221,7 +223,7 @@ class PandaWMSStatus(WMSStatusPlugin):
         self.failures += 1
         delay = min(BACKOFF_START * 2 ** (self.failures - 1), BACKOFF_MAX)
         self.next_retry = now + delay
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error = f"{type(exc).__name__}: {clip(str(exc))}"
         log.warning(
             "%s: refresh failed (%d in a row), retry in %.0f s: %s",
             self.url,
@@ -233,9 +235,17 @@ class PandaWMSStatus(WMSStatusPlugin):
     # ------------------------------------------------------------------------ info
 
     def _once(self, key: str, level: int, msg: str, *args: Any) -> None:
-        if key not in self._logged:
-            self._logged.add(key)
-            log.log(level, msg, *args)
+        """Log once per key; a server inventing statuses without end cannot grow the set (or
+        the log) past ``ONCE_LIMIT`` keys."""
+        if key in self._logged or len(self._logged) > ONCE_LIMIT:
+            return
+        self._logged.add(key)
+        if len(self._logged) > ONCE_LIMIT:
+            log.warning(
+                "%s: more than %d distinct oddities; no more are logged", self.url, ONCE_LIMIT
+            )
+            return
+        log.log(level, msg, *args)
 
     def info(self, wmsqueue: str, params: Mapping[str, Any]) -> WMSQueueInfo | None:
         """This queue's counts from the last snapshot; None when missing, stale or unusable."""
@@ -266,9 +276,9 @@ class PandaWMSStatus(WMSStatusPlugin):
                 self._once(
                     f"status:{status}",
                     logging.WARNING,
-                    "%s: unknown PanDA job status %r (first seen at %s): counted as unknown",
+                    "%s: unknown PanDA job status '%s' (first seen at %s): counted as unknown",
                     self.url,
-                    status,
+                    clip(status, 80),
                     wmsqueue,
                 )
             totals[field] += n
@@ -287,8 +297,8 @@ class PandaWMSStatus(WMSStatusPlugin):
                 self._once(
                     f"site:{text}",
                     logging.WARNING,
-                    "site status %r of %s is not one PanDA defines: unknown",
-                    text,
+                    "site status '%s' of %s is not one PanDA defines: unknown",
+                    clip(text, 80),
                     wmsqueue,
                 )
         return WMSQueueInfo(queue=wmsqueue, time=snap.time, site_status=site_status, **totals)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
+import signal
 import socket
 import socketserver
 import struct
@@ -168,6 +170,31 @@ def test_cancel_ends_a_request_in_flight() -> None:
         threading.Timer(0.3, cancel.set).start()
         msg = fails_within(1.0, c.active_job_stats, "cancelled")
     assert root + STATS in msg
+
+
+def test_sigterm_ends_a_request_in_flight() -> None:
+    """The daemon's wiring: SIGTERM sets RealWorld.stopping (then runs the factory's handler),
+    and a PanDA request on a silent server with a 30 s timeout ends at once."""
+    from pilotfactory.backends.world import RealWorld
+    from pilotfactory.cli import _cancel_requests_on_stop
+
+    seen: list[int] = []
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signal.signal(signal.SIGTERM, lambda sig, _frame: seen.append(sig))  # the factory's
+        world = RealWorld()
+        _cancel_requests_on_stop(world)
+        with serve(silent) as (root, _):
+            c = world.panda({"baseurl": root + "/api/v1", "timeout": 30})
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            fails_within(1.0, c.active_job_stats, "cancelled")
+        assert seen == [signal.SIGTERM] and world.stopping.is_set()
+        sites = world.site_status({"sitestatus_url": root + "/q.json"})
+        with pytest.raises(PandaError, match="cancelled"):  # the rest of the last cycle
+            sites.site_status()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def test_cancel_already_set_sends_nothing() -> None:

@@ -3,7 +3,7 @@ a set number of bytes, however the server behaves.
 
 requests' ``timeout`` bounds each socket operation, not the request: a server that sends one
 byte a second, in its headers or its body, never trips it, and ``resp.content`` reads whatever
-size the server sends, inflating gzip as it goes (a 10 KB gzip can expand to 1 GB). So here
+size the server sends, inflating gzip as it goes (a 1 MB gzip can expand to 1 GiB). So here
 
 - the body is streamed and read in chunks; each chunk checks the deadline and the byte count,
   and the count is of *decoded* bytes: gzip/deflate are inflated here, chunk by chunk, with
@@ -184,30 +184,35 @@ class _Inflate:
 
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
-        # deflate is zlib-wrapped by the RFC, raw by some servers: try wrapped, fall back.
-        self._raw_fallback = encoding == "deflate"
-        self._obj = self._new()
+        self._obj: Any = None
+        self.fed = 0
+        self._head = b""
+        """deflate: the first bytes, until the zlib header (RFC) or its absence (raw deflate,
+        which some servers send) can be told."""
+        if encoding == "gzip":
+            self._obj = self._new()
 
     def _new(self) -> Any:
-        return zlib.decompressobj(
-            16 + zlib.MAX_WBITS if self.encoding == "gzip" else zlib.MAX_WBITS
-        )
+        if self.encoding == "gzip":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        cmf, flg = self._head[0], self._head[1]
+        wrapped = cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0
+        return zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
 
     def feed(self, data: bytes, limit: int) -> bytes:
-        """Up to ``limit`` decoded bytes from ``data``; exactly ``limit`` means "there is more"."""
+        """Up to ``limit`` decoded bytes from ``data``; exactly ``limit`` means "there is more".
+        Raises ``zlib.error`` on a broken stream."""
+        self.fed += len(data)
+        if self._obj is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            data, self._obj = self._head, self._new()
         out = b""
         while data and len(out) < limit:
-            try:
-                out += self._obj.decompress(data, limit - len(out))
-            except zlib.error:
-                if self._raw_fallback:
-                    self._raw_fallback = False
-                    self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
-                    continue
-                raise
-            self._raw_fallback = False
+            out += self._obj.decompress(data, limit - len(out))
             if self._obj.eof:
-                # gzip may hold several members; anything else after the end is ignored.
+                # gzip may hold several members; anything after a deflate stream is ignored.
                 data = self._obj.unused_data if self.encoding == "gzip" else b""
                 if data:
                     self._obj = self._new()
@@ -217,7 +222,8 @@ class _Inflate:
 
     @property
     def complete(self) -> bool:
-        return bool(self._obj.eof)
+        """The stream reached its end (or never started: an empty body is just empty)."""
+        return self.fed == 0 or (self._obj is not None and bool(self._obj.eof))
 
 
 def _encoding(header: str | None, shown: str) -> str | None:
@@ -304,9 +310,11 @@ def _read(resp: requests.Response, limits: _Limits, max_bytes: int, truncate: bo
     return bytes(body)
 
 
-def _origin(url: str) -> tuple[str, str | None, int | None]:
+def _origin(url: str) -> tuple[str, str]:
+    """Scheme and host[:port] as written (a port spelt differently is another origin: only
+    ever one reason less to send credentials); never raises on a hostile Location."""
     parts = urlsplit(url)
-    return parts.scheme.lower(), parts.hostname, parts.port
+    return parts.scheme.lower(), parts.netloc.rpartition("@")[2].lower()
 
 
 def _follow(

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
@@ -23,6 +24,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -37,23 +39,31 @@ Behaviour = Callable[[socket.socket, threading.Event, bytes], None]
 
 
 @contextmanager
-def serve(behaviour: Behaviour) -> Iterator[tuple[str, list[bytes]]]:
-    """A server on 127.0.0.1 answering every request with ``behaviour(sock, stop, request)``;
-    yields its root URL and the raw requests it read."""
+def serve(
+    behaviour: Behaviour, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, list[bytes]]]:
+    """A server on 127.0.0.1 answering every request with ``behaviour(sock, stop, request)``
+    (over TLS with ``tls``); yields its root URL and the raw requests it read."""
     stop = threading.Event()
     seen: list[bytes] = []
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
+            sock = self.request
+            if tls is not None:
+                try:
+                    sock = tls.wrap_socket(sock, server_side=True)
+                except (OSError, ssl.SSLError):  # a client refusing our certificate
+                    return
             data = b""
             while b"\r\n\r\n" not in data:
-                chunk = self.request.recv(4096)
+                chunk = sock.recv(4096)
                 if not chunk:
                     return
                 data += chunk
             seen.append(data)
             with contextlib.suppress(OSError):  # the client hung up, as it should
-                behaviour(self.request, stop, data)
+                behaviour(sock, stop, data)
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
@@ -268,6 +278,23 @@ def test_redirect_body_is_never_read() -> None:
     assert len(seen) == 2
 
 
+@pytest.mark.parametrize(
+    ("location", "match"),
+    [
+        ("ftp://h/x", "redirected to a non-HTTP URL 'ftp://h/x'"),
+        ("http://h:99999/x", "request failed|connection failed"),
+        ("file:///etc/passwd", "non-HTTP URL"),
+    ],
+)
+def test_hostile_redirects(location: str, match: str) -> None:
+    def away(sock: socket.socket, stop: threading.Event, req: bytes) -> None:
+        sock.sendall(head("302 Found", Location=location, Content_Length=0))
+
+    with serve(away) as (root, _), pytest.raises(PandaError, match=match) as err:
+        client(root).active_job_stats()
+    assert root + STATS in str(err.value)
+
+
 def test_redirect_loop_and_token_stays_home(tmp_path: object) -> None:
     def loop(sock: socket.socket, stop: threading.Event, req: bytes) -> None:
         sock.sendall(head("302 Found", Location="/again", Content_Length=0))
@@ -300,12 +327,15 @@ def test_normal_reply_still_works(encoding: str) -> None:
     assert b"Accept-Encoding: gzip, deflate\r\n" in seen[0]
 
 
-def test_chunked_reply_and_raw_deflate() -> None:
-    raw = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+@pytest.mark.parametrize("wbits", [-zlib.MAX_WBITS, zlib.MAX_WBITS])
+@pytest.mark.parametrize("size", [1, 7])
+def test_chunked_reply_raw_and_wrapped_deflate(wbits: int, size: int) -> None:
+    """One-byte chunks too: the zlib header is judged once two bytes are in."""
+    raw = zlib.compressobj(6, zlib.DEFLATED, wbits)
     body = raw.compress(GOOD) + raw.flush()
     chunked = b"".join(
-        f"{len(body[i : i + 7]):x}\r\n".encode() + body[i : i + 7] + b"\r\n"
-        for i in range(0, len(body), 7)
+        f"{len(body[i : i + size]):x}\r\n".encode() + body[i : i + size] + b"\r\n"
+        for i in range(0, len(body), size)
     )
 
     def behaviour(sock: socket.socket, stop: threading.Event, req: bytes) -> None:
@@ -336,6 +366,8 @@ def test_reply_exactly_at_the_limit_is_accepted() -> None:
         ({"Content_Encoding": "gzip, gzip"}, b"xx", "unsupported Content-Encoding"),
         ({"Content_Encoding": "gzip"}, b"not gzip at all", "gzip reply cannot be decoded"),
         ({"Content_Encoding": "gzip"}, gzip.compress(GOOD)[:-12], "ends before its compressed"),
+        ({"Content_Encoding": "deflate"}, zlib.compress(GOOD)[:-9], "ends before its compressed"),
+        ({"Content_Encoding": "gzip"}, b"", r"not valid JSON: \(empty\)"),
     ],
 )
 def test_bad_encodings(headers: dict[str, str], body: bytes, match: str) -> None:
@@ -376,3 +408,84 @@ def test_site_status_url_is_bounded_too() -> None:
         with pytest.raises(PandaError, match="max_reply_bytes=1000") as err:
             src.site_status()
     assert "token=***&x=1" in str(err.value) and "abc" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------- TLS
+
+
+def _self_signed(tmp_path: Path) -> tuple[str, str]:
+    """(cert, key) files for 127.0.0.1, made with cryptography (skips the test without it)."""
+    pytest.importorskip("cryptography")
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.fixture
+def tls_ctx(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
+    """A server TLS context and the CA bundle (the certificate itself) clients verify with."""
+    cert, key = _self_signed(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx, cert
+
+
+def test_tls_normal_reply_and_header_drip(tls_ctx: tuple[ssl.SSLContext, str]) -> None:
+    """Over TLS the socket the watchdog holds is detached by the wrapping; its dup still
+    reaches the connection, so a dripped status line is cut at the deadline too."""
+    ctx, ca = tls_ctx
+    with serve(reply(GOOD), tls=ctx) as (root, _):
+        https = root.replace("http://", "https://")
+        c = client(https, verify=ca)
+        assert c.active_job_stats() == {"BNL": {"activated": 3}}
+    with serve(drip(head(Content_Length=2) + b"{}"), tls=ctx) as (root, _):
+        c = client(root.replace("http://", "https://"), verify=ca)
+        fails_within(1.5, c.active_job_stats, r"timed out after 1 s")
+
+
+def test_tls_handshake_that_never_completes(tls_ctx: tuple[ssl.SSLContext, str]) -> None:
+    _, ca = tls_ctx
+    with serve(silent) as (root, _):  # accepts, reads the ClientHello, never answers
+        c = client(root.replace("http://", "https://"), verify=ca)
+        fails_within(1.5, c.active_job_stats, r"timed out after 1 s")
+
+
+def test_tls_bad_certificate(tls_ctx: tuple[ssl.SSLContext, str]) -> None:
+    ctx, _ = tls_ctx
+    with serve(reply(GOOD), tls=ctx) as (root, _):
+        c = client(root.replace("http://", "https://"))
+        with pytest.raises(PandaError, match="TLS error"):
+            c.active_job_stats()

@@ -273,8 +273,16 @@ class _Limits:
 
 
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The raw body in pieces as they arrive: ``read1`` returns what one receive brings (up
+    to ``CHUNK``), so the loop sees the deadline while a server drips; ``stream`` would wait
+    for a whole ``CHUNK``. urllib3 before 2 has no ``read1``: ``stream`` it is, and the
+    watchdog alone ends a drip."""
     raw: urllib3.HTTPResponse = resp.raw
-    yield from raw.stream(CHUNK, decode_content=False)
+    if not hasattr(raw, "read1"):
+        yield from raw.stream(CHUNK, decode_content=False)
+        return
+    while data := raw.read1(CHUNK, decode_content=False):
+        yield data
 
 
 def _read(resp: requests.Response, limits: _Limits, max_bytes: int, truncate: bool) -> bytes:

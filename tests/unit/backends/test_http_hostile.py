@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from pilotfactory.backends import http
 from pilotfactory.backends.panda import HttpSettings, PandaClient, SiteStatusSource
 from pilotfactory.factory.ports import PandaError
 
@@ -157,6 +159,21 @@ def test_body_drip_is_cut_at_the_deadline() -> None:
     with serve(behaviour) as (root, _):
         msg = fails_within(1.5, client(root).active_job_stats, r"timed out after 1 s")
     assert root + STATS in msg and "deadline for the whole request" in msg
+
+
+def test_body_drip_is_cut_by_the_read_loop_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the watchdog (a SOCKS proxy's connections are not watched) the chunk loop
+    still sees the deadline: read1 hands over each dripped byte as it comes."""
+    monkeypatch.setattr(http, "_watch", lambda sock: sock)
+    body = b"{" + b" " * 999
+
+    def behaviour(sock: socket.socket, stop: threading.Event, req: bytes) -> None:
+        sock.sendall(head(Content_Length=len(body)))
+        drip(body)(sock, stop, req)
+
+    with serve(behaviour) as (root, _):
+        msg = fails_within(1.5, client(root).active_job_stats, r"timed out after 1 s")
+    assert re.search(r"; [1-9] bytes of the reply read\)$", msg), msg  # ~5 dripped bytes
 
 
 def test_header_drip_is_cut_at_the_deadline() -> None:

@@ -12,9 +12,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from pilotfactory import __version__
@@ -27,6 +29,7 @@ from pilotfactory.factory.config import (
     load_factory_config,
     load_queues,
 )
+from pilotfactory.factory.text import one_line
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger("pilotfactory")
@@ -105,13 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OneLineFormatter(logging.Formatter):
+    """Every record's message is one inert line: outside text that reached a log call without
+    ``clip`` still cannot forge a record (``\r\n``) or drive the terminal (``ESC [``). A
+    traceback, appended after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=max(logging.DEBUG, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(logging.DEBUG, level), handlers=[handler])
 
 
 def load_all(args: argparse.Namespace) -> tuple[FactoryConfig, QueuesResult, list[str]]:
@@ -219,6 +229,25 @@ def _make_factory(args: argparse.Namespace, dry_run: bool) -> Any:
     return factory
 
 
+def _cancel_requests_on_stop(world: Any) -> None:
+    """Make SIGTERM / SIGINT also set ``world.stopping`` (``RealWorld``), then do what the
+    factory's own handler does (stop after this cycle): an HTTP request in flight ends within
+    a fraction of a second instead of its deadline, and later ones of this last cycle fail at
+    once, so its queues fail closed (no submission) and the daemon exits promptly."""
+    stopping = getattr(world, "stopping", None)
+    if stopping is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            stopping.set()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     factory = _make_factory(args, dry_run=args.dry_run)
     if factory is None:
@@ -228,6 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_traces(traces, args.json)
         return EXIT_QUEUE_ERRORS if any(t.error for t in traces) else EXIT_OK
     factory.install_signals()
+    _cancel_requests_on_stop(factory.world)
     if factory.fcfg.metrics_port:
         factory.metrics.serve(factory.fcfg.metrics_port)
         log.info("metrics on 127.0.0.1:%d", factory.fcfg.metrics_port)

@@ -1,9 +1,11 @@
 """PanDA server client: job statistics and site status over HTTP (requests).
 
-Everything the network returns is untrusted: replies are validated strictly and every failure
-becomes a ``PandaError`` that names the URL and what was wrong, so a queue fails closed with a
-reason instead of acting on a guess. The legacy pickle API is decoded with an unpickler that
-cannot import anything, because unpickling network bytes otherwise runs arbitrary code.
+Everything the network returns is untrusted: every request ends by its deadline and reads a
+bounded, decoded size (``backends.http``), replies are validated strictly, server text is shown
+clipped and inert, and every failure becomes a ``PandaError`` that names the (redacted) URL and
+what was wrong, so a queue fails closed with a reason instead of acting on a guess. The legacy
+pickle API is decoded with an unpickler that cannot import anything, because unpickling network
+bytes otherwise runs arbitrary code.
 Secrets (bearer token, key file contents) never reach a log line, an error or a ``repr``.
 """
 
@@ -19,17 +21,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 
 from pilotfactory import secretfiles
+from pilotfactory.backends.http import (
+    DEFAULT_MAX_REPLY_BYTES,
+    DEFAULT_TIMEOUT,
+    Cancel,
+    FetchError,
+    bounded_get,
+)
 from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
+from pilotfactory.factory.text import clip as text_clip
+from pilotfactory.factory.text import redact_url as redact_url  # re-exported
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://pandaserver.cern.ch:25080/api/v1"
-DEFAULT_TIMEOUT = 30.0
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 STATS_PATH = "/statistics/active_job_stats_by_site"
 DETAILED_PATH = "/statistics/active_job_detailed_stats_by_site"
@@ -45,23 +55,8 @@ _CLIP = 300
 
 
 def clip(text: str, limit: int = _CLIP) -> str:
-    """Bounded head + tail of outside text, so one huge error page cannot flood a log."""
-    text = text.strip()
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]} [...] {text[-half:]}"
-
-
-def redact_url(url: str) -> str:
-    """The URL without any ``user:password@`` part, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    """Bounded, one-line, inert head + tail of outside text (``factory.text.clip``)."""
+    return text_clip(text, limit)
 
 
 def split_base(url: str) -> tuple[str, str]:
@@ -145,10 +140,16 @@ class _Bearer(requests.auth.AuthBase):
 # ---------------------------------------------------------------------------- validation
 
 
+def _bad(url: str, what: str) -> PandaError:
+    """A validation error: the server's keys and values in ``what`` are clipped and inert (a
+    site name can be a megabyte of escape sequences)."""
+    return PandaError(f"{url}: {clip(what, 500)}")
+
+
 def _count(value: Any, url: str, where: str) -> int:
     # bool is an int subclass, but True is not a job count.
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PandaError(f"{url}: {where} is {value!r}, expected an integer >= 0")
+        raise _bad(url, f"{where} is {value!r}, expected an integer >= 0")
     return value
 
 
@@ -157,7 +158,7 @@ def _mapping(value: Any, url: str, where: str) -> Mapping[Any, Any]:
         raise PandaError(f"{url}: {where} is a {type(value).__name__}, expected a mapping")
     for key in value:
         if not isinstance(key, str):
-            raise PandaError(f"{url}: {where} has key {key!r}, expected strings")
+            raise _bad(url, f"{where} has key {key!r}, expected strings")
     return value
 
 
@@ -232,18 +233,43 @@ def restricted_loads(data: bytes, url: str) -> Any:
 # ---------------------------------------------------------------------------- HTTP
 
 
+def as_size(value: Any, default: int, name: str) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise PandaError(f"setting {name}={value!r} is not a whole number of bytes") from None
+    if isinstance(value, bool) or out <= 0:
+        raise PandaError(f"setting {name}={value!r} must be > 0")
+    return out
+
+
 @dataclass
 class HttpSettings:
-    """TLS and auth for one server; shared by the stats client and the site status source."""
+    """TLS, auth and limits for one server; shared by the stats client and the site status source.
+
+    ``timeout`` is the deadline of a whole request (connect, headers and every body byte), and
+    ``max_reply_bytes`` bounds a reply after decompression (``backends.http.bounded_get``).
+    ``cancel``, when given (a ``threading.Event`` set on SIGTERM, say), ends a request in flight
+    within a fraction of a second.
+    """
 
     timeout: float = DEFAULT_TIMEOUT
     verify: bool | str = True
     cert: str | tuple[str, str] | None = None
     token: str | None = field(default=None, repr=False)
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    cancel: Cancel | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], with_token: bool = True) -> HttpSettings:
+    def from_settings(
+        cls, settings: Mapping[str, Any], with_token: bool = True, cancel: Cancel | None = None
+    ) -> HttpSettings:
         timeout = as_float(settings.get("timeout"), DEFAULT_TIMEOUT, "timeout")
+        max_reply_bytes = as_size(
+            settings.get("max_reply_bytes"), DEFAULT_MAX_REPLY_BYTES, "max_reply_bytes"
+        )
         verify: bool | str = as_bool(settings.get("verify"), True, "verify")
         ca_bundle = _setting(settings, "ca_bundle")
         if ca_bundle is not None:
@@ -270,47 +296,41 @@ class HttpSettings:
         token_file = _setting(settings, "token_file") if with_token else None
         if token is None and token_file is not None:
             token = read_token(str(token_file))
-        return cls(timeout=timeout, verify=verify, cert=cert, token=token)
+        return cls(
+            timeout=timeout,
+            verify=verify,
+            cert=cert,
+            token=token,
+            max_reply_bytes=max_reply_bytes,
+            cancel=cancel,
+        )
 
-    def get(self, url: str, *, headers: Mapping[str, str], send_token: bool) -> requests.Response:
-        """One GET; every transport or HTTP failure becomes a PandaError naming the URL."""
-        shown = redact_url(url)
+    def get(self, url: str, *, headers: Mapping[str, str], send_token: bool) -> bytes:
+        """The body of one bounded GET; every failure is a PandaError naming the URL."""
         auth = _Bearer(self.token) if (send_token and self.token) else None
         if auth is not None and urlsplit(url).scheme != "https":
-            log.warning("sending a bearer token over plain http to %s", shown)
+            log.warning("sending a bearer token over plain http to %s", redact_url(url))
         try:
-            resp = requests.get(
+            return bounded_get(
                 url,
-                headers=dict(headers),
+                headers=headers,
                 timeout=self.timeout,
+                max_bytes=self.max_reply_bytes,
                 verify=self.verify,
                 cert=self.cert,
                 auth=auth,
+                cancel=self.cancel,
             )
-        except requests.Timeout:
-            raise PandaError(f"{shown}: timed out after {self.timeout:g} s") from None
-        except requests.exceptions.SSLError as exc:
-            raise PandaError(f"{shown}: TLS error: {clip(str(exc))}") from None
-        except requests.ConnectionError as exc:
-            raise PandaError(f"{shown}: connection failed: {clip(str(exc))}") from None
-        except requests.RequestException as exc:
-            raise PandaError(f"{shown}: request failed: {clip(str(exc))}") from None
-        except OSError as exc:  # e.g. an unreadable CA bundle or certificate
-            raise PandaError(f"{shown}: {type(exc).__name__}: {clip(str(exc))}") from None
-        if resp.status_code >= 400:
-            kind = "server error" if resp.status_code >= 500 else "client error"
-            body = clip(resp.text) if resp.text else "(empty body)"
-            raise PandaError(f"{shown}: HTTP {resp.status_code} {kind}: {body}")
-        return resp
+        except FetchError as exc:
+            raise PandaError(str(exc)) from None
 
 
-def _json(resp: requests.Response, url: str) -> Any:
+def _json(body: bytes, url: str) -> Any:
     try:
-        return resp.json()
-    except ValueError:
-        raise PandaError(
-            f"{url}: reply is not valid JSON: {clip(resp.text) or '(empty)'}"
-        ) from None
+        return json.loads(body)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        text = clip(body.decode("utf-8", "replace"))
+        raise PandaError(f"{url}: reply is not valid JSON: {text or '(empty)'}") from None
 
 
 # ---------------------------------------------------------------------------- PanDA client
@@ -332,12 +352,15 @@ class PandaClient:
         self.legacy = legacy
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> PandaClient:
-        """Build from the Panda WMS plugin params (``baseurl``/``url``, TLS, token, legacy)."""
+    def from_settings(
+        cls, settings: Mapping[str, Any], cancel: Cancel | None = None
+    ) -> PandaClient:
+        """Build from the Panda WMS plugin params (``baseurl``/``url``, TLS, token, limits,
+        legacy); ``cancel`` ends a request in flight (see ``HttpSettings``)."""
         url = _setting(settings, "baseurl", "url") or DEFAULT_URL
         return cls(
             str(url),
-            HttpSettings.from_settings(settings),
+            HttpSettings.from_settings(settings, cancel=cancel),
             as_bool(settings.get("legacy"), False, "legacy"),
         )
 
@@ -357,7 +380,7 @@ class PandaClient:
                 message = reply.get("message")
                 text = clip(str(message)) if message else "(no message)"
                 raise PandaError(f"{shown}: server answered success=false: {text}")
-            raise PandaError(f"{shown}: reply has success={success!r}, expected true/false")
+            raise _bad(shown, f"reply has success={success!r}, expected true/false")
         if "data" not in reply:
             raise PandaError(f"{shown}: reply has no 'data'")
         return reply["data"]
@@ -365,8 +388,8 @@ class PandaClient:
     def _get_legacy(self, path: str) -> Any:
         url = self.legacy_base + path
         shown = redact_url(url)
-        resp = self.http.get(url, headers={"Accept": "text/plain"}, send_token=True)
-        return restricted_loads(resp.content, shown)
+        body = self.http.get(url, headers={"Accept": "text/plain"}, send_token=True)
+        return restricted_loads(body, shown)
 
     def active_job_stats(self) -> JobStats:
         if self.legacy:
@@ -414,12 +437,12 @@ def parse_site_status(doc: Any, where: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, entry in entries:
         if not isinstance(entry, Mapping):
-            raise PandaError(f"{where}: [{name!r}] is a {type(entry).__name__}, expected object")
+            raise _bad(where, f"[{name!r}] is a {type(entry).__name__}, expected object")
         status = entry.get("status")
         if status is None:
             continue
         if not isinstance(status, str):
-            raise PandaError(f"{where}: [{name!r}]['status'] is {status!r}, expected a string")
+            raise _bad(where, f"[{name!r}]['status'] is {status!r}, expected a string")
         out[name] = status.strip().lower()
     return out
 
@@ -440,12 +463,18 @@ class SiteStatusSource:
         self.http = http or HttpSettings()
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> SiteStatusSource:
+    def from_settings(
+        cls, settings: Mapping[str, Any], cancel: Cancel | None = None
+    ) -> SiteStatusSource:
         url = _setting(settings, "sitestatus_url")
         path = _setting(settings, "sitestatus_file")
         if url is not None and path is not None:
             raise PandaError("set only one of sitestatus_url / sitestatus_file")
-        http = HttpSettings.from_settings(settings, with_token=False) if url is not None else None
+        http = (
+            HttpSettings.from_settings(settings, with_token=False, cancel=cancel)
+            if url is not None
+            else None
+        )
         return cls(
             str(url) if url is not None else None, str(path) if path is not None else None, http
         )
@@ -457,8 +486,8 @@ class SiteStatusSource:
     def site_status(self) -> dict[str, str]:
         if self.url is not None:
             shown = redact_url(self.url)
-            resp = self.http.get(self.url, headers=JSON_HEADERS, send_token=False)
-            return parse_site_status(_json(resp, shown), shown)
+            body = self.http.get(self.url, headers=JSON_HEADERS, send_token=False)
+            return parse_site_status(_json(body, shown), shown)
         assert self.path is not None
         p = Path(self.path).expanduser()
         try:

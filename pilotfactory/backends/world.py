@@ -7,6 +7,7 @@ backend library themselves, so the same queue runs against either.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,12 @@ from pilotfactory.factory.ports import (
 
 
 class RealWorld:
-    """Ports to real services; backend libraries are imported only when first needed."""
+    """Ports to real services; backend libraries are imported only when first needed.
+
+    ``stopping``, once set (the CLI sets it on SIGTERM / SIGINT), cancels every HTTP request in
+    flight or to come within a fraction of a second (``backends.http.bounded_get``), so a
+    stopping factory is not held up by a slow server for up to a request's ``timeout``.
+    """
 
     blocking_io = True
     """A server may stall a call: the factory reads its status sources on lane threads."""
@@ -30,6 +36,7 @@ class RealWorld:
     def __init__(self, condor_backend: str = "bindings") -> None:
         self.condor_backend = condor_backend
         self._condor: dict[CondorTarget, CondorPort] = {}
+        self.stopping = threading.Event()
 
     def condor(self, target: CondorTarget) -> CondorPort:
         port = self._condor.get(target)
@@ -57,9 +64,9 @@ class RealWorld:
     def panda(self, settings: Mapping[str, Any]) -> PandaPort:
         from pilotfactory.backends.panda import PandaClient
 
-        return PandaClient.from_settings(settings)
+        return PandaClient.from_settings(settings, cancel=self.stopping)
 
     def site_status(self, settings: Mapping[str, Any]) -> SiteStatusPort:
         from pilotfactory.backends.panda import SiteStatusSource
 
-        return SiteStatusSource.from_settings(settings)
+        return SiteStatusSource.from_settings(settings, cancel=self.stopping)

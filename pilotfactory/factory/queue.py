@@ -249,7 +249,7 @@ class Queue:
             try:
                 trace.chain = run_chain(self.sched, ctx)
             except ChainError as exc:
-                trace.error = str(exc)
+                trace.error = bounded(str(exc))
                 self.counters["errors"] += 1
                 log.error("queue %s: %s", self.name, exc)
                 return

@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.parsers import ResponseParserError
 
-from pilotfactory.backends.cloud.settings import clip, read_secret
+from pilotfactory.backends.cloud.settings import clip, read_secret, redact_url
 from pilotfactory.factory.contract import TAG_FACTORY
 from pilotfactory.factory.ports import (
     CloudAuthError,
@@ -77,7 +77,7 @@ class Ec2Cloud(CloudPort):
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.endpoint = str(client.meta.endpoint_url)
+        self.endpoint = redact_url(str(client.meta.endpoint_url))  # for messages
 
     @classmethod
     def from_settings(cls, account: Ec2Account) -> Ec2Cloud:
@@ -116,7 +116,7 @@ class Ec2Cloud(CloudPort):
             yield
         except ClientError as exc:
             err = exc.response.get("Error", {})
-            code = str(err.get("Code") or "Unknown")
+            code = clip(str(err.get("Code") or "Unknown"), 80)
             text = f"{where}: {code}: {clip(str(err.get('Message') or exc))}"
             if code in QUOTA_CODES:
                 raise CloudQuotaError(text) from exc
@@ -124,7 +124,7 @@ class Ec2Cloud(CloudPort):
                 raise CloudAuthError(text) from exc
             raise CloudError(text) from exc
         except NoCredentialsError as exc:
-            raise CloudAuthError(f"{where}: {exc}") from exc
+            raise CloudAuthError(f"{where}: {clip(str(exc))}") from exc
         except (BotoCoreError, ResponseParserError) as exc:
             raise CloudError(f"{where}: {type(exc).__name__}: {clip(str(exc))}") from exc
 

@@ -24,7 +24,7 @@ from keystoneauth1.identity import v3
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
 
-from pilotfactory.backends.cloud.settings import clip, read_secret
+from pilotfactory.backends.cloud.settings import clip, read_secret, redact_url
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE
 from pilotfactory.factory.ports import (
     CloudAuthError,
@@ -117,7 +117,8 @@ class OpenStackCloud(CloudPort):
             endpoint_type=account.interface or "public",
             connect_retries=account.retries,
         )
-        where = f"{auth_url} region {region}" if region else auth_url
+        shown = redact_url(auth_url)
+        where = f"{shown} region {region}" if region else shown
         return cls(nova, where, account.network_id)
 
     def __repr__(self) -> str:

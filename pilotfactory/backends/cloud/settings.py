@@ -1,4 +1,4 @@
-"""Helpers shared by the cloud ports: secret files, clipped provider text.
+"""Helpers shared by the cloud ports: secret files, clipped provider text, redacted URLs.
 
 Every failure is a port error (``CloudError``, or ``CloudAuthError`` for credentials), so the
 plugins above a port never see another exception type.
@@ -9,13 +9,15 @@ from __future__ import annotations
 from pilotfactory import secretfiles
 from pilotfactory.factory.ports import CloudAuthError
 from pilotfactory.factory.text import clip as text_clip
+from pilotfactory.factory.text import redact_url as redact_url  # for the ports' messages
 
 CLIP = 300
 
 
-def clip(text: str) -> str:
-    """Bounded head + tail of provider text, so one huge error page cannot flood a log."""
-    return text_clip(text, CLIP)
+def clip(text: str, limit: int = CLIP) -> str:
+    """Bounded, one-line, inert head + tail of provider text, so one huge or hostile error
+    page cannot flood, forge or recolour a log."""
+    return text_clip(text, limit)
 
 
 def read_secret(path: str, what: str) -> str:

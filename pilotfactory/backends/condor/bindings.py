@@ -42,9 +42,12 @@ from pilotfactory.factory.ports import (
     combine,
     render_match,
 )
+from pilotfactory.factory.text import clip
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger(__name__)
+MESSAGE_LIMIT = 1600
+"""Head + tail of an HTCondor error kept in a port error (the CLI backend keeps as much)."""
 
 ADMIN_TOKEN_DIR_ENV = "PILOTFACTORY_CONDOR_ADMIN_TOKEN_DIR"  # noqa: S105 - a variable name
 # condor_commands.h; htcondor2's DaemonCommands.DaemonOffPeaceful is 469 (DAEMON_ON) by mistake.
@@ -81,7 +84,9 @@ def checked_constraint(constraint: str) -> str:
     try:
         classad2.ExprTree(constraint)
     except classad2.ClassAdException as exc:
-        raise CondorRejected(f"invalid ClassAd constraint {constraint!r}: {exc}") from None
+        raise CondorRejected(
+            f"invalid ClassAd constraint {clip(constraint)!r}: {clip(str(exc))}"
+        ) from None
     return constraint
 
 
@@ -199,6 +204,7 @@ class BindingsCondor:
         except (htcondor2.HTCondorException, classad2.ClassAdException, RuntimeError) as exc:
             message = str(exc) or type(exc).__name__
             cls = classify(message, default)
+            message = clip(message, MESSAGE_LIMIT)  # a daemon's text: bounded and inert
             raise cls(f"{what}: {message}", daemon=daemon, detail=message) from exc
 
     def _collector(self) -> htcondor2.Collector:
@@ -271,11 +277,12 @@ class BindingsCondor:
             htcondor2.ping(address, "ADMINISTRATOR")
             return
         except htcondor2.HTCondorException as exc:
-            denied = str(exc)
+            denied = clip(str(exc), MESSAGE_LIMIT)
         try:
             htcondor2.ping(address, "DC_NOP")
         except htcondor2.HTCondorException as exc:
-            raise CondorUnreachable(f"{daemon}: {exc}", daemon=daemon, detail=str(exc)) from exc
+            text = clip(str(exc), MESSAGE_LIMIT)
+            raise CondorUnreachable(f"{daemon}: {text}", daemon=daemon, detail=text) from exc
         hint = "" if self.admin_token_dir else f" (no admin token dir; set {ADMIN_TOKEN_DIR_ENV})"
         raise CondorPermission(
             f"ADMINISTRATOR refused by {daemon}: {denied}{hint}", daemon=daemon, detail=denied

@@ -38,6 +38,7 @@ from pilotfactory.factory.info import BatchQueueInfo, RetireMode, Worker, Worker
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env
 from pilotfactory.factory.ports import CloudPort, CondorPort, Instance
+from pilotfactory.factory.text import clip
 from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
     Snapshot,
@@ -91,13 +92,24 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
         retire_requested_at=retire,
         unretired_at=unretired,
         retire_mode=RetireMode.parse(tags.get(TAG_RETIRE_MODE)),
-        hold_reason=(inst.fault or f"instance {inst.id} is in state {inst.state}")
-        if phase is Phase.HELD
-        else f"instance {inst.id} is {inst.state} but the factory never asked: ended by "
-        "someone else or by the provider"
-        if phase is Phase.ENDED_UNASKED
-        else inst.fault,  # pending: why the provider does not fulfil the request
+        hold_reason=_cause(inst, phase),
     )
+
+
+def _cause(inst: Instance, phase: Phase) -> str | None:
+    """Why the instance is held, lost or still pending, in the provider's words, made inert
+    (a port keeps them clipped; a fake or new one may not)."""
+    text: str | None
+    if phase is Phase.HELD:
+        text = inst.fault or f"instance {inst.id} is in state {inst.state}"
+    elif phase is Phase.ENDED_UNASKED:
+        text = (
+            f"instance {inst.id} is {inst.state} but the factory never asked: ended by "
+            "someone else or by the provider"
+        )
+    else:
+        text = inst.fault  # pending: why the provider does not fulfil the request
+    return clip(text, 300) if text else None
 
 
 class CloudBatchStatus(SnapshotStatus):

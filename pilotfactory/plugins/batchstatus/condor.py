@@ -35,6 +35,7 @@ from pilotfactory.factory.info import (
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import BatchStatusPlugin, Env
 from pilotfactory.factory.ports import CondorPort
+from pilotfactory.factory.text import clip, redact_url
 from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
     Snapshot,
@@ -54,6 +55,7 @@ from pilotfactory.plugins.batchstatus.vmjoin import (
 )
 
 log = logging.getLogger(__name__)
+REASON_LIMIT = 300  # characters of a HoldReason kept (head + tail)
 
 Ad = Mapping[str, Any]
 S = WorkerState
@@ -138,7 +140,7 @@ def pilot_worker(ad: Ad, queue: str, now: float) -> Worker | None:
         retire_mode=mode,
         unretired_at=unretired,
         submitted_at=submitted,
-        hold_reason=get("HoldReason") if state is S.HELD else None,
+        hold_reason=_reason(get("HoldReason")) if state is S.HELD else None,
         remote_host=str(host) if host else None,
     )
 
@@ -331,8 +333,20 @@ def vm_record(ad: Ad, now: float) -> VMRecord:
         unretired_at=timestamp(get(UNRETIRED_AT)),
         retire_mode=RetireMode.parse(get(RETIRE_MODE))
         or (RECORDED_DEFAULT if requested is not None else None),
-        hold_reason=get("HoldReason") or _unavailable(ad),
+        hold_reason=_reason(get("HoldReason")) or _unavailable(ad),
     )
+
+
+def _reason(value: Any) -> str | None:
+    """A HoldReason as the factory shows it (trace notes, logs, back-off causes): whoever put
+    the job on hold wrote it, so it is clipped and inert."""
+    return clip(str(value), REASON_LIMIT) if value else None
+
+
+def _resource(value: Any) -> str:
+    """A GridResource (``ec2 https://...``) for a message: its URL redacted, clipped."""
+    words = str(value or "?").split()
+    return clip(" ".join(redact_url(w) if "://" in w else w for w in words), 200)
 
 
 def _unavailable(ad: Ad) -> str | None:
@@ -342,7 +356,8 @@ def _unavailable(ad: Ad) -> str | None:
     if since is None:
         return None
     return (
-        f"grid resource {ad.get('GridResource') or '?'} unavailable to the gridmanager since "
+        f"grid resource {_resource(ad.get('GridResource'))} unavailable to the "
+        "gridmanager since "
         f"{time.strftime('%H:%M:%S', time.gmtime(float(since)))} UTC (endpoint down, or "
         "credential files the job owner cannot read)"
     )

@@ -18,11 +18,13 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pilotfactory.backends.panda import DEFAULT_URL, redact_url, split_base
+from pilotfactory.backends.http import DEFAULT_MAX_REPLY_BYTES, DEFAULT_TIMEOUT
+from pilotfactory.backends.panda import DEFAULT_URL, split_base
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
 from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
+from pilotfactory.factory.text import clip, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ STATUS_MAP: Mapping[str, str] = {
     "cancelled": "failed",
 }
 
+ONCE_LIMIT = 1000
+"""Distinct "first seen" warnings (unknown statuses...) logged per source at most."""
 BACKOFF_START = 30.0
 BACKOFF_MAX = 1800.0
 
@@ -101,7 +105,20 @@ class PandaWMSStatus(WMSStatusPlugin):
             "PanDA server: .../api/v1, .../server/panda or bare",
             aliases=("url",),
         ),
-        Param("timeout", float, 30.0, "seconds per HTTP request", minimum=0.1),
+        Param(
+            "timeout",
+            float,
+            DEFAULT_TIMEOUT,
+            "seconds one HTTP request may take in all (connect, headers, every body byte)",
+            minimum=0.1,
+        ),
+        Param(
+            "max_reply_bytes",
+            int,
+            DEFAULT_MAX_REPLY_BYTES,
+            "largest reply read, counted after gzip/deflate decoding",
+            minimum=1,
+        ),
         Param("verify", bool, True, "verify the server's TLS certificate"),
         Param("ca_bundle", str, None, "CA bundle file or directory for TLS verification"),
         Param(
@@ -218,7 +235,7 @@ class PandaWMSStatus(WMSStatusPlugin):
         self.failures += 1
         delay = min(BACKOFF_START * 2 ** (self.failures - 1), BACKOFF_MAX)
         self.next_retry = now + delay
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error = f"{type(exc).__name__}: {clip(str(exc))}"
         log.warning(
             "%s: refresh failed (%d in a row), retry in %.0f s: %s",
             self.url,
@@ -230,9 +247,17 @@ class PandaWMSStatus(WMSStatusPlugin):
     # ------------------------------------------------------------------------ info
 
     def _once(self, key: str, level: int, msg: str, *args: Any) -> None:
-        if key not in self._logged:
-            self._logged.add(key)
-            log.log(level, msg, *args)
+        """Log once per key; a server inventing statuses without end cannot grow the set (or
+        the log) past ``ONCE_LIMIT`` keys."""
+        if key in self._logged or len(self._logged) > ONCE_LIMIT:
+            return
+        self._logged.add(key)
+        if len(self._logged) > ONCE_LIMIT:
+            log.warning(
+                "%s: more than %d distinct oddities; no more are logged", self.url, ONCE_LIMIT
+            )
+            return
+        log.log(level, msg, *args)
 
     def info(self, wmsqueue: str, params: Mapping[str, Any]) -> WMSQueueInfo | None:
         """This queue's counts from the last snapshot; None when missing, stale or unusable."""
@@ -263,9 +288,9 @@ class PandaWMSStatus(WMSStatusPlugin):
                 self._once(
                     f"status:{status}",
                     logging.WARNING,
-                    "%s: unknown PanDA job status %r (first seen at %s): counted as unknown",
+                    "%s: unknown PanDA job status '%s' (first seen at %s): counted as unknown",
                     self.url,
-                    status,
+                    clip(status, 80),
                     wmsqueue,
                 )
             totals[field] += n
@@ -284,8 +309,8 @@ class PandaWMSStatus(WMSStatusPlugin):
                 self._once(
                     f"site:{text}",
                     logging.WARNING,
-                    "site status %r of %s is not one PanDA defines: unknown",
-                    text,
+                    "site status '%s' of %s is not one PanDA defines: unknown",
+                    clip(text, 80),
                     wmsqueue,
                 )
         return WMSQueueInfo(queue=wmsqueue, time=snap.time, site_status=site_status, **totals)

@@ -117,7 +117,10 @@ def test_timeout_tls_and_cert_settings_are_passed(tmp_path: Path) -> None:
     c = client(timeout=7.5, ca_bundle=str(ca), cert=str(cert), key=str(key))
     c.active_job_stats()
     kwargs = req_kwargs(0)
-    assert kwargs["timeout"] == 7.5
+    # (connect, read) timeouts are what is left of the 7.5 s deadline of the whole request
+    connect, read = kwargs["timeout"]
+    assert 7.0 < connect <= 7.5 and 7.0 < read <= 7.5
+    assert kwargs["stream"] is True
     assert kwargs["verify"] == str(ca)
     assert kwargs["cert"] == (str(cert), str(key))
 
@@ -127,6 +130,23 @@ def test_verify_false_wins_over_ca_bundle() -> None:
     responses.get(STATS, json=ok({}))
     client(verify=False, ca_bundle="/nonexistent").active_job_stats()
     assert req_kwargs(0)["verify"] is False
+
+
+@pytest.mark.parametrize(
+    ("value", "match"), [("abc", "not a whole number"), (0, "must be > 0"), (True, "> 0")]
+)
+def test_bad_max_reply_bytes(value: Any, match: str) -> None:
+    with pytest.raises(PandaError, match=f"max_reply_bytes=.*{match}"):
+        client(max_reply_bytes=value)
+
+
+@responses.activate
+def test_max_reply_bytes_and_defaults() -> None:
+    assert client().http.max_reply_bytes == 16 * 1024 * 1024
+    assert client(max_reply_bytes="2048").http.max_reply_bytes == 2048
+    responses.get(STATS, json=ok({"S": {"running": 1}}))
+    with pytest.raises(PandaError, match=r"larger than max_reply_bytes=10 \(as sent\)"):
+        client(max_reply_bytes=10).active_job_stats()
 
 
 def test_missing_ca_bundle_is_refused() -> None:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pilotfactory.backends.panda import DEFAULT_URL, redact_url, split_base
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
-from pilotfactory.factory.params import Param
+from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
 from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
 
@@ -101,7 +101,7 @@ class PandaWMSStatus(WMSStatusPlugin):
             "PanDA server: .../api/v1, .../server/panda or bare",
             aliases=("url",),
         ),
-        Param("timeout", float, 30.0, "seconds per HTTP request", minimum=0.1),
+        Param("timeout", float, 30.0, "seconds per HTTP request", minimum=0.1, maximum=3600.0),
         Param("verify", bool, True, "verify the server's TLS certificate"),
         Param("ca_bundle", str, None, "CA bundle file or directory for TLS verification"),
         Param("cert", str, None, "client certificate (or X.509 proxy holding the key too)"),
@@ -114,7 +114,12 @@ class PandaWMSStatus(WMSStatusPlugin):
         Param("prodsourcelabel", list, None, "count only these prodSourceLabels"),
         Param("resource_type", list, None, "count only these resource types"),
         Param(
-            "sleep", float, None, "minimum seconds between two requests to the server", minimum=0
+            "sleep",
+            float,
+            None,
+            "minimum seconds between two requests to the server",
+            minimum=0,
+            maximum=DURATION_MAX,
         ),
     )
 

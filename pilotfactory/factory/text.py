@@ -11,3 +11,15 @@ def clip(text: str, limit: int = 400) -> str:
         return text
     half = limit // 2
     return f"{text[:half]} [...] {text[len(text) - half :]}"
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` to print or log whole: at most about ``limit`` characters (head and tail kept)
+    and every non-printable character escaped, so a name read from a file cannot move the
+    terminal's cursor, fake a line of output, or fail to encode."""
+    if len(text) > limit:
+        half = limit // 2
+        text = f"{text[:half]} [...] {text[len(text) - half :]}"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

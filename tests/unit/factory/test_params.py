@@ -324,7 +324,7 @@ def test_config_problems_name_the_key_and_the_bad_value(tmp_path: Path) -> None:
     assert res.broken == ["BAD"]
     found = {(p.section, p.key): p.message for p in res.errors}
     assert found == {
-        ("BAD", "apfqueue.sleep"): "got 'soon', expected a number >= 0",
+        ("BAD", "apfqueue.sleep"): "got 'soon', expected a number from 0 to 31622400",
         ("BAD", "sched.maxpercycle.maximum"): "got '-1', expected an integer >= 0",
     }
     assert all(p.file == str(conf) for p in res.errors)

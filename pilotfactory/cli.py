@@ -1,14 +1,17 @@
 """The ``pilotfactory`` command.
 
-Exit codes: 0 success; 1 configuration problems (``check`` found errors, or no queue could be
-loaded); 2 usage error or an unreadable file; 3 a cycle ran with queue errors (``--once``);
-141 stdout was closed by its reader (``| head``).
-Logs go to stderr; machine-readable output (``--json``) to stdout.
+Exit codes: 0 success; 1 configuration problems (``check`` found errors; ``run`` / ``status``
+refuse to start with errors in [Factory] or with no usable queue); 2 usage error or a file that
+cannot be read as INI text; 3 a cycle ran with queue errors (``--once``); 141 stdout was closed
+by its reader (``| head``).
+Logs go to stderr; machine-readable output (``--json``) to stdout. Whatever a config file holds,
+the output is escaped text and the exit code one of these (no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from pilotfactory import __version__
 from pilotfactory.factory.config import (
@@ -29,7 +32,7 @@ from pilotfactory.factory.config import (
     load_factory_config,
     load_queues,
 )
-from pilotfactory.factory.text import one_line
+from pilotfactory.factory.text import one_line, printable
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger("pilotfactory")
@@ -124,17 +127,32 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=max(logging.DEBUG, level), handlers=[handler])
 
 
-def load_all(args: argparse.Namespace) -> tuple[FactoryConfig, QueuesResult, list[str]]:
+class Loaded(NamedTuple):
+    fcfg: FactoryConfig
+    result: QueuesResult
+    problems: list[str]
+    """Printable problems, errors and warnings."""
+    errors: list[str]
+    refusal: str | None
+    """Why ``run`` must not start: errors in [Factory], or no usable queue; else None."""
+
+
+def load_all(args: argparse.Namespace) -> Loaded:
     """factory.conf (optional when -q is given) and every queue; returns printable problems."""
     problems: list[str] = []
+    errors: list[str] = []
+    refusal = None
     fpath = args.factory_conf
     if fpath is None and not args.queues_conf and os.path.exists(DEFAULT_FACTORY_CONF):
         fpath = DEFAULT_FACTORY_CONF
     if fpath:
         fcfg, fproblems = load_factory_config(fpath)
         problems.extend(str(p) for p in fproblems)
-        if any(p.severity == "error" for p in fproblems):
-            problems.append(f"{fpath}: [Factory] has errors")
+        errors.extend(str(p) for p in fproblems if p.severity == "error")
+        if errors:
+            refusal = f"{printable(fpath)}: [Factory] has errors"
+            problems.append(refusal)
+            errors.append(refusal)
     else:
         fcfg = default_factory_config()
     qpaths = list(args.queues_conf or fcfg.queue_conf)
@@ -145,8 +163,16 @@ def load_all(args: argparse.Namespace) -> tuple[FactoryConfig, QueuesResult, lis
         )
     result = load_queues(qpaths, dirconf, fcfg)
     problems.extend(str(p) for p in result.problems)
-    problems.extend(str(p) for p in secret_file_problems(result))
-    return fcfg, result, problems
+    secrets = secret_file_problems(result)
+    problems.extend(str(p) for p in secrets)
+    errors.extend(str(p) for p in result.errors)
+    errors.extend(str(p) for p in secrets if p.severity == "error")
+    if not result.queues:
+        files = printable(", ".join([*qpaths, *([dirconf] if dirconf else [])]))
+        none = f"no usable queue ({len(result.broken)} broken, {len(result.disabled)} disabled)"
+        problems.append(f"{files}: warning: {none}; run will not start")
+        refusal = refusal or f"{files}: {none}"
+    return Loaded(fcfg, result, problems, errors, refusal)
 
 
 def secret_file_problems(result: QueuesResult) -> list[ConfigProblem]:
@@ -173,8 +199,7 @@ def secret_file_problems(result: QueuesResult) -> list[ConfigProblem]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _, result, problems = load_all(args)
-    errors = [p for p in problems if ": error: " in p or p.endswith("has errors")]
+    _, result, problems, errors, _ = load_all(args)
     if args.json:
         print(
             json.dumps(
@@ -204,25 +229,24 @@ def _make_factory(args: argparse.Namespace, dry_run: bool) -> Any:
     from pilotfactory.factory.clock import WallClock
     from pilotfactory.factory.factory import Factory
 
-    fcfg, result, problems = load_all(args)
+    fcfg, result, problems, _, refusal = load_all(args)
     for line in problems:
         log.warning("%s", line)
-    if not result.queues:
-        log.error(
-            "no usable queue (%d broken, %d disabled)", len(result.broken), len(result.disabled)
-        )
+    if refusal is not None:
+        log.error("not starting: %s", refusal)
         return None
     factory = Factory(
         fcfg, result.queues, RealWorld(fcfg.condor_backend), WallClock(), dry_run=dry_run
     )
 
     def reload_queues() -> QueuesResult:
-        _, res, probs = load_all(args)
+        """The new queues; a configuration ``run`` would not start with (errors in [Factory],
+        no usable queue) keeps the old ones, and a broken queue keeps its old config."""
+        _, res, probs, _, why = load_all(args)
         for line in probs:
             log.warning("%s", line)
-        broken = [p for p in probs if p.endswith("[Factory] has errors")]
-        if broken:  # never run on half a factory.conf: the old one goes on
-            raise ConfigError(broken[0])
+        if why is not None:
+            raise ConfigError(why)
         return res
 
     factory.reload_hook = reload_queues
@@ -463,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    for stream in (sys.stdout, sys.stderr):  # a path argv could not decode still prints
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     setup_logging(getattr(args, "verbose", 0))
     handlers = {
         "check": cmd_check,
@@ -476,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
     except ConfigError as exc:
-        print(f"pilotfactory: {exc}", file=sys.stderr)
+        print(f"pilotfactory: {printable(str(exc), 2000)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -1,9 +1,15 @@
 """factory.conf and queues.conf, read the way AutoPyFactory reads them.
 
 APF semantics kept: ``[DEFAULT]`` inheritance and ``%(key)s`` interpolation, ``queueConf`` as a
-comma list of files (a later file wins per key), ``queueDirConf`` read as one file,
+comma list of files (a later file wins per key), ``queueDirConf``'s ``*.conf`` read in name
+order into the same parser (one ``[DEFAULT]`` for all, a later file wins per key),
 case-sensitive keys, legacy plugin names. Values are parsed once into a typed ``QueueConfig``;
 every problem names file, section and key. A broken section disables that queue only.
+
+Hostile input is bounded (``inifile``): a file that cannot be read as INI text stops the load
+(``ConfigError``); within one file a section or key written twice, a value with a control
+character, a single-line value continued on an indented line, and a queue name that could not
+safely be a path, a ClassAd string, a tag or an environment entry are errors of their section.
 """
 
 from __future__ import annotations
@@ -13,11 +19,30 @@ import contextlib
 import difflib
 import glob
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilotfactory.factory.params import Param, ParamValueError, defaults
+from pilotfactory.factory.inifile import (
+    DEFAULT_SECTION,
+    MAX_FILE_BYTES,
+    Duplicate,
+    IniParser,
+    IniScan,
+    ValueTooLargeError,
+    read_text,
+    scan,
+)
+from pilotfactory.factory.inifile import ConfigError as ConfigError
+from pilotfactory.factory.params import (
+    DURATION_MAX,
+    Param,
+    ParamValueError,
+    control_character,
+    defaults,
+    shown,
+)
 from pilotfactory.factory.planner import PLANNER_PARAMS, PlannerSettings
 from pilotfactory.factory.plugin import Plugin
 from pilotfactory.factory.registry import (
@@ -27,10 +52,15 @@ from pilotfactory.factory.registry import (
     UnknownPlugin,
     default_registry,
 )
+from pilotfactory.factory.text import printable
 
-
-class ConfigError(Exception):
-    """A configuration problem that stops loading (a file that cannot be read at all)."""
+MAX_QUEUE_FILES_BYTES = 4 * MAX_FILE_BYTES
+"""Every queues.conf of one load together (queueConf files and queueDirConf's *.conf)."""
+MAX_KEYS_READ = 250_000
+"""Keys the queue sections read in all, each its own plus every [DEFAULT] one: beyond this a
+load would take minutes (a factory of 1000 queues and 100 [DEFAULT] keys reads 100,000)."""
+MAX_HINTS = 2000
+"""Distinct unknown keys one load looks for a did-you-mean of (difflib is slow)."""
 
 
 @dataclass(frozen=True)
@@ -42,10 +72,51 @@ class ConfigProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}: [{self.section}]"
+        """One line, whatever the file held (escaped, bounded)."""
+        where = f"{printable(self.file)}: [{printable(self.section, 160)}]"
         if self.key:
-            where += f" {self.key}"
-        return f"{where}: {self.severity}: {self.message}"
+            where += f" {printable(self.key, 160)}"
+        return f"{where}: {self.severity}: {printable(self.message, 1000)}"
+
+
+NAME_MAX = 128
+_NAME = re.compile(r"[A-Za-z0-9_.@+:-]+")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a queue (or a factory), or None when it can.
+
+    A queue name becomes a directory under baseLogDir, a ClassAd string, a cloud tag and an
+    environment entry (``FACTORYQUEUE=<name>`` in a space-separated list), so only letters,
+    digits and ``_ - . @ + :`` pass; not a leading ``.`` nor ``..`` (hidden files, parent
+    directories); at most ``NAME_MAX`` characters. APF names such as
+    ``ANALY_BNL_SHORT-gridgk01.racf.bnl.gov`` pass.
+    """
+    if not name:
+        return "empty"
+    if len(name) > NAME_MAX:
+        return f"longer than {NAME_MAX} characters"
+    if not _NAME.fullmatch(name):
+        bad = next(c for c in name if not _NAME.fullmatch(c))
+        return f"{bad!r} is not allowed (only letters, digits and _ - . @ + :)"
+    if name.startswith("."):
+        return "starts with '.'"
+    if ".." in name:
+        return "holds '..'"
+    return None
+
+
+def _value_problem(text: str) -> str | None:
+    """What no value may hold, whatever its key: a control character (tab excepted)."""
+    c = control_character(text, newline_ok=True)
+    return None if c is None else f"control character U+{ord(c):04X} in the value; refused"
+
+
+def _multiline_problem(text: str) -> str:
+    return (
+        f"got {shown(text)}: an indented line continues the value, and only list values "
+        "may span lines; write it on one line"
+    )
 
 
 # ---------------------------------------------------------------------------- factory.conf
@@ -58,8 +129,8 @@ FACTORY_PARAMS: tuple[Param, ...] = (
     Param("baseLogDir", str, "/var/log/pilotfactory"),
     Param("baseLogDirUrl", str, None),
     Param("queueConf", list, None, "comma list of queues.conf files; later ones win per key"),
-    Param("queueDirConf", str, None, "a directory of *.conf read as one file"),
-    Param("factory.sleep", float, 30.0, "main loop tick", minimum=0.0),
+    Param("queueDirConf", str, None, "a directory of *.conf, read after queueConf in name order"),
+    Param("factory.sleep", float, 30.0, "main loop tick", minimum=0.0, maximum=DURATION_MAX),
     Param(
         "factory.refresh_timeout",
         float,
@@ -67,20 +138,23 @@ FACTORY_PARAMS: tuple[Param, ...] = (
         "status sources not answered within this (s) fail their own queues closed for the "
         "cycle; the other queues go on without them (0: refresh inline, one after another)",
         minimum=0.0,
+        maximum=3600.0,
     ),
     Param("cycles", int, None, "stop after this many cycles", minimum=1),
     Param("abort_no_queues", bool, False),
-    Param("maxperfactory.maximum", int, None),
+    Param("maxperfactory.maximum", int, None, minimum=0),
     Param("enablequeues", bool, True),
     Param("condor_backend", str, "bindings", choices=("bindings", "cli")),
-    Param("metrics_port", int, None, "serve Prometheus metrics on this port"),
+    Param(
+        "metrics_port", int, None, "serve Prometheus metrics on this port", minimum=1, maximum=65535
+    ),
     Param("statusFile", str, None, "the daemon writes its recent decisions here (JSON)"),
     Param("versionTag", str, None),
     Param("monitorURL", str, None),
     Param("proxyConf", str, None),
     Param("monitorConf", str, None),
     Param("mappingsConf", str, None),
-    Param("cleanlogs.keepdays", int, None),
+    Param("cleanlogs.keepdays", int, None, minimum=0),
 )
 # Status-plugin settings that APF reads from [Factory] (they become plugin defaults).
 _FACTORY_PLUGIN_PREFIXES = tuple(f"{k}." for k in KINDS)
@@ -124,43 +198,105 @@ def default_factory_config(queue_conf: Iterable[str] = ()) -> FactoryConfig:
     )
 
 
-def _new_parser() -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(
-        interpolation=configparser.BasicInterpolation(), strict=False, default_section="DEFAULT"
-    )
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # APF keys are case-sensitive
-    return parser
+Duplicates = Mapping[tuple[str, str], tuple[str, Duplicate]]
+"""``(section, key)`` -> (file, where it is written twice); key ``""``: the header."""
 
 
-def _read_text(path: str) -> str:
-    if path.startswith("file://"):
-        path = path[len("file://") :]
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+def _parse(
+    files: Sequence[tuple[str, str]], max_reads: int | None = None
+) -> tuple[IniParser, list[IniScan]]:
+    """Scan every file on its own (syntax, duplicates), then read them in order into one
+    parser, so a later file wins per key and one ``[DEFAULT]`` applies to all. With
+    ``max_reads``, files whose sections would read more keys than that (each its own and every
+    ``[DEFAULT]`` one) are refused before configparser spends time on them."""
+    scans: list[IniScan] = []
+    left = max_reads
+    for name, text in files:
+        scans.append(scan(text, name, left))
+        if left is not None:
+            left -= len(scans[-1].lines)
+    if max_reads is not None:
+        _check_size(scans, max_reads)
+    parser = IniParser()
+    for name, text in files:
+        try:
+            parser.read_string(text, source=name)
+        except configparser.Error as exc:  # scan() refuses what configparser would: a guard
+            raise ConfigError(f"{name}: not a valid INI file: {exc}") from None
+    return parser, scans
+
+
+def _check_size(scans: Sequence[IniScan], max_reads: int) -> None:
+    sections = {s for sc in scans for s, k in sc.lines if not k and s != DEFAULT_SECTION}
+    inherited = {k for sc in scans for s, k in sc.lines if k and s == DEFAULT_SECTION}
+    own = {w for sc in scans for w in sc.lines if w[1] and w[0] != DEFAULT_SECTION}
+    reads = len(sections) * len(inherited) + len(own)
+    if reads > max_reads:
+        raise ConfigError(
+            f"{', '.join(sc.file for sc in scans)}: {len(sections)} sections, "
+            f"{len(inherited)} [DEFAULT] keys, {len(own)} keys of their own: {reads} keys to "
+            f"read, more than {max_reads}; refused"
+        )
+
+
+def _provenance(scans: Iterable[IniScan]) -> dict[tuple[str, str], str]:
+    """Which file last set each (section, key): for error messages after merging."""
+    return {where: sc.file for sc in scans for where in sc.lines}
+
+
+def _duplicates(scans: Iterable[IniScan]) -> Duplicates:
+    out: dict[tuple[str, str], tuple[str, Duplicate]] = {}
+    for sc in scans:
+        for d in sc.duplicates:
+            out.setdefault((d.section, d.key), (sc.file, d))
+    return out
+
+
+def _duplicate_problems(
+    dups: Duplicates, where: Mapping[tuple[str, str], str], section: str, keys: Iterable[str]
+) -> list[tuple[str, str | None, str]]:
+    """(file, key, message) for what ``section`` has written twice in one file: its header, its
+    own keys, and the ``[DEFAULT]`` keys it inherits. Which of the two was meant is a guess
+    configparser makes silently (the last); here the section is refused instead."""
+    out: list[tuple[str, str | None, str]] = []
+    if (hit := dups.get((section, ""))) is not None:
+        file, d = hit
+        out.append((file, None, f"line {d.line}: [{section}] again (first at line {d.first})"))
+    for key in keys:
+        own = (section, key) in where
+        hit = dups.get((section, key)) or (None if own else dups.get((DEFAULT_SECTION, key)))
+        if hit is not None:
+            file, d = hit
+            place = "" if own else " in [DEFAULT]"
+            out.append(
+                (file, key, f"line {d.line}: set again{place} (first at line {d.first}); keep one")
+            )
+    return out
 
 
 def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
     """Read factory.conf; relative queueConf paths are taken relative to its directory."""
     problems: list[ConfigProblem] = []
-    parser = _new_parser()
-    try:
-        parser.read_string(_read_text(path), source=path)
-    except configparser.Error as exc:
-        raise ConfigError(f"{path}: not a valid INI file: {exc}") from None
+    parser, scans = _parse([(path, read_text(path))], MAX_KEYS_READ)
     if not parser.has_section("Factory"):
         raise ConfigError(f"{path}: no [Factory] section")
+    where = _provenance(scans)
+    keys = parser.options("Factory")
+    for file, key, msg in _duplicate_problems(_duplicates(scans), where, "Factory", keys):
+        problems.append(ConfigProblem("error", file, "Factory", key, msg))
     known = {p.name: p for p in FACTORY_PARAMS}
+    hint = _Hints(known)
     values = defaults(FACTORY_PARAMS)
     plugin_defaults: dict[str, str] = {}
     raw: dict[str, str] = {}
-    for key in parser.options("Factory"):
+    for key in keys:
         try:
             text = parser.get("Factory", key)
         except configparser.Error as exc:
             problems.append(ConfigProblem("error", path, "Factory", key, _interp_msg(exc)))
+            continue
+        if (why := _value_problem(text)) is not None:
+            problems.append(ConfigProblem("error", path, "Factory", key, why))
             continue
         raw[key] = text
         if key.startswith(_FACTORY_PLUGIN_PREFIXES):
@@ -168,16 +304,23 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
             continue
         param = known.get(key)
         if param is None:
-            problems.append(
-                ConfigProblem(
-                    "warning", path, "Factory", key, "unknown key" + _did_you_mean(key, known)
+            if "\n" in text.strip():
+                problems.append(
+                    ConfigProblem("error", path, "Factory", key, _multiline_problem(text))
                 )
+                continue
+            problems.append(
+                ConfigProblem("warning", path, "Factory", key, "unknown key" + hint(key))
             )
             continue
         try:
             values[key] = param.parse(text)
         except ParamValueError as exc:
             problems.append(ConfigProblem("error", path, "Factory", key, str(exc)))
+    if (why := name_problem(values["factoryId"])) is not None:
+        msg = f"factoryId {shown(values['factoryId'])}: {why}"
+        problems.append(ConfigProblem("error", path, "Factory", "factoryId", msg))
+        values["factoryId"] = defaults(FACTORY_PARAMS)["factoryId"]
     base = os.path.dirname(os.path.abspath(path))
     queue_conf = tuple(_resolve(p, base) for p in (values["queueConf"] or []))
     dirconf = values["queueDirConf"]
@@ -209,6 +352,8 @@ def _resolve(path: str, base: str) -> str:
 
 def _interp_msg(exc: configparser.Error) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, ValueTooLargeError):
+        return text
     hint = " (write %% for a literal %)" if "'%'" in text else ""
     return f"interpolation failed: {text}{hint}"
 
@@ -227,19 +372,27 @@ QUEUE_PARAMS: tuple[Param, ...] = (
     Param("batchstatusplugin", str, None),
     Param("batchsubmitplugin", str, None),
     Param("schedplugin", list, None),
-    Param("apfqueue.sleep", float, 360.0, "seconds between this queue's cycles", minimum=0.0),
+    Param(
+        "apfqueue.sleep",
+        float,
+        360.0,
+        "seconds between this queue's cycles",
+        minimum=0.0,
+        maximum=DURATION_MAX,
+    ),
     Param("executable", str, None),
     Param("executable.arguments", str, None),
     Param("monitorsection", str, None),
     Param("batchqueue", str, None),
     Param("cloud", str, None),
     Param("vo", str, None),
-    Param("cleanlogs.keepdays", int, None),
+    Param("cleanlogs.keepdays", int, None, minimum=0),
     Param("override", bool, None),
     Param("autofill", bool, None),
     # Planner and safety rails (pilotfactory's own; declared with the planner).
     *PLANNER_PARAMS,
 )
+_QUEUE_KEYS = tuple(p.name for p in QUEUE_PARAMS)
 _PLUGIN_SELECTORS = {
     "wmsstatus": "wmsstatusplugin",
     "batchstatus": "batchstatusplugin",
@@ -282,23 +435,25 @@ class QueuesResult:
         return [p for p in self.problems if p.severity == "error"]
 
 
-def _provenance(files: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Which file last set each (section, key): for error messages after merging."""
-    where: dict[tuple[str, str], str] = {}
-    for name, text in files:
-        raw = configparser.RawConfigParser(strict=False)
-        raw.optionxform = str  # type: ignore[assignment,method-assign]
-        try:
-            raw.read_string(text, source=name)
-        except configparser.Error:
-            continue
-        for key in raw.defaults():
-            where[("DEFAULT", key)] = name
-        for section in raw.sections():
-            where[(section, "")] = name
-            for key in raw._sections[section]:  # type: ignore[attr-defined]
-                where[(section, key)] = name
-    return where
+def _read_queue_files(paths: Iterable[str], dirconf: str | None) -> list[tuple[str, str]]:
+    """(file, text) of every queues.conf in reading order: queueConf's, then queueDirConf's
+    ``*.conf`` in name order; all together at most ``MAX_QUEUE_FILES_BYTES``."""
+    names = list(paths)
+    if dirconf:
+        if not os.path.isdir(dirconf):
+            raise ConfigError(f"{dirconf}: queueDirConf is not a directory")
+        names += sorted(glob.glob(os.path.join(glob.escape(dirconf), "*.conf")))
+    files: list[tuple[str, str]] = []
+    total = 0
+    for name in names:
+        text = read_text(name)
+        total += len(text)
+        if total > MAX_QUEUE_FILES_BYTES:
+            raise ConfigError(
+                f"{name}: the queue files reach {MAX_QUEUE_FILES_BYTES >> 20} MiB in all; refused"
+            )
+        files.append((name, text))
+    return files
 
 
 def load_queues(
@@ -311,26 +466,13 @@ def load_queues(
     registry = registry or default_registry()
     factory = factory or default_factory_config()
     result = QueuesResult()
-    files: list[tuple[str, str]] = []
-    for path in paths:
-        files.append((path, _read_text(path)))
-    if dirconf:
-        if not os.path.isdir(dirconf):
-            raise ConfigError(f"{dirconf}: queueDirConf is not a directory")
-        # Read as one file, so one [DEFAULT] applies to all of them (APF).
-        parts = sorted(glob.glob(os.path.join(dirconf, "*.conf")))
-        files.append((dirconf, "\n".join(_read_text(p) for p in parts)))
-    if not files:
+    paths = list(paths)
+    if not paths and not dirconf:
         raise ConfigError("no queues.conf given (queueConf / queueDirConf / -q)")
-    parser = _new_parser()
-    for name, text in files:
-        try:
-            parser.read_string(text, source=name)
-        except configparser.Error as exc:
-            raise ConfigError(f"{name}: not a valid INI file: {exc}") from None
-    where = _provenance(files)
+    parser, scans = _parse(_read_queue_files(paths, dirconf), MAX_KEYS_READ)
+    load = _Load(_provenance(scans), _duplicates(scans))
     for section in parser.sections():
-        qcfg, problems, enabled = _load_queue(parser, section, where, factory, registry)
+        qcfg, problems, enabled = _load_queue(parser, section, load, factory, registry)
         result.problems.extend(problems)
         if not enabled:
             result.disabled.append(section)
@@ -341,20 +483,56 @@ def load_queues(
     return result
 
 
+class _Hints:
+    """Did-you-mean for unknown keys, once per key; none past ``MAX_HINTS`` distinct keys
+    (difflib takes ~70 us a key; a hostile file has 10**5 keys)."""
+
+    def __init__(self, candidates: Iterable[str]) -> None:
+        self.candidates = tuple(candidates)
+        self.seen: dict[str, str] = {}
+
+    def __call__(self, key: str) -> str:
+        if key not in self.seen:
+            if len(self.seen) >= MAX_HINTS:
+                return ""
+            self.seen[key] = _did_you_mean(key, self.candidates)
+        return self.seen[key]
+
+
+@dataclass
+class _Load:
+    """What every queue section of one load shares."""
+
+    where: Mapping[tuple[str, str], str]
+    """The file that last set each (section, key)."""
+    dups: Duplicates
+    queue_key_hint: _Hints = field(default_factory=lambda: _Hints(_QUEUE_KEYS))
+
+
 @dataclass
 class _Section:
     """One queue section being loaded: where its keys came from, and what is wrong with it."""
 
     name: str
-    where: Mapping[tuple[str, str], str]
+    load: _Load
     problems: list[ConfigProblem] = field(default_factory=list)
 
-    def origin(self, key: str) -> str:
-        w = self.where
-        return w.get((self.name, key)) or w.get(("DEFAULT", key)) or "<queues.conf>"
+    @property
+    def where(self) -> Mapping[tuple[str, str], str]:
+        return self.load.where
 
-    def problem(self, severity: str, key: str | None, msg: str) -> None:
-        file = self.origin(key) if key else self.origin("")
+    def origin(self, key: str) -> str:
+        """The file that set ``key`` for this section, else the section's own file."""
+        w, name = self.where, self.name
+        return (
+            w.get((name, key))
+            or w.get((DEFAULT_SECTION, key))
+            or w.get((name, ""))
+            or "<queues.conf>"
+        )
+
+    def problem(self, severity: str, key: str | None, msg: str, file: str | None = None) -> None:
+        file = file or (self.origin(key) if key else self.origin(""))
         self.problems.append(ConfigProblem(severity, file, self.name, key, msg))
 
     @property
@@ -372,13 +550,22 @@ class _Classified:
 
 
 def _read_section(parser: configparser.ConfigParser, sec: _Section) -> dict[str, str]:
-    """Step 1, read: every key, interpolated; an interpolation error is that key's problem."""
+    """Step 1, read: every key, interpolated; an interpolation error, a control character or a
+    key written twice in one file is that key's problem."""
+    keys = parser.options(sec.name)
+    for file, key, msg in _duplicate_problems(sec.load.dups, sec.where, sec.name, keys):
+        sec.problem("error", key, msg, file)
     values: dict[str, str] = {}
-    for key in parser.options(sec.name):
+    for key in keys:
         try:
-            values[key] = parser.get(sec.name, key)
+            text = parser.get(sec.name, key)
         except configparser.Error as exc:
             sec.problem("error", key, _interp_msg(exc))
+            continue
+        if (why := _value_problem(text)) is not None:
+            sec.problem("error", key, why)
+            continue
+        values[key] = text
     return values
 
 
@@ -393,7 +580,9 @@ def _classify(values: Mapping[str, str], sec: _Section) -> _Classified:
         out.generic_raw[key] = text
         param = generic_params.get(key)
         if param is None:
-            if hint := _did_you_mean(key, generic_params):
+            if "\n" in text.strip():  # site wrappers read unknown keys: one line each
+                sec.problem("error", key, _multiline_problem(text))
+            elif hint := sec.load.queue_key_hint(key):
                 sec.problem("warning", key, "unknown key" + hint)
             continue
         try:
@@ -436,9 +625,9 @@ def _validate_plugins(
         # A key for a plugin this queue does not use: harmless in [DEFAULT], odd in a queue.
         if not any(key.startswith(ns) for ns in used) and (sec.name, key) in sec.where:
             sec.problem("warning", key, "set for a plugin this queue does not use; ignored")
-    cap = c.generic["max_retire_per_cycle"]
-    if cap is not None and not _valid_cap(cap):
-        sec.problem("error", "max_retire_per_cycle", f"got {cap!r}, expected N or N%")
+    wmsqueue = c.generic.get("wmsqueue")
+    if wmsqueue and (why := name_problem(wmsqueue)) is not None:
+        sec.problem("error", "wmsqueue", f"got {shown(wmsqueue)}: {why}")
     return specs, sched
 
 
@@ -465,12 +654,15 @@ def _assemble(
 def _load_queue(
     parser: configparser.ConfigParser,
     section: str,
-    where: Mapping[tuple[str, str], str],
+    load: _Load,
     factory: FactoryConfig,
     registry: Registry,
 ) -> tuple[QueueConfig | None, list[ConfigProblem], bool]:
-    """(queue or None if broken, problems, enabled): read, classify, validate, assemble."""
-    sec = _Section(section, where)
+    """(queue or None if broken, problems, enabled): name, read, classify, validate, assemble."""
+    sec = _Section(section, load)
+    if (why := name_problem(section)) is not None:
+        sec.problem("error", None, f"queue name {shown(section)}: {why}")
+        return None, sec.problems, True
     classified = _classify(_read_section(parser, sec), sec)
     if not classified.generic["enabled"]:
         return None, sec.problems, False
@@ -478,11 +670,6 @@ def _load_queue(
     if sec.broken:
         return None, sec.problems, True
     return _assemble(classified, sec, specs, sched), sec.problems, True
-
-
-def _valid_cap(text: str) -> bool:
-    t = text.strip().rstrip("%").strip()
-    return t.isdigit()
 
 
 def _param_index(cls: type[Plugin]) -> dict[str, Param]:
@@ -532,6 +719,8 @@ def _unknown_param(kind: str, cls: type[Plugin], rest: str, text: str) -> str:
 def _set_param(params: dict[str, Any], param: Param, sub: str | None, text: str) -> None:
     """Dict parameters merge (whole value or one sub-key); others replace."""
     if sub is not None:
+        if "\n" in text.strip():
+            raise ParamValueError(_multiline_problem(text))
         params[param.name] = {**(params.get(param.name) or {}), sub: text.strip()}
     elif param.type is dict:
         params[param.name] = {**(params.get(param.name) or {}), **param.parse(text)}

@@ -3,6 +3,11 @@
 Every plugin declares its parameters once (name, type, default); the config loader parses the
 raw INI strings into these types, so plugins never see a string they must parse themselves and
 every bad value is reported with its file, section and key.
+
+What every parse refuses, whatever the parameter: a control character (only tab passes), a
+value on several lines unless the type is a list or pairs (there a line break separates items
+like a comma), a number that is not finite (``nan`` passes every bound, ``inf`` never comes
+due), an integer beyond 64 bits (ClassAd and C integers), and digits that are not ASCII.
 """
 
 from __future__ import annotations
@@ -15,10 +20,39 @@ from typing import Any
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+INT_LIMIT = 2**63 - 1
+"""No integer setting is larger (in magnitude): it would not fit a ClassAd or C integer."""
+DURATION_MAX = 366 * 86400.0
+"""No duration setting (sleep, timeout, delay, age) is longer than a year: a larger one is a
+typo, and a huge one overflows the C timeouts it reaches."""
+_MULTILINE = (list, dict)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def control_character(text: str, newline_ok: bool = False) -> str | None:
+    """The first control character (Unicode Cc: tab excepted) or line/paragraph separator in
+    ``text``, or None. One in a value could end a line of a submit description or of a VM's
+    HTCondor config and start another."""
+    m = (_CONTROL_BUT_NEWLINE if newline_ok else _CONTROL).search(text)
+    return m.group() if m else None
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """``repr`` of a value for a message: escaped, and at most about ``limit`` characters."""
+    if len(text) > limit:
+        return repr(text[: limit // 2]) + f" ...[{len(text)} chars]... " + repr(text[-8:])
+    return repr(text)
 
 
 class ParamValueError(ValueError):
     """A raw value that does not fit its declared type; the message says what was expected."""
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:g}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +71,7 @@ class Param:
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    maximum: float | None = None
     required: bool = False
     """The plugin cannot work without it: ``check`` refuses a queue that leaves it unset."""
     validate: Callable[[Any], object] | None = None
@@ -64,13 +99,26 @@ class Param:
             dict: "k1=v1, k2=v2 pairs",
         }
         text = names.get(self.type, self.type.__name__)
-        if self.minimum is not None:
-            text += f" >= {self.minimum:g}"
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            text += f" from {_number(low)} to {_number(high)}"
+        elif low is not None:
+            text += f" >= {_number(low)}"
+        elif high is not None:
+            text += f" <= {_number(high)}"
         return text
 
     def parse(self, raw: str) -> Any:
         """Parse one raw INI string; raise ParamValueError naming what was expected."""
         value = raw.strip()
+        if (c := control_character(value, newline_ok=self.type in _MULTILINE)) == "\n":
+            raise ParamValueError(
+                f"got {shown(raw)}: an indented line continues the value; "
+                f"write {self.name} on one line"
+            )
+        if c is not None:
+            raise ParamValueError(f"got {shown(raw)}: control character U+{ord(c):04X}")
+        bad = ParamValueError(f"got {shown(raw)}, expected {self.expected}")
         try:
             parsed: Any
             if self.type is bool:
@@ -82,38 +130,43 @@ class Param:
                 else:
                     raise ValueError(value)
             elif self.type is int:
-                parsed = int(value)
+                parsed = int(value) if value.isascii() else None
+                if parsed is None or abs(parsed) > INT_LIMIT:
+                    raise ValueError(value)
             elif self.type is float:
-                parsed = float(value)
-                if not math.isfinite(parsed):  # nan passes every minimum; inf never comes due
+                parsed = float(value) if value.isascii() else math.nan
+                if not math.isfinite(parsed):  # nan passes every bound; inf never comes due
                     raise ValueError(value)
             elif self.type is list:
-                parsed = [v.strip() for v in value.split(",") if v.strip()]
+                parsed = [v.strip() for v in re.split(r"[,\n]", value) if v.strip()]
             elif self.type is dict:
                 parsed = parse_pairs(value)
             else:
                 parsed = value
         except ValueError:
-            raise ParamValueError(f"got {raw!r}, expected {self.expected}") from None
+            raise bad from None
         if self.choices and parsed not in self.choices:
-            raise ParamValueError(f"got {raw!r}, expected {self.expected}")
-        too_small = self.minimum is not None and isinstance(parsed, int | float)
-        if too_small and parsed < self.minimum:
-            raise ParamValueError(f"got {raw!r}, expected {self.expected}")
+            raise bad
+        if isinstance(parsed, int | float) and not isinstance(parsed, bool):
+            if self.minimum is not None and parsed < self.minimum:
+                raise bad
+            if self.maximum is not None and parsed > self.maximum:
+                raise bad
         if self.validate is not None:
             try:
                 self.validate(parsed)
             except ValueError as exc:
-                raise ParamValueError(f"got {raw!r}: {exc}") from None
+                raise ParamValueError(f"got {shown(raw)}: {exc}") from None
         return parsed
 
 
 def parse_pairs(text: str) -> dict[str, str]:
-    """Parse APF's ``k1=v1, k2=v2`` (``\\,`` escapes a comma) into a dict."""
+    """Parse APF's ``k1=v1, k2=v2`` (``\\,`` escapes a comma; a line break separates pairs
+    too) into a dict."""
     out: dict[str, str] = {}
     if not text.strip():
         return out
-    parts = re.split(r"(?<!\\),", text)
+    parts = re.split(r"(?<!\\),|\n", text)
     for part in parts:
         part = part.replace("\\,", ",").strip()
         if not part:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,19 @@ from pilotfactory.factory.info import (
     WorkerSet,
     WorkerState,
 )
-from pilotfactory.factory.params import Param
+from pilotfactory.factory.params import DURATION_MAX, Param
+
+_CAP = re.compile(r"(\d{1,18})\s*(%?)", re.ASCII)
+
+
+def _check_cap(text: str) -> None:
+    """``max_retire_per_cycle``: a count, or a percentage of at most 100."""
+    m = _CAP.fullmatch(text)
+    if m is None:
+        raise ValueError("expected N or N%")
+    if m.group(2) and int(m.group(1)) > 100:
+        raise ValueError("expected N or N% with N% at most 100%")
+
 
 PLANNER_PARAMS: tuple[Param, ...] = (
     Param(
@@ -44,15 +57,32 @@ PLANNER_PARAMS: tuple[Param, ...] = (
         3600.0,
         "drain only where the slots' MaxJobRetirementTime >= this (seconds)",
         minimum=0.0,
+        maximum=DURATION_MAX,
     ),
-    Param("boot_timeout", float, 1800.0, "BOOTING longer than this is LOST", minimum=0.0),
-    Param("held_timeout", float, 3600.0, "HELD longer than this is reaped", minimum=0.0),
+    # A timeout of 0 would call every booting VM lost, every held job stuck: at least a second.
+    Param(
+        "boot_timeout",
+        float,
+        1800.0,
+        "BOOTING longer than this is LOST",
+        minimum=1.0,
+        maximum=DURATION_MAX,
+    ),
+    Param(
+        "held_timeout",
+        float,
+        3600.0,
+        "HELD longer than this is reaped",
+        minimum=1.0,
+        maximum=DURATION_MAX,
+    ),
     Param(
         "pending_timeout",
         float,
         1800.0,
         "a VM request PENDING longer than this is cancelled (a failure) and replaced",
-        minimum=0.0,
+        minimum=1.0,
+        maximum=DURATION_MAX,
     ),
     Param("retire_confirm_cycles", int, 2, minimum=1),
     Param(
@@ -61,14 +91,35 @@ PLANNER_PARAMS: tuple[Param, ...] = (
         86400.0,
         "a VM whose slot or job says PilotFactoryKeep is spared retire this long at most",
         minimum=0.0,
+        maximum=DURATION_MAX,
     ),
     Param("max_booting", int, None, "cap on PENDING+BOOTING workers", minimum=0),
-    Param("max_retire_per_cycle", str, None, "count or percentage, e.g. 5 or 10%"),
-    Param("scale_down_delay", float, 0.0, "no retire this long after a scale-up", minimum=0.0),
+    Param(
+        "max_retire_per_cycle",
+        str,
+        None,
+        "count or percentage, e.g. 5 or 10%",
+        validate=_check_cap,
+    ),
+    Param(
+        "scale_down_delay",
+        float,
+        0.0,
+        "no retire this long after a scale-up",
+        minimum=0.0,
+        maximum=DURATION_MAX,
+    ),
     Param("failure_limit", int, 5, "last K workers all failed -> stop submitting", minimum=1),
-    Param("backoff.initial", float, 60.0, minimum=0.0),
-    Param("backoff.max", float, 1800.0, minimum=0.0),
-    Param("shrink_freeze_ratio", float, 0.5, "snapshot shrink that freezes retire", minimum=0.0),
+    Param("backoff.initial", float, 60.0, minimum=0.0, maximum=DURATION_MAX),
+    Param("backoff.max", float, 1800.0, minimum=0.0, maximum=DURATION_MAX),
+    Param(
+        "shrink_freeze_ratio",
+        float,
+        0.5,
+        "snapshot shrink (a fraction) that freezes retire",
+        minimum=0.0,
+        maximum=1.0,
+    ),
 )
 """The queue keys the planner and the rails read (DESIGN "The planner", "Safety rails"): the
 one place their names, types and defaults are declared; ``PlannerSettings`` follows from it."""

@@ -21,7 +21,7 @@ from pilotfactory.factory.info import (
     Worker,
     WorkerKind,
 )
-from pilotfactory.factory.params import Param
+from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.ports import World
 from pilotfactory.factory.reads import SharedReads
 
@@ -122,6 +122,7 @@ class StatusSource(Plugin):
         600.0,
         "snapshot older than this (s) is not used (queue fails closed)",
         minimum=0,
+        maximum=DURATION_MAX,
     )
     """Every status source declares this one ``maxage`` in its PARAMS."""
 

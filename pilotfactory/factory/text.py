@@ -126,3 +126,15 @@ def redact_url(url: str) -> str:
     if not has_userinfo and (query, fragment) == (parts.query, parts.fragment):
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` to print or log whole: at most about ``limit`` characters (head and tail kept)
+    and every non-printable character escaped, so a name read from a file cannot move the
+    terminal's cursor, fake a line of output, or fail to encode."""
+    if len(text) > limit:
+        half = limit // 2
+        text = f"{text[:half]}{_CUT}{text[len(text) - half :]}"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

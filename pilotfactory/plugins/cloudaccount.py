@@ -15,8 +15,8 @@ from pilotfactory.factory.params import Param, ParamValueError
 from pilotfactory.factory.ports import CloudAccount, Ec2Account, OpenStackAccount
 
 _API = (
-    Param("timeout", float, 30.0, "seconds per API call", minimum=0.001),
-    Param("retries", int, 3, "API retries", minimum=0),
+    Param("timeout", float, 30.0, "seconds per API call", minimum=0.001, maximum=3600.0),
+    Param("retries", int, 3, "API retries", minimum=0, maximum=100),
 )
 EC2_PARAMS: tuple[Param, ...] = (
     Param("endpoint_url", str, None, "EC2 endpoint (unset: AWS for the region)"),

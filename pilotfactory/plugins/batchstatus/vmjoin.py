@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from pilotfactory.factory.contract import KEEP_ATTR, classad_string
 from pilotfactory.factory.info import RetireMode, Worker, WorkerState
-from pilotfactory.factory.params import Param
+from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.ports import CondorPort
 from pilotfactory.factory.vmstate import Phase, VMObservation, derive_state
 from pilotfactory.plugins.batchstatus.common import retire_active, timestamp
@@ -26,7 +26,12 @@ JOIN_ATTRIBUTE = Param(
     "join_attribute", str, "EC2InstanceID", "startd attribute holding the instance id"
 )
 UNRETIRE_GRACE = Param(
-    "unretire_grace", float, 120.0, "s an un-retired startd may be absent", minimum=0
+    "unretire_grace",
+    float,
+    120.0,
+    "s an un-retired startd may be absent",
+    minimum=0,
+    maximum=DURATION_MAX,
 )
 WORKER_ATTR = "PilotFactoryWorker"
 """The startd attribute a VM advertises its worker id in (the VM contract)."""

@@ -62,7 +62,7 @@ class Scale(SchedPlugin):
     """
 
     NAME = "Scale"
-    PARAMS = (Param("factor", float, 1.0, minimum=0.0),)
+    PARAMS = (Param("factor", float, 1.0, "n is multiplied by this", minimum=0.0, maximum=100.0),)
 
     def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
         factor = self.params["factor"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from pilotfactory.factory.info import Worker, WorkerState
-from pilotfactory.factory.params import Param
+from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.plugin import SchedContext, SchedPlugin
 
 
@@ -52,7 +52,16 @@ class IdleShutdown(SchedPlugin):
     """
 
     NAME = "IdleShutdown"
-    PARAMS = (Param("idle_time", float, 2400.0, "seconds idle before retire", minimum=0.0),)
+    PARAMS = (
+        Param(
+            "idle_time",
+            float,
+            2400.0,
+            "seconds idle before retire",
+            minimum=0.0,
+            maximum=DURATION_MAX,
+        ),
+    )
 
     def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
         if n > 0 or ctx.batch is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pilotfactory.factory.params import Param
+from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.plugin import SchedContext, SchedPlugin
 
 
@@ -18,9 +18,30 @@ class Throttle(SchedPlugin):
     NAME = "Throttle"
     NEEDS_HISTORY = True
     PARAMS = (
-        Param("interval", float, 3600.0, doc="seconds of history looked at", minimum=0.0),
-        Param("maxtime", float, 10.0, doc="wall time (s) below which a job is short", minimum=0.0),
-        Param("ratio", float, 0.5, doc="short fraction above which the site is a black hole"),
+        Param(
+            "interval",
+            float,
+            3600.0,
+            doc="seconds of history looked at",
+            minimum=0.0,
+            maximum=DURATION_MAX,
+        ),
+        Param(
+            "maxtime",
+            float,
+            10.0,
+            doc="wall time (s) below which a job is short",
+            minimum=0.0,
+            maximum=DURATION_MAX,
+        ),
+        Param(
+            "ratio",
+            float,
+            0.5,
+            doc="short fraction above which the site is a black hole",
+            minimum=0.0,
+            maximum=1.0,
+        ),
         Param("submit", int, 1, doc="workers per cycle while throttled", minimum=0),
     )
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from pilotfactory.backends.http import DEFAULT_MAX_REPLY_BYTES, DEFAULT_TIMEOUT
 from pilotfactory.backends.panda import DEFAULT_URL, split_base
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
-from pilotfactory.factory.params import Param
+from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
 from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
 from pilotfactory.factory.text import clip, redact_url
@@ -111,6 +111,7 @@ class PandaWMSStatus(WMSStatusPlugin):
             DEFAULT_TIMEOUT,
             "seconds one HTTP request may take in all (connect, headers, every body byte)",
             minimum=0.1,
+            maximum=3600.0,
         ),
         Param(
             "max_reply_bytes",
@@ -118,6 +119,7 @@ class PandaWMSStatus(WMSStatusPlugin):
             DEFAULT_MAX_REPLY_BYTES,
             "largest reply read, counted after gzip/deflate decoding",
             minimum=1,
+            maximum=1 << 31,
         ),
         Param("verify", bool, True, "verify the server's TLS certificate"),
         Param("ca_bundle", str, None, "CA bundle file or directory for TLS verification"),
@@ -139,7 +141,12 @@ class PandaWMSStatus(WMSStatusPlugin):
         Param("prodsourcelabel", list, None, "count only these prodSourceLabels"),
         Param("resource_type", list, None, "count only these resource types"),
         Param(
-            "sleep", float, None, "minimum seconds between two requests to the server", minimum=0
+            "sleep",
+            float,
+            None,
+            "minimum seconds between two requests to the server",
+            minimum=0,
+            maximum=DURATION_MAX,
         ),
     )
 

@@ -98,6 +98,16 @@ PARSE_BAD: list[tuple[str, Param, str, str]] = [
     ("float, nan passes no minimum", Param("k", float, minimum=0.0), "nan", "a number >= 0"),
     ("float, inf never comes due", Param("k", float, minimum=0.0), "inf", "a number >= 0"),
     ("float, -inf", Param("k", float), "-inf", "a number"),
+    (
+        "int above the maximum",
+        Param("k", int, minimum=1, maximum=65535),
+        "65536",
+        "an integer from 1 to 65535",
+    ),
+    ("float above the maximum", Param("k", float, maximum=1.0), "1.5", "a number <= 1"),
+    ("int beyond 64 bits", Param("k", int), str(2**63), "an integer"),
+    ("int, digits not ASCII", Param("k", int), "\u0661\u0662", "an integer"),
+    ("float, digits not ASCII", Param("k", float), "\u0661.\u0665", "a number"),
 ]
 
 
@@ -123,6 +133,8 @@ EXPECTED = [
     (Param("k", dict), "k1=v1, k2=v2 pairs"),
     (Param("k", int, minimum=3), "an integer >= 3"),
     (Param("k", float, minimum=0.25), "a number >= 0.25"),
+    (Param("k", int, minimum=1, maximum=65535), "an integer from 1 to 65535"),
+    (Param("k", float, maximum=0.5), "a number <= 0.5"),
     (Param("k", str, choices=("a", "b")), "one of a, b"),
     (Param("k", str, choices=("a",), minimum=1), "one of a"),  # choices say it all
 ]
@@ -131,6 +143,34 @@ EXPECTED = [
 @pytest.mark.parametrize(("param", "text"), EXPECTED)
 def test_expected_describes_the_type(param: Param, text: str) -> None:
     assert param.expected == text
+
+
+@pytest.mark.parametrize("param", [Param("k", str), Param("k", int), Param("k", bool)])
+def test_a_single_line_value_may_not_continue_on_the_next_line(param: Param) -> None:
+    with pytest.raises(ParamValueError, match="an indented line continues the value; write k"):
+        param.parse("1\ntrue")
+
+
+def test_list_and_pair_values_may_span_lines() -> None:
+    assert Param("k", list).parse("Ready,\nMaxPerCycle\nMaxToRun") == [
+        "Ready",
+        "MaxPerCycle",
+        "MaxToRun",
+    ]
+    assert Param("k", dict).parse("a=1\nb=2, c=3") == {"a": "1", "b": "2", "c": "3"}
+
+
+@pytest.mark.parametrize("param", [Param("k", str), Param("k", list), Param("k", dict)])
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f", "\x9b", "\u2028", "\u2029"])
+def test_control_characters_are_refused(param: Param, char: str) -> None:
+    with pytest.raises(ParamValueError, match=f"control character U\\+{ord(char):04X}"):
+        param.parse(f"a{char}=b")
+
+
+def test_a_long_bad_value_is_shown_shortened() -> None:
+    with pytest.raises(ParamValueError) as err:
+        Param("k", int).parse("9" * 100_000)
+    assert len(str(err.value)) < 200 and "[100000 chars]" in str(err.value)
 
 
 def test_minimum_applies_to_numbers_only() -> None:
@@ -284,7 +324,7 @@ def test_config_problems_name_the_key_and_the_bad_value(tmp_path: Path) -> None:
     assert res.broken == ["BAD"]
     found = {(p.section, p.key): p.message for p in res.errors}
     assert found == {
-        ("BAD", "apfqueue.sleep"): "got 'soon', expected a number >= 0",
+        ("BAD", "apfqueue.sleep"): "got 'soon', expected a number from 0 to 31622400",
         ("BAD", "sched.maxpercycle.maximum"): "got '-1', expected an integer >= 0",
     }
     assert all(p.file == str(conf) for p in res.errors)

@@ -39,16 +39,15 @@ batchstatusplugin = Condor
 batchsubmitplugin = CondorLocal
 batchsubmit.condorlocal.executable = /bin/true
 apfqueue.sleep = 60
+schedplugin = Ready
 
 [A]
 wmsqueue = LABEL_A
-schedplugin = Ready
 """
 
-# n = 0 - (running + pending): every worker is a candidate to take away.
+# n = 0 - (running + pending): every worker is a candidate to take away. Appended to PILOTS:
+# more keys of its [A] (a file may set a section's key once, so [A] is not written again).
 SHRINK = """
-[A]
-wmsqueue = LABEL_A
 schedplugin = KeepNRunning
 sched.keepnrunning.keep_running = 0
 retire_confirm_cycles = 1

@@ -33,6 +33,7 @@ from pilotfactory.backends.http import (
     FetchError,
     bounded_get,
 )
+from pilotfactory.factory.inifile import ConfigError, read_text
 from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
 from pilotfactory.factory.text import clip as text_clip
 from pilotfactory.factory.text import redact_url as redact_url  # re-exported
@@ -490,10 +491,10 @@ class SiteStatusSource:
             return parse_site_status(_json(body, shown), shown)
         assert self.path is not None
         p = Path(self.path).expanduser()
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PandaError(f"site status file {str(p)!r} cannot be read: {exc}") from None
+        try:  # bounded like a reply: a FIFO, a device or a runaway file cannot stall the cycle
+            text = read_text(str(p), limit=self.http.max_reply_bytes)
+        except ConfigError as exc:
+            raise PandaError(f"site status file: {exc}") from None
         try:
             doc = json.loads(text)
         except ValueError as exc:

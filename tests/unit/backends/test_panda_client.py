@@ -15,6 +15,7 @@ import requests
 import responses
 
 from pilotfactory.backends.panda import (
+    HttpSettings,
     PandaClient,
     RestrictedUnpickler,
     SiteStatusSource,
@@ -439,6 +440,25 @@ def test_site_status_from_file(tmp_path: Path) -> None:
     }
 
 
+def test_site_status_file_is_read_bounded(tmp_path: Path) -> None:
+    """A FIFO without a writer, a device or a runaway file cannot stall or exhaust a cycle."""
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for path, match in [
+        (str(fifo), "a FIFO, not a config file"),
+        ("/dev/zero", "a character device"),
+        (str(tmp_path), "a directory"),
+        (str(tmp_path / "missing.json"), "cannot read"),
+    ]:
+        with pytest.raises(PandaError, match=f"site status file: .*{match}"):
+            SiteStatusSource.from_settings({"sitestatus_file": path}).site_status()
+    big = tmp_path / "big.json"
+    big.write_text("[" + " " * 2000 + "]")
+    src = SiteStatusSource(path=str(big), http=HttpSettings(max_reply_bytes=1000))
+    with pytest.raises(PandaError, match="larger than"):
+        src.site_status()
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -459,7 +479,7 @@ def test_bad_site_status_files(tmp_path: Path, text: str, match: str) -> None:
 
 
 def test_site_status_missing_file_and_settings(tmp_path: Path) -> None:
-    with pytest.raises(PandaError, match="cannot be read"):
+    with pytest.raises(PandaError, match=r"none\.json: cannot read"):
         SiteStatusSource(path=str(tmp_path / "none.json")).site_status()
     with pytest.raises(PandaError, match="exactly one"):
         SiteStatusSource.from_settings({})

@@ -158,6 +158,12 @@ def load_all(args: argparse.Namespace) -> Loaded:
     qpaths = list(args.queues_conf or fcfg.queue_conf)
     dirconf = None if args.queues_conf else fcfg.queue_dir_conf
     if not qpaths and not dirconf:
+        if fpath:  # say where, and what in [Factory] may have hidden it
+            first = f"; first error: {errors[0]}" if errors else ""
+            raise ConfigError(
+                f"{printable(fpath)}: [Factory] gives no queueConf or queueDirConf "
+                f"(or give -q queues.conf){first}"
+            )
         raise ConfigError(
             "no queues configuration: give -q queues.conf, or -c factory.conf with queueConf"
         )
@@ -224,7 +230,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_CONFIG if errors else EXIT_OK
 
 
-def _make_factory(args: argparse.Namespace, dry_run: bool) -> Any:
+def _make_factory(args: argparse.Namespace, dry_run: bool, service: bool = False) -> Any:
+    """The factory, or None when it must not start (logged). ``service`` (``run``): first
+    keep no root privileges (switch to factoryUser) and, unless a dry run, take the factory
+    id's lock."""
     from pilotfactory.backends.world import RealWorld
     from pilotfactory.factory.clock import WallClock
     from pilotfactory.factory.factory import Factory
@@ -235,6 +244,20 @@ def _make_factory(args: argparse.Namespace, dry_run: bool) -> Any:
     if refusal is not None:
         log.error("not starting: %s", refusal)
         return None
+    if service:
+        from pilotfactory.service import FactoryLock, ServiceError, default_lock_path, drop_root
+
+        try:
+            if said := drop_root(fcfg):
+                log.info("%s", said)
+            if not dry_run:  # a dry run acts on nothing: it may look while the daemon runs
+                lock_path = fcfg.lock_file or default_lock_path(fcfg.factory_id)
+                lock = FactoryLock(lock_path, fcfg.factory_id)
+                lock.acquire()
+                _LOCKS.append(lock)  # held until the process exits
+        except (ServiceError, OSError) as exc:
+            log.error("not starting: %s", exc)
+            return None
     factory = Factory(
         fcfg, result.queues, RealWorld(fcfg.condor_backend), WallClock(), dry_run=dry_run
     )
@@ -272,14 +295,17 @@ def _cancel_requests_on_stop(world: Any) -> None:
         signal.signal(sig, handler)
 
 
+_LOCKS: list[Any] = []
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    factory = _make_factory(args, dry_run=args.dry_run)
+    factory = _make_factory(args, dry_run=args.dry_run, service=True)
     if factory is None:
         return EXIT_CONFIG
     if args.once:
         traces = factory.cycle(force=True)
         _print_traces(traces, args.json)
-        return EXIT_QUEUE_ERRORS if any(t.error for t in traces) else EXIT_OK
+        return EXIT_QUEUE_ERRORS if any(t.failed for t in traces) else EXIT_OK
     factory.install_signals()
     _cancel_requests_on_stop(factory.world)
     if factory.fcfg.metrics_port:
@@ -346,7 +372,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.queue:
         traces = [t for t in traces if t.queue in set(args.queue)]
     _print_traces(traces, args.json)
-    return EXIT_QUEUE_ERRORS if any(t.error for t in traces) else EXIT_OK
+    return EXIT_QUEUE_ERRORS if any(t.failed for t in traces) else EXIT_OK
 
 
 def load_factory(args: argparse.Namespace) -> FactoryConfig:

@@ -124,7 +124,15 @@ def _multiline_problem(text: str) -> str:
 FACTORY_PARAMS: tuple[Param, ...] = (
     Param("factoryId", str, "pilotfactory", "label stamped on every worker"),
     Param("factoryAdminEmail", str, None),
-    Param("factoryUser", str, None),
+    Param("factoryUser", str, None, "started as root, run switches to this user (as APF does)"),
+    Param("allowRoot", bool, False, "let run keep root's privileges (refused otherwise)"),
+    Param(
+        "lockFile",
+        str,
+        None,
+        "one daemon per factory id: the lock (unset: /run/pilotfactory, $XDG_RUNTIME_DIR or "
+        "/tmp/pilotfactory-<uid>, file <factoryId>.lock)",
+    ),
     Param("factorySMTPServer", str, None),
     Param("baseLogDir", str, "/var/log/pilotfactory"),
     Param("baseLogDirUrl", str, None),
@@ -178,6 +186,9 @@ class FactoryConfig:
     source: str = "<defaults>"
     status_file: str | None = None
     refresh_timeout: float = 30.0
+    factory_user: str | None = None
+    allow_root: bool = False
+    lock_file: str | None = None
 
 
 def default_factory_config(queue_conf: Iterable[str] = ()) -> FactoryConfig:
@@ -340,6 +351,9 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
         source=path,
         status_file=_resolve(values["statusFile"], base) if values["statusFile"] else None,
         refresh_timeout=values["factory.refresh_timeout"],
+        factory_user=values["factoryUser"],
+        allow_root=values["allowRoot"],
+        lock_file=_resolve(values["lockFile"], base) if values["lockFile"] else None,
     )
     return cfg, problems
 

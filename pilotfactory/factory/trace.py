@@ -34,6 +34,12 @@ class CycleTrace:
     error: str | None = None
     dry_run: bool = False
 
+    @property
+    def failed(self) -> bool:
+        """The cycle did not do its job: an error, or a status source it needed was unavailable
+        (it failed closed). ``run --once`` and ``status`` exit 3 on it."""
+        return bool(self.error or self.wms_error or self.batch_error)
+
     def decision(self) -> str:
         if self.error:
             return f"error: {self.error}"

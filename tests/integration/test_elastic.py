@@ -557,6 +557,7 @@ def start_daemon(run: Run, **settings: Any) -> subprocess.Popen[bytes]:
     fconf.write_text(
         f"[Factory]\nfactoryId = {run.factory_id}\nbaseLogDir = {run.workdir}/logs\n"
         f"queueConf = {qconf}\nfactory.sleep = 1\ncondor_backend = bindings\n"
+        "allowRoot = true\n"  # the sandbox runs everything as root
     )
     log = open(run.workdir / "daemon.log", "ab")  # noqa: SIM115 - the child keeps it
     argv = [

@@ -32,7 +32,7 @@ from pilotfactory.factory.config import (
     load_factory_config,
     load_queues,
 )
-from pilotfactory.factory.text import one_line, printable
+from pilotfactory.factory.text import one_line, printable, redact_secrets
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger("pilotfactory")
@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate factory.conf and queues.conf")
     _common(p)
     p.add_argument("--json", action="store_true", help="problems as JSON")
+
+    p = sub.add_parser(
+        "show",
+        help="print what one submit of a queue would send (secrets redacted), sending nothing",
+    )
+    _common(p)
+    p.add_argument("queue", nargs="+", metavar="QUEUE", help="queue section name(s)")
 
     p = sub.add_parser("run", help="run the factory loop")
     _common(p)
@@ -362,6 +369,35 @@ def format_trace(t: Any) -> str:
     return "\n".join(lines)
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    """Each queue's submit description or launch request with its rendered user data, exactly
+    as the submit plugin builds it, redacted; nothing is sent, created or contacted."""
+    factory = _make_factory(args, dry_run=True)
+    if factory is None:
+        return EXIT_CONFIG
+    code = EXIT_OK
+    for name in args.queue:
+        queue = factory.queues.get(name)
+        if queue is None:
+            known = ", ".join(sorted(factory.queues)) or "none"
+            print(
+                f"pilotfactory: no usable queue {printable(name)!r} (queues: {known})",
+                file=sys.stderr,
+            )
+            code = EXIT_CONFIG
+            continue
+        try:
+            text = queue.submitter.preview()
+        except Exception as exc:  # a plugin's own refusal, said as it would say it
+            print(f"pilotfactory: [{name}] {printable(str(exc), 2000)}", file=sys.stderr)
+            code = EXIT_CONFIG
+            continue
+        if len(args.queue) > 1:
+            print(f"### [{name}]")
+        print(redact_secrets(text), end="" if text.endswith("\n") else "\n")
+    return code
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.daemon:
         return daemon_status(args)
@@ -519,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(getattr(args, "verbose", 0))
     handlers = {
         "check": cmd_check,
+        "show": cmd_show,
         "run": cmd_run,
         "status": cmd_status,
         "demo": cmd_demo,

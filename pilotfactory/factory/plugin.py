@@ -246,6 +246,12 @@ class BatchSubmitPlugin(Plugin):
         """Submit ``count`` new workers as one transaction; returns their ids."""
         raise NotImplementedError
 
+    def preview(self) -> str:
+        """What submitting one worker would send (a submit description, a launch request and
+        its user data), as text, without sending it or creating anything: ``pilotfactory
+        show``. Secrets inline in it are the caller's to redact."""
+        raise NotImplementedError(f"{self.NAME} cannot show what it would submit")
+
     def cancel(self, workers: Sequence[Worker]) -> None:
         """Remove workers that run nothing (pending jobs, open requests, idle pilots)."""
         raise NotImplementedError

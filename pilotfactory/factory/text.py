@@ -138,3 +138,28 @@ def printable(text: str, limit: int = 300) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+_SECRET_ASSIGNMENT = re.compile(
+    r"^(?P<key>\s*(?:export\s+)?[\w.+-]*(?:password|passwd|token|secret|credential|private_?key"
+    r"|api_?key)[\w.+-]*\s*[=:]\s*)(?P<value>\S.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_PEM = re.compile(
+    r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----).*?(-----END [A-Z0-9 ]*PRIVATE KEY-----)", re.DOTALL
+)
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_secrets(text: str) -> str:
+    """Configuration text (a submit description, user data) fit to show: the value of every
+    ``key = value`` / ``key: value`` line whose key names a password, token, secret,
+    credential or key (unless it is a file's path), every PEM private key, and the credentials
+    in URLs become ``***``.
+    A heuristic for display, never a reason to put a secret there."""
+    text = _PEM.sub(lambda m: f"{m.group(1)}\n{REDACTED}\n{m.group(2)}", text)
+    text = _SECRET_ASSIGNMENT.sub(
+        lambda m: m.group() if m.group("value").startswith("/") else f"{m.group('key')}{REDACTED}",
+        text,
+    )  # a path names the file holding the secret: shown
+    return _URL.sub(lambda m: redact_url(m.group()), text)

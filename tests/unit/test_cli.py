@@ -14,7 +14,7 @@ from pilotfactory.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("cmd", [[], ["check"], ["run"], ["status"], ["demo"], ["sim"]])
+@pytest.mark.parametrize("cmd", [[], ["check"], ["show"], ["run"], ["status"], ["demo"], ["sim"]])
 def test_help_everywhere(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*cmd, "--help"]) == 0
     assert "usage: pilotfactory" in capsys.readouterr().out
@@ -110,3 +110,52 @@ def test_check_judges_every_secret_file_before_run(
     for text in says:
         assert text in out, out
     assert "t0ken-value" not in out
+
+
+def test_show_prints_what_one_submit_would_send_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fconf = tmp_path / "factory.conf"
+    fconf.write_text(
+        (ROOT / "etc" / "factory.conf")
+        .read_text()
+        .replace("baseLogDir = /tmp/pilotfactory/logs", f"baseLogDir = {tmp_path / 'logs'}")
+        .replace("queueConf = queues.conf", f"queueConf = {ROOT / 'etc' / 'queues.conf'}")
+    )
+    assert main(["show", "-c", str(fconf), "BNL_CLOUD", "BNL_CLOUD-ec2-spot"]) == 0
+    out = capsys.readouterr().out
+    pilot, vm = out.split("### [BNL_CLOUD-ec2-spot]")
+    assert "universe = vanilla" in pilot and '+PilotFactoryQueue = "BNL_CLOUD"' in pilot
+    assert "universe = grid" in vm and "ec2_spot_price = 0.156" in vm
+    assert vm.rstrip().endswith("queue 1")
+    assert not (tmp_path / "logs").exists(), "show creates nothing"
+    assert main(["show", "-c", str(fconf), "NO_SUCH"]) == 1
+    assert "no usable queue 'NO_SUCH'" in capsys.readouterr().err
+
+
+def test_show_renders_cloud_user_data_with_secrets_redacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = tmp_path / "worker.sh"
+    template.write_text(
+        "#!/bin/sh\n# worker {worker_id} of {queue}\n{condor_config}\n"
+        "SEC_PASSWORD = hunter2\nexport API_TOKEN=abc123\ncurl https://bob:pw@repo.example/x\n"
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----\n"
+    )
+    conf = tmp_path / "queues.conf"
+    conf.write_text(
+        (ROOT / "etc" / "examples" / "ecm-elastiq-queues.conf")
+        .read_text()
+        .replace(
+            "# batchsubmit.openstack.user_data_file = /etc/pilotfactory/ecm-worker-userdata.sh",
+            f"batchsubmit.openstack.user_data_file = {template}",
+        )
+    )
+    assert main(["show", "-q", str(conf), "ECM-openstack"]) == 0
+    out = capsys.readouterr().out
+    assert "image = ECM-worker-image" in out and "pilotfactory:worker = <worker-id>" in out
+    assert "# worker <worker-id> of ECM-openstack" in out
+    assert 'START = ($(START)) && (TARGET.MATCH_APF_QUEUE =?= "ECM")' in out
+    for secret in ("hunter2", "abc123", "bob:pw", "MIIEow"):
+        assert secret not in out, out
+    assert "SEC_PASSWORD = ***" in out and "export API_TOKEN=***" in out

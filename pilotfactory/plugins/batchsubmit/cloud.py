@@ -137,6 +137,34 @@ class CloudSubmit(BatchSubmitPlugin):
             path = self.params.get("user_data_file")
             raise SubmitError(f"queue {q}: user_data_file {path} {exc}") from None
 
+    def preview(self) -> str:
+        """One launch request: the instance settings, the tags and the rendered user data (for
+        a worker id written as ``<worker-id>``; each VM gets its own)."""
+        spec = self.spec()
+        wid = "<worker-id>"
+        head = [
+            f"# launch request of queue {self.queue.queue} ({self.NAME})",
+            f"image = {spec.image}",
+            f"flavor = {spec.flavor}",
+        ]
+        if spec.spot_price is not None:
+            head.append(f"spot_price = {spec.spot_price:g}")
+        if spec.key_name:
+            head.append(f"key_name = {spec.key_name}")
+        if spec.security_groups:
+            head.append(f"security_groups = {', '.join(spec.security_groups)}")
+        head.extend(f"{key} = {value}" for key, value in sorted(spec.extra.items()))
+        tags = {
+            TAG_FACTORY: self.env.factory_id,
+            TAG_QUEUE: self.queue.queue,
+            TAG_WORKER: wid,
+            TAG_LAUNCHED: "<launch time>",
+        }
+        head.append("# tags")
+        head.extend(f"{key} = {value}" for key, value in tags.items())
+        head.append("# user data")
+        return "\n".join(head) + "\n" + self.user_data(self.template(), wid)
+
     def submit(self, count: int) -> list[str]:
         """One launch per worker (its own tags and user data); returns the worker ids. A
         failure after some launches raises all the same (they are tagged and found next

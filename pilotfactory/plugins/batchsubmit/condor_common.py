@@ -218,6 +218,8 @@ class CondorSubmitBase(BatchSubmitPlugin):
     def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:
         super().__init__(params, env, queue)
         self.target = target_from(params)
+        self.previewing = False
+        """Set while ``preview`` builds the description: files it names are not opened."""
         if params.get("submitargs"):
             log.warning(
                 "[%s] submitargs=%r accepted but not used: the condor port submits a "
@@ -234,14 +236,16 @@ class CondorSubmitBase(BatchSubmitPlugin):
         """The plugin's own keys (universe, executable, ...)."""
         raise NotImplementedError
 
-    def description(self, now: float | None = None) -> dict[str, str]:
-        """The full submit description; creates today's log directory."""
+    def description(self, now: float | None = None, create: bool = True) -> dict[str, str]:
+        """The full submit description; creates today's log directory (unless ``create`` is
+        False: a preview touches nothing)."""
         q = self.queue.queue
         now = self.env.clock.now() if now is None else now
         base = self.env.factory_settings.get("baseLogDir") or DEFAULT_BASE_LOG_DIR
         ldir = log_dir(base, q, now)
         try:
-            os.makedirs(ldir, exist_ok=True)
+            if create:
+                os.makedirs(ldir, exist_ok=True)
         except OSError as exc:
             raise SubmitError(f"queue {q}: cannot create log directory {ldir}: {exc}") from exc
         desc = self.template()
@@ -258,6 +262,18 @@ class CondorSubmitBase(BatchSubmitPlugin):
         )
         desc.update(labels(self.env.factory_id, q))
         return merge_attributes(desc, self.params.get("condor_attributes") or {}, q)
+
+    def preview(self) -> str:
+        """The submit description of one worker, as a submit file would hold it."""
+        self.previewing = True
+        try:
+            desc = self.description(create=False)
+        except UnsafeValue as exc:
+            raise SubmitError(f"queue {self.queue.queue}: {exc}") from None
+        finally:
+            self.previewing = False
+        lines = [f"{key} = {value}" for key, value in desc.items()]
+        return "\n".join([*lines, "queue 1"]) + "\n"
 
     def submit(self, count: int) -> list[str]:
         if count <= 0:

@@ -82,6 +82,8 @@ class CondorEC2Submit(CondorSubmitBase):
         path = self.params.get(key)
         if not path:
             raise SubmitError(f"queue {q}: batchsubmit.condorec2.{key} is not set")
+        if self.previewing:  # show: the path is what is sent; check judges the file
+            return str(path)
         try:
             return str(check_private(str(path), f"{key} file"))
         except SecretFileError as exc:

@@ -318,16 +318,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if factory.fcfg.metrics_port:
         factory.metrics.serve(factory.fcfg.metrics_port)
         log.info("metrics on 127.0.0.1:%d", factory.fcfg.metrics_port)
-    if args.json:
-        orig = factory.cycle
+    from pilotfactory.service import Health, Notifier
 
-        def cycle_and_print(force: bool = False) -> Any:
-            traces = orig(force)
+    health = Health(Notifier(), factory.fcfg.unhealthy_after, time.monotonic())
+    orig = factory.cycle
+
+    def cycle_and_report(force: bool = False) -> Any:
+        traces = orig(force)
+        if args.json:
             _print_traces(traces, True)
-            return traces
+        health.after_tick(traces, time.monotonic())
+        return traces
 
-        factory.cycle = cycle_and_print
-    factory.run(cycles=args.cycles)
+    factory.cycle = cycle_and_report
+    try:
+        factory.run(cycles=args.cycles)
+    finally:
+        health.stopping()
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pilotfactory.factory.config import FactoryConfig
@@ -122,3 +123,66 @@ def drop_root(fcfg: FactoryConfig) -> str | None:
         "refusing to run as root: set factoryUser in [Factory] (run switches to that user), "
         "run it as an unprivileged user, or set allowRoot = true"
     )
+
+
+class Notifier:
+    """systemd's notify protocol (``Type=notify``, ``WatchdogSec``), spoken directly: one
+    datagram per message to ``$NOTIFY_SOCKET`` (an ``@`` name is in the abstract namespace).
+    Without the variable (not under systemd) every call does nothing."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET") or ""
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = env.get("WATCHDOG_USEC", "")
+        self.watchdog = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 else None
+        """The watchdog interval systemd set (seconds), or None."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def send(self, *fields: str) -> None:
+        if not self.address:
+            return
+        message = "\n".join(f.replace("\n", " ") for f in fields).encode("utf-8", "replace")
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+        # systemd gone (or the socket refused): nothing to tell, nothing to fail
+        with socket.socket(socket.AF_UNIX, kind) as sock, contextlib.suppress(OSError):
+            sock.sendto(message, self.address)
+
+
+class Health:
+    """What the daemon tells systemd after each tick: READY once the first cycle ran, a
+    one-line STATUS, and WATCHDOG only while a cycle succeeded within ``unhealthy_after``
+    (a cycle succeeds when at least one queue did its work; one unreachable server must not
+    get the whole factory restarted, a factory that can do nothing at all should be)."""
+
+    def __init__(self, notifier: Notifier, unhealthy_after: float, now: float) -> None:
+        self.notifier = notifier
+        self.unhealthy_after = unhealthy_after
+        self.ready = False
+        self.last_ok = now
+        self.cycles = 0
+
+    def after_tick(self, traces: Sequence[Any], now: float) -> None:
+        if traces:
+            self.cycles += 1
+            if any(not t.failed for t in traces):
+                self.last_ok = now
+        fields = []
+        if not self.ready and traces:
+            self.ready = True
+            fields.append("READY=1")
+        healthy = now - self.last_ok <= self.unhealthy_after
+        failed = sum(1 for t in traces if t.failed)
+        status = f"{self.cycles} cycles; last tick {len(traces)} queue(s), {failed} failed; " + (
+            "healthy" if healthy else f"UNHEALTHY: no queue succeeded for {now - self.last_ok:.0f}s"
+        )
+        fields.append(f"STATUS={status}")
+        if healthy and self.ready:
+            fields.append("WATCHDOG=1")
+        self.notifier.send(*fields)
+
+    def stopping(self) -> None:
+        self.notifier.send("STOPPING=1", "STATUS=stopping")

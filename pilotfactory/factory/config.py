@@ -124,6 +124,14 @@ def _multiline_problem(text: str) -> str:
 FACTORY_PARAMS: tuple[Param, ...] = (
     Param("factoryId", str, "pilotfactory", "label stamped on every worker"),
     Param("factoryAdminEmail", str, None),
+    Param(
+        "factory.unhealthy_after",
+        float,
+        1800.0,
+        "under systemd, stop the watchdog pings when no queue succeeded for this long (s)",
+        minimum=1.0,
+        maximum=DURATION_MAX,
+    ),
     Param("factoryUser", str, None, "started as root, run switches to this user (as APF does)"),
     Param("allowRoot", bool, False, "let run keep root's privileges (refused otherwise)"),
     Param(
@@ -187,6 +195,7 @@ class FactoryConfig:
     status_file: str | None = None
     refresh_timeout: float = 30.0
     factory_user: str | None = None
+    unhealthy_after: float = 1800.0
     allow_root: bool = False
     lock_file: str | None = None
 
@@ -352,6 +361,7 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
         status_file=_resolve(values["statusFile"], base) if values["statusFile"] else None,
         refresh_timeout=values["factory.refresh_timeout"],
         factory_user=values["factoryUser"],
+        unhealthy_after=values["factory.unhealthy_after"],
         allow_root=values["allowRoot"],
         lock_file=_resolve(values["lockFile"], base) if values["lockFile"] else None,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pilotfactory.factory.config import default_factory_config
-from pilotfactory.service import FactoryLock, ServiceError, default_lock_path
+from pilotfactory.service import FactoryLock, Health, Notifier, ServiceError, default_lock_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,7 @@ def confs(tmp_path: Path, extra: str = "allowRoot = true\n") -> Path:
     return fconf
 
 
-def pilotfactory(*args: str, **kw: object) -> subprocess.Popen[str]:
+def pilotfactory(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pilotfactory.cli", *args],
         stdin=subprocess.DEVNULL,
@@ -57,8 +58,7 @@ def pilotfactory(*args: str, **kw: object) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        **kw,  # type: ignore[call-overload]
+        env=env or {**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
 
@@ -160,3 +160,102 @@ def test_root_switches_to_factory_user(tmp_path: Path) -> None:
 def test_factory_config_defaults_keep_no_root() -> None:
     fcfg = default_factory_config()
     assert fcfg.allow_root is False and fcfg.factory_user is None and fcfg.lock_file is None
+
+
+# ---------------------------------------------------------------------------- systemd notify
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, ...]] = []
+
+    def send(self, *fields: str) -> None:
+        self.messages.append(fields)
+
+
+class T:
+    def __init__(self, failed: bool) -> None:
+        self.failed = failed
+
+
+def test_health_ready_after_the_first_cycle_and_watchdog_only_while_queues_succeed() -> None:
+    sent = Sent()
+    health = Health(sent, unhealthy_after=100, now=0.0)  # type: ignore[arg-type]
+    health.after_tick([], 1.0)  # nothing due yet: not ready
+    assert sent.messages[-1][0].startswith("STATUS=") and len(sent.messages[-1]) == 1
+    health.after_tick([T(True), T(False)], 2.0)
+    assert sent.messages[-1][0] == "READY=1" and sent.messages[-1][-1] == "WATCHDOG=1"
+    assert "1 failed; healthy" in sent.messages[-1][1]
+    health.after_tick([T(True)], 50.0)  # one failing queue, within the allowance
+    assert sent.messages[-1][-1] == "WATCHDOG=1"
+    health.after_tick([T(True)], 103.0)  # no queue succeeded for 101 s
+    assert "WATCHDOG=1" not in sent.messages[-1]
+    assert "UNHEALTHY: no queue succeeded for 101s" in sent.messages[-1][-1]
+    health.after_tick([T(False)], 104.0)
+    assert sent.messages[-1][-1] == "WATCHDOG=1" and "READY=1" not in sent.messages[-1]
+
+
+def test_notifier_speaks_to_a_socket_and_is_silent_without_one(tmp_path: Path) -> None:
+    assert not Notifier({}).enabled
+    Notifier({}).send("READY=1")  # not under systemd: nothing happens
+    path = tmp_path / "n.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000"})
+        assert notifier.watchdog == 30.0
+        notifier.send("READY=1", "STATUS=two\nlines")
+        assert server.recv(4096) == b"READY=1\nSTATUS=two lines"
+    abstract = f"@pilotfactory-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind("\0" + abstract[1:])
+        Notifier({"NOTIFY_SOCKET": abstract}).send("WATCHDOG=1")
+        assert server.recv(4096) == b"WATCHDOG=1"
+    Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}).send("READY=1")  # no error
+
+
+def test_the_daemon_tells_systemd_ready_status_and_stopping(tmp_path: Path) -> None:
+    """A real daemon under a fake systemd: READY after its first cycle, a STATUS line, no
+    WATCHDOG while no queue can do its work past factory.unhealthy_after, STOPPING on TERM."""
+    fconf = confs(tmp_path, extra="allowRoot = true\nfactory.unhealthy_after = 1\n")
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(30)
+        daemon = pilotfactory(
+            "run", "-c", str(fconf), env={**os.environ, "PYTHONPATH": str(ROOT),
+                                          "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "60000000"}
+        )  # fmt: skip
+        try:
+            got: list[str] = []
+            while not any("UNHEALTHY" in m for m in got):
+                got.append(server.recv(4096).decode())
+            assert got[0].startswith("READY=1\nSTATUS=1 cycles"), got
+            assert "WATCHDOG=1" in got[0], "healthy at first (within the allowance)"
+            assert "WATCHDOG=1" not in got[-1], got[-1]
+            daemon.send_signal(signal.SIGTERM)
+            while "STOPPING=1" not in got[-1]:
+                got.append(server.recv(4096).decode())
+            rc, err = finish(daemon)
+            assert rc == 0, err
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+
+
+def test_the_shipped_unit_is_a_notify_service_with_a_watchdog_the_loop_can_feed() -> None:
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(ROOT / "etc" / "systemd" / "pilotfactory.service")
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert service["ExecStart"].split()[1:3] == ["run", "-c"]
+    assert service["ExecReload"].endswith("kill -HUP $MAINPID")
+    assert service["User"] != "root"
+    # The loop ticks every factory.sleep (30 s by default): the watchdog must outlast ticks.
+    assert int(service["WatchdogSec"]) >= 4 * default_factory_config().sleep
+    tmpfiles = (ROOT / "etc" / "systemd" / "pilotfactory.tmpfiles").read_text()
+    assert "d /run/pilotfactory" in tmpfiles, "the default lock directory"
+    assert service["User"] in (ROOT / "etc" / "systemd" / "pilotfactory.sysusers").read_text()

@@ -270,14 +270,14 @@ def _make_factory(args: argparse.Namespace, dry_run: bool, service: bool = False
     )
 
     def reload_queues() -> QueuesResult:
-        """The new queues; a configuration ``run`` would not start with (errors in [Factory],
-        no usable queue) keeps the old ones, and a broken queue keeps its old config."""
+        """The new queues; errors in [Factory] keep the old ones whole, and a broken queue
+        keeps its old config (``Factory.reload``, which also refuses a reload to no queue)."""
         _, res, probs, _, why = load_all(args)
         for line in probs:
             log.warning("%s", line)
-        if why is not None:
+        if why is not None and why.endswith("[Factory] has errors"):
             raise ConfigError(why)
-        return res
+        return res  # no usable queue: Factory.reload keeps broken ones or refuses
 
     factory.reload_hook = reload_queues
     return factory

@@ -455,6 +455,8 @@ class Factory:
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload_from_hook()
+                if self.fcfg.status_file and not self.dry_run:  # say at once what it did
+                    self.write_status(self.fcfg.status_file)
             self.cycle()
             if limit is not None and self.cycles_run >= limit:
                 break

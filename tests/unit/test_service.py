@@ -3,6 +3,7 @@ root privileges unless configured, and exit code 3 when a queue failed its cycle
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -259,3 +260,38 @@ def test_the_shipped_unit_is_a_notify_service_with_a_watchdog_the_loop_can_feed(
     tmpfiles = (ROOT / "etc" / "systemd" / "pilotfactory.tmpfiles").read_text()
     assert "d /run/pilotfactory" in tmpfiles, "the default lock directory"
     assert service["User"] in (ROOT / "etc" / "systemd" / "pilotfactory.sysusers").read_text()
+
+
+def test_sighup_to_a_real_daemon_keeps_a_broken_queue_on_its_old_config(tmp_path: Path) -> None:
+    status = tmp_path / "status.json"
+    fconf = confs(tmp_path, extra=f"allowRoot = true\nstatusFile = {status}\n")
+    daemon = pilotfactory("run", "-c", str(fconf))
+    try:
+        deadline = time.monotonic() + 30
+        while not status.exists():
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        queues = tmp_path / "queues.conf"
+        queues.write_text(NOWHERE.replace("schedplugin = Ready", "schedplugin = Ready, Nope"))
+        daemon.send_signal(signal.SIGHUP)
+        while True:
+            state = json.loads(status.read_text())
+            if state.get("reload_errors"):
+                break
+            assert daemon.poll() is None and time.monotonic() < deadline + 30
+            time.sleep(0.2)
+        assert "Nope" in state["reload_errors"]["NOWHERE"]
+        assert list(state["queues"]) == ["NOWHERE"], "the queue runs on"
+        queues.write_text("")  # a reload that would leave no queue is refused whole
+        daemon.send_signal(signal.SIGHUP)
+        while not json.loads(status.read_text()).get("reload_refused"):
+            assert daemon.poll() is None and time.monotonic() < deadline + 60
+            time.sleep(0.2)
+        daemon.send_signal(signal.SIGTERM)
+        rc, err = finish(daemon)
+        assert rc == 0, err
+        assert "keeps its old configuration" in err, err
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()

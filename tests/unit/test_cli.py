@@ -159,3 +159,19 @@ def test_show_renders_cloud_user_data_with_secrets_redacted(
     for secret in ("hunter2", "abc123", "bob:pw", "MIIEow"):
         assert secret not in out, out
     assert "SEC_PASSWORD = ***" in out and "export API_TOKEN=***" in out
+
+
+@pytest.mark.parametrize(
+    "conf",
+    ["etc/queues.conf", "etc/examples/osg2013-queues.conf", "etc/examples/ecm-elastiq-queues.conf"],
+)
+def test_show_works_on_every_shipped_example_queue(
+    conf: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its secret files need not exist yet: show names them, check judges them."""
+    assert main(["check", "-q", str(ROOT / conf), "--json"]) == 0
+    queues = json.loads(capsys.readouterr().out)["queues"]
+    assert queues
+    assert main(["show", "-q", str(ROOT / conf), *queues]) == 0
+    out = capsys.readouterr().out
+    assert out.count("queue 1") + out.count("# launch request") == len(queues)

@@ -61,8 +61,8 @@ class CondorLocalSubmit(CondorSubmitBase):
         """Resolve ``proxy`` (path or name); a missing proxy, or one others can read (it holds
         a private key), is a SubmitError."""
         path = self._proxy_location(self.params)
-        if path is None:
-            return None
+        if path is None or self.previewing:  # show: the path is what is sent
+            return path
         try:
             check_private(path, "x509 proxy")
         except SecretFileError as exc:

@@ -209,8 +209,9 @@ class Factory:
         server does)."""
         budget = self.fcfg.refresh_timeout
         if budget <= 0 or not getattr(self.world, "blocking_io", False):
-            for state in needed:
+            for state in needed:  # all first: one cycle's answers alive at a time
                 state.source.release()
+            for state in needed:
                 self._refreshed(state, now, self._refresh_one(state))
             return True
         lanes: dict[Hashable, list[SourceState]] = {}
@@ -228,9 +229,11 @@ class Factory:
                         f"{time.monotonic() - busy.started:.0f}s (refresh_timeout={budget:g}s)",
                     )
                 continue
-            lane = _Lane(states, self._refresh_one)
-            self._lanes[key] = lane
-            started.append(lane)
+            for state in states:
+                state.source.release()
+            started.append(_Lane(states, self._refresh_one))
+            self._lanes[key] = started[-1]
+        for lane in started:  # every snapshot let go before any new one is read
             lane.thread.start()
         deadline = time.monotonic() + budget
         while any(lane.thread.is_alive() for lane in started):
@@ -251,8 +254,7 @@ class Factory:
 
     @staticmethod
     def _refresh_one(state: SourceState) -> str | None:
-        """Refresh one source: None, or why it failed."""
-        state.source.release()
+        """Refresh one (released) source: None, or why it failed."""
         try:
             state.source.refresh()
         except Exception as exc:

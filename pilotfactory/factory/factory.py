@@ -191,8 +191,10 @@ class Factory:
         traces: list[CycleTrace] = []
         for q, trace in zip(due, decided, strict=True):
             current, error = rechecked.get(id(q.batch_source), ({}, None))
-            q.next_run = now + q.cfg.sleep
             traces.append(q.act(trace, current, error))
+        end = self.clock.now()
+        for q in due:
+            q.schedule(now, end)
         self.cycles_run += 1
         self.metrics.observe(traces)
         if self.fcfg.status_file and not self.dry_run:
@@ -404,7 +406,8 @@ class Factory:
     def reload(
         self, queues: Iterable[QueueConfig], broken: Mapping[str, str] | None = None
     ) -> bool:
-        """Replace the queue set; queues whose config is unchanged keep their state whole.
+        """Replace the queue set; queues whose config is unchanged keep their state whole, and
+        changed ones keep what still applies (``Queue.carry_over``).
 
         A queue in ``broken`` (name -> why) that runs now keeps running on its old
         configuration, and says so in the log and the status: a typo must not drop a queue
@@ -426,10 +429,19 @@ class Factory:
         old = self.queues
         self.queues = {}
         self.sources = {}
+        now = self.clock.now()
         for name, qcfg in new.items():
             self._add_queue(qcfg)
-            if name in old and name in self.queues and old[name].cfg == qcfg:
-                self.queues[name].carry_over(old[name])
+            if name in old and name in self.queues:
+                if old[name].cfg == qcfg:
+                    self.queues[name].carry_over(old[name])
+                    continue
+                fresh = self.queues[name].carry_over(old[name], now)
+                log.info(
+                    "reload: queue %s changed; kept its counters, history and planner memory%s",
+                    name,
+                    "; started afresh: " + ", ".join(fresh) if fresh else " and its rails",
+                )
         return True
 
     def reload_from_hook(self) -> bool:

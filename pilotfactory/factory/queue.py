@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -86,7 +87,7 @@ class Queue:
         self._status_cache: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("cycles", "submitted", "unretired", "cancelled", "retired", "reaped", "killed",
-             "errors", "failclosed"), 0,
+             "errors", "failclosed", "skipped"), 0,
         )  # fmt: skip
         self.executor = self._executor()
 
@@ -114,16 +115,63 @@ class Queue:
     def _executor(self) -> Executor:
         return Executor(self.name, self.submitter, self.worker_kind, self.backoff, self.counters)
 
-    def carry_over(self, old: Queue) -> None:
-        """Keep what an unchanged queue remembers across a reload: planner memory, rails,
-        counters and history (a queue in back-off must not resubmit because of a SIGHUP)."""
+    def carry_over(self, old: Queue, now: float | None = None) -> list[str]:
+        """Keep what this queue remembered before a reload and still applies; return what was
+        started afresh, and why (a queue in back-off must not resubmit because of a SIGHUP).
+
+        Counters, history and the planner's memory (confirmation counts by worker id) always
+        carry over: the queue's workers are the same ones. The breaker's reference counts the
+        workers its status and submit sections see, so it is kept only while both are the same.
+        The back-off is about the submit target: kept, with the new delays and failure limit,
+        while the submit section is the same, since failures of the old target say nothing
+        about a new one. A shorter interval takes effect at once."""
         self.memory = old.memory
-        self.next_run = old.next_run
-        self.breaker = old.breaker
-        self.backoff = old.backoff
         self.counters = old.counters
         self.records = old.records
+        self.next_run = old.next_run if now is None else min(old.next_run, now + self.cfg.sleep)
+        fresh: list[str] = []
+        same_submit = old.cfg.batchsubmit == self.cfg.batchsubmit
+        if same_submit and old.cfg.batchstatus == self.cfg.batchstatus:
+            self.breaker = old.breaker
+            self.breaker.ratio = self.cfg.planner.shrink_freeze_ratio
+        else:
+            fresh.append("circuit breaker reference (its batch status or submit section changed)")
+        if same_submit:
+            kept, new = old.backoff, self.backoff
+            kept.initial, kept.maximum = new.initial, new.maximum
+            if kept.failure_limit != new.failure_limit:
+                kept.failure_limit = new.failure_limit
+                kept.endings = deque(kept.endings, maxlen=max(1, new.failure_limit))
+            self.backoff = kept
+        elif old.backoff.until > (now or 0.0) or old.backoff.endings:
+            fresh.append("submit back-off and failure window (its submit section changed)")
         self.executor = self._executor()
+        return fresh
+
+    def schedule(self, start: float, end: float) -> int:
+        """Set the next run after a tick that began at ``start`` and ended at ``end``; return
+        the ticks skipped. A tick longer than this queue's interval skips the runs that fell
+        inside it rather than running them back to back (they would only stack up behind a
+        slow schedd), and says so."""
+        interval = self.cfg.sleep
+        nxt = start + interval
+        skipped = 0
+        if interval > 0 and nxt <= end:
+            skipped = int((end - start) // interval)
+            nxt = start + (skipped + 1) * interval
+            self.counters["skipped"] += skipped
+            log.warning(
+                "queue %s: the cycle took %.1fs, longer than its %gs interval; skipped %d "
+                "tick(s), next in %.1fs",
+                self.name,
+                end - start,
+                interval,
+                skipped,
+                nxt - end,
+            )
+        self.next_run = nxt
+        self._status_cache = None
+        return skipped
 
     # ------------------------------------------------------------------ one cycle
 

@@ -505,3 +505,36 @@ def test_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
     stderr = proc.stderr.read()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+# ---------------------------------------------------------------------------- scheduling
+
+
+def test_an_overrunning_cycle_skips_ticks_and_never_stacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = QUEUES.replace("[B]\nwmsqueue = LABEL_B", "[B]\nwmsqueue = LABEL_B\napfqueue.sleep = 20")
+    factory, port, clock = build(tmp_path, text)
+    start = clock.now()
+    port.jobs = payload("LABEL_A", 1)
+    real_submit = port.submit
+
+    def slow_submit(*args: Any, **kwargs: Any) -> Any:
+        clock.advance(130)  # a schedd that takes 130 s to accept one submit
+        return real_submit(*args, **kwargs)
+
+    port.submit = slow_submit  # type: ignore[method-assign]
+    factory.cycle()
+    a, b = factory.queues["A"], factory.queues["B"]
+    # A (every 60 s) began at start and ran till start+130: the runs due at +60 and +120 fell
+    # inside it and are skipped, not run back to back; B (every 20 s) skipped six.
+    assert (a.next_run - start, a.counters["skipped"]) == (180, 2)
+    assert (b.next_run - start, b.counters["skipped"]) == (140, 6)
+    assert "queue A: the cycle took 130.0s, longer than its 60s interval; skipped 2" in caplog.text
+    assert factory.due_queues(clock.now()) == []
+    port.submit = real_submit  # type: ignore[method-assign]
+    port.jobs = []
+    clock.advance(10)
+    assert [t.queue for t in factory.cycle()] == ["B"]
+    assert b.next_run - start == 160 and b.counters["skipped"] == 6, "on time: nothing skipped"
+    assert factory.status()["queues"]["B"]["counters"]["skipped"] == 6

@@ -625,6 +625,40 @@ def test_factory_reload_keeps_an_unchanged_queue_in_back_off(tmp_path: Path) -> 
     assert submits(port) == [2]
 
     conf.write_text(textwrap.dedent(PILOTS).replace("apfqueue.sleep = 60", "apfqueue.sleep = 61"))
-    factory.reload(load_queues([str(conf)]).queues)  # a changed queue starts afresh
+    factory.reload(load_queues([str(conf)]).queues)  # changed, but not its submit target
+    (t,) = factory.cycle(force=True)
+    assert any("blocked" in n for n in t.notes), "the back-off still applies"
+    assert factory.queues["A"].counters["cycles"] == 3
+
+    changed = PILOTS.replace("/bin/true", "/bin/false")
+    conf.write_text(textwrap.dedent(changed))
+    factory.reload(load_queues([str(conf)]).queues)  # a new submit target: back-off dropped
     (t,) = factory.cycle(force=True)
     assert t.results == ["submitted 2"]
+    assert factory.queues["A"].counters["cycles"] == 4, "counters survive any change"
+
+
+def test_a_changed_queue_keeps_what_applies(tmp_path: Path) -> None:
+    r = rig(tmp_path, VMS, "V")
+    vms = [vm(k) for k in range(4)]
+    r.port.jobs = [j for j, _, _ in vms]
+    r.port.startds = [s for _, s, _ in vms]
+    r.port.masters = [m for _, _, m in vms]
+    r.tick()
+    r.port.startds, r.port.masters = [], []
+    assert any("(1/3)" in n for n in r.tick(60).notes)
+    old = r.queue
+    r.queue = r.fresh_queue()
+    r.queue.cfg = replace(r.queue.cfg, sleep=old.cfg.sleep / 2)
+    assert r.queue.carry_over(old, now=r.clock.now()) == []
+    assert r.queue.next_run <= r.clock.now() + old.cfg.sleep / 2, "a shorter interval applies"
+    assert any("(2/3)" in n for n in r.tick(60).notes), "same status and submit: breaker kept"
+
+    again = r.fresh_queue()
+    again.cfg = replace(
+        again.cfg, batchstatus=replace(again.cfg.batchstatus, params={"maxage": 999})
+    )
+    fresh = again.carry_over(r.queue, now=r.clock.now())
+    assert fresh and "circuit breaker" in fresh[0]
+    assert again.breaker is not r.queue.breaker
+    assert again.counters is r.queue.counters and again.records is r.queue.records

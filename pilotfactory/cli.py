@@ -33,6 +33,7 @@ from pilotfactory.factory.config import (
     load_queues,
 )
 from pilotfactory.factory.text import one_line, printable, redact_secrets
+from pilotfactory.factory.trace import workers_view
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger("pilotfactory")
@@ -93,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--last", type=int, default=5, help="with --daemon: cycles per queue (5, all it keeps)"
     )
+    p.add_argument(
+        "--workers",
+        action="store_true",
+        help="also list each queue's workers: joined (instance + startd) apart from unjoined, "
+        "with what this cycle does to each or why it holds back",
+    )
+    p.add_argument("--limit", type=int, default=50, help="with --workers: rows per group (50)")
 
     for name in ("demo", "sim"):
         p = sub.add_parser(
@@ -338,13 +346,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_traces(traces: Sequence[Any], as_json: bool) -> None:
+def _print_traces(traces: Sequence[Any], as_json: bool, workers: int | None = None) -> None:
+    """``workers``: also each queue's workers, at most this many rows a group."""
     if as_json:
         for t in traces:
-            print(json.dumps(t.to_dict()), flush=True)
+            record = t.to_dict()
+            if workers is not None:
+                record["workers"] = workers_view(t, workers)
+            print(json.dumps(record), flush=True)
         return
     for t in traces:
         print(format_trace(t))
+        if workers is not None:
+            print(format_workers(workers_view(t, workers)))
+
+
+def format_why_not(why: dict[str, Any]) -> list[str]:
+    """The "why not" lines of a trace's ``why_not`` (live or from the daemon's file)."""
+    lines = []
+    if why.get("buy"):
+        lines.append(f"  why nothing was bought: {printable(why['buy'], 400)}")
+    for h in why.get("held", ()):
+        ids = h.get("workers") or []
+        more = f" +{h['count'] - len(ids)} more" if ids and h["count"] > len(ids) else ""
+        shown = f" [{', '.join(printable(i, 80) for i in ids)}{more}]" if ids else ""
+        lines.append(
+            f"  {h['what']} held back for {h['count']}: {printable(h['reason'], 400)}{shown}"
+        )
+    return lines
+
+
+def format_workers(view: dict[str, Any]) -> str:
+    totals = view["totals"]
+    lines = [f"  joined workers ({totals.get('joined', 0)}): instance/job + startd"]
+    for r in view["joined"]:
+        lines.append(
+            f"    {printable(r['id'], 80):<24} {r['state']:<9} "
+            f"startd={printable(r.get('startd') or '-', 80)} slots={r.get('slots') or '-'} "
+            f"instance={printable(r.get('instance') or '-', 40)} since {_when(r['since'])}"
+            + (" protected" if r.get("protected") else "")
+            + (f"  <- {printable(r['this_cycle'], 300)}" if r.get("this_cycle") else "")
+        )
+    lines.append(f"  not joined ({totals.get('unjoined', 0)}): no startd in the pool")
+    for r in view["unjoined"]:
+        lines.append(
+            f"    {printable(r['id'], 80):<24} {r['state']:<9} "
+            f"instance={printable(r.get('instance') or '-', 40)} since {_when(r['since'])}"
+            + (f"  ({printable(r['why'], 300)})" if r.get("why") else "")
+            + (f"  <- {printable(r['this_cycle'], 300)}" if r.get("this_cycle") else "")
+        )
+    if totals.get("unmatched_startds"):
+        lines.append(f"  startds matching no worker ({totals['unmatched_startds']}):")
+        lines.extend(f"    {printable(m, 120)}" for m in view["unmatched_startds"])
+    for group in ("joined", "unjoined"):
+        if totals.get(group, 0) > len(view[group]):
+            lines.append(f"  ({totals[group] - len(view[group])} more {group} not shown)")
+    return "\n".join(lines)
 
 
 def format_trace(t: Any) -> str:
@@ -369,6 +426,7 @@ def format_trace(t: Any) -> str:
             lines.append(f"  chain: {step.reason}")
     lines.append(f"  n = {t.n}")
     lines.append(f"  decision: {t.decision()}")
+    lines.extend(format_why_not(t.why_not(max_ids=10)))
     for r in t.results:
         lines.append(f"  done:  {r}")
     for note in t.notes:
@@ -414,7 +472,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     traces = factory.cycle(force=True)
     if args.queue:
         traces = [t for t in traces if t.queue in set(args.queue)]
-    _print_traces(traces, args.json)
+    _print_traces(traces, args.json, max(1, args.limit) if args.workers else None)
     return EXIT_QUEUE_ERRORS if any(t.failed for t in traces) else EXIT_OK
 
 
@@ -511,10 +569,15 @@ def _print_daemon_status(state: dict[str, Any], queues: dict[str, Any]) -> None:
         )
         if q["backoff_reason"] and q["backoff_until"] > state["time"]:
             print(f"  backing off until {_when(q['backoff_until'])}: {q['backoff_reason']}")
+        if c.get("skipped"):
+            print(f"  {c['skipped']} tick(s) skipped: cycles longer than the queue's interval")
         for t in q["history"]:
             acts = ", ".join(f"{a['kind']} {a['count']}" for a in t["actions"]) or "nothing"
             line = f"  {_when(t['time'])}  n={t['n']:<4} {t['error'] or acts}"
             print(line + ("  | " + "; ".join(t["notes"]) if t["notes"] else ""))
+        if q["history"] and isinstance(q["history"][-1].get("why_not"), dict):
+            for line in format_why_not(q["history"][-1]["why_not"]):
+                print(line)
 
 
 def _when(ts: float) -> str:

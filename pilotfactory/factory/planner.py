@@ -213,10 +213,24 @@ class PlanInput:
 
 
 @dataclass(frozen=True)
+class HeldBack:
+    """What the plan was asked for and did not do, and why: ``status`` answers "why was nothing
+    bought" and "why is this worker not retired" from these, not from free-text notes."""
+
+    what: str
+    """``buy`` or ``retire``."""
+    reason: str
+    count: int
+    workers: tuple[str, ...] = ()
+    """The ids concerned, when there are particular workers (a confirmation, a budget)."""
+
+
+@dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...]
     notes: tuple[str, ...]
     memory: PlannerMemory
+    held_back: tuple[HeldBack, ...] = ()
 
     def of(self, kind: ActionKind) -> list[Action]:
         return [a for a in self.actions if a.kind is kind]
@@ -238,6 +252,7 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
     s = inp.settings
     actions: list[Action] = []
     notes: list[str] = []
+    held: list[HeldBack] = []
     last_up = memory.last_scale_up
 
     # ---- reaping, every cycle
@@ -269,11 +284,13 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
             submit, why = _submit_count(inp, rest)
             if why:
                 notes.append(why)
+                held.append(HeldBack("buy", why, rest - submit))
             if submit > 0:
                 actions.append(Action(ActionKind.SUBMIT, count=submit, reason=f"n={inp.n}"))
     elif inp.n < 0:
         if inp.freeze:
             notes.append(f"n={inp.n} not acted on: frozen")
+            held.append(HeldBack("retire", f"circuit breaker: {inp.freeze}", -inp.n))
         elif (
             s.scale_down_delay > 0
             and last_up is not None
@@ -281,15 +298,25 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
         ):
             wait = s.scale_down_delay - (inp.now - last_up)
             notes.append(f"n={inp.n} held back: scale_down_delay, {wait:.0f}s to go")
+            held.append(
+                HeldBack(
+                    "retire",
+                    f"scale_down_delay={s.scale_down_delay:g}s since the last scale-up, "
+                    f"{wait:.0f}s to go",
+                    -inp.n,
+                )
+            )
         else:
-            actions_down, counters, down_notes = _scale_down(inp, memory, reaped)
+            actions_down, counters, down_notes = _scale_down(inp, memory, reaped, held)
             actions.extend(actions_down)
             notes.extend(down_notes)
     if not inp.freeze:  # last: an un-retire this cycle wins over a second send
         acted = {w.id for a in actions for w in a.workers}
         actions.extend(_resend_retires(inp, acted))
     new_memory = PlannerMemory(candidate_cycles=counters, last_scale_up=last_up)
-    return Plan(actions=tuple(actions), notes=tuple(notes), memory=new_memory)
+    return Plan(
+        actions=tuple(actions), notes=tuple(notes), memory=new_memory, held_back=tuple(held)
+    )
 
 
 def _reaps(inp: PlanInput) -> list[Action]:
@@ -413,7 +440,7 @@ def _submit_count(inp: PlanInput, want: int) -> tuple[int, str | None]:
 
 
 def _scale_down(
-    inp: PlanInput, memory: PlannerMemory, reaped: set[str]
+    inp: PlanInput, memory: PlannerMemory, reaped: set[str], held_back: list[HeldBack]
 ) -> tuple[list[Action], dict[str, int], list[str]]:
     s = inp.settings
     notes: list[str] = []
@@ -438,6 +465,14 @@ def _scale_down(
                 f"{len(spared)} worker(s) kept from retire by {KEEP_ATTR} "
                 f"(for at most keep_max={s.keep_max:g}s)"
             )
+            held_back.append(
+                HeldBack(
+                    "retire",
+                    f"protected: {KEEP_ATTR} (honoured for keep_max={s.keep_max:g}s)",
+                    len(spared),
+                    tuple(sorted(spared)),
+                )
+            )
             idle = [w for w in idle if w.id not in spared]
             busy = [w for w in busy if w.id not in spared]
         ordered += [(w, ActionKind.RETIRE) for w in idle + busy]
@@ -450,11 +485,37 @@ def _scale_down(
         notes.append(
             f"{waiting} candidate(s) wait for retire_confirm_cycles={s.retire_confirm_cycles}"
         )
+        by_count: dict[int, list[str]] = {}
+        for w, _ in take:
+            if counters[w.id] < s.retire_confirm_cycles:
+                by_count.setdefault(counters[w.id], []).append(w.id)
+        held_back.extend(
+            HeldBack("retire", f"confirmation {k}/{s.retire_confirm_cycles}", len(ids), tuple(ids))
+            for k, ids in sorted(by_count.items())
+        )
     if len(ordered) < -inp.n:
         notes.append(f"n={inp.n} but only {len(ordered)} worker(s) may be taken away")
+        held_back.append(
+            HeldBack(
+                "retire",
+                f"n={inp.n} but only {len(ordered)} worker(s) may be taken away "
+                "(the others are booting, being reaped, protected or already retiring)",
+                -inp.n - len(ordered),
+            )
+        )
     cap = retire_cap(s.max_retire_per_cycle, len(inp.workers))
     if cap is not None and len(confirmed) > cap:
         notes.append(f"disruption budget: {len(confirmed)}->{cap} (max_retire_per_cycle)")
+        over = [w.id for w, _ in confirmed[cap:]]
+        held_back.append(
+            HeldBack(
+                "retire",
+                f"disruption budget: max_retire_per_cycle={s.max_retire_per_cycle} "
+                f"({cap} this cycle)",
+                len(over),
+                tuple(over),
+            )
+        )
         confirmed = confirmed[:cap]
     cancel = tuple(w for w, k in confirmed if k is ActionKind.CANCEL)
     retire = tuple(w for w, k in confirmed if k is ActionKind.RETIRE)

@@ -316,6 +316,7 @@ class Queue:
         )
         self.memory = result.memory
         trace.planned = list(result.actions)
+        trace.held_back = list(result.held_back)
         trace.notes.extend(result.notes)
         if trace.dry_run:
             trace.notes.append("dry run: nothing done")

@@ -8,6 +8,7 @@ rails over whole. The retire-confirmation counters are the planner's (``PlannerM
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,7 +129,8 @@ class Backoff:
             self.failure_delay = 0.0
             self.failed_since = None
         if now < self.until:
-            return f"backing off {self.until - now:.0f}s more: {self.reason}"
+            until = time.strftime("%H:%M:%SZ", time.gmtime(self.until))
+            return f"backing off {self.until - now:.0f}s more (until {until}): {self.reason}"
         limit = self.failure_limit
         if len(self.endings) >= limit and all(fail for fail, _ in self.endings):
             reasons = sorted({why for _, why in self.endings})

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pilotfactory.factory.chain import ChainResult
-from pilotfactory.factory.info import BatchQueueInfo, WMSQueueInfo
-from pilotfactory.factory.planner import Action, summarize
+from pilotfactory.factory.info import BatchQueueInfo, WMSQueueInfo, Worker, WorkerState
+from pilotfactory.factory.planner import Action, ActionKind, HeldBack, summarize
 
 
 @dataclass
@@ -33,12 +33,56 @@ class CycleTrace:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     dry_run: bool = False
+    held_back: list[HeldBack] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
         """The cycle did not do its job: an error, or a status source it needed was unavailable
         (it failed closed). ``run --once`` and ``status`` exit 3 on it."""
         return bool(self.error or self.wms_error or self.batch_error)
+
+    def why_nothing_bought(self) -> str | None:
+        """One line: why this cycle bought no worker (None when it bought or un-retired one).
+
+        With n <= 0 the answer is the chain step that took n there; with n > 0 it is what
+        held the submit back (back-off, failure stop, max_booting)."""
+        if any(a.kind in (ActionKind.SUBMIT, ActionKind.UNRETIRE) for a in self.planned):
+            return None
+        if self.error:
+            return f"the cycle failed: {self.error}"
+        if self.batch is None:
+            return f"fail closed: batch status unavailable: {self.batch_error}"
+        if self.wms is None:
+            return f"fail closed: wms status unavailable: {self.wms_error}"
+        for held in self.held_back:
+            if held.what == "buy":
+                return held.reason
+        if self.n > 0:
+            return "dry run" if self.dry_run else None
+        steps = self.chain.steps if self.chain is not None else ()
+        if not steps:
+            return f"n={self.n}: no scheduler plugin"
+        decisive = steps[0]
+        for step in steps:
+            if step.n_out <= 0 < step.n_in:
+                decisive = step
+        return f"n={self.n}: {decisive.plugin}: {decisive.reason}"
+
+    def why_not(self, max_ids: int | None = None) -> dict[str, Any]:
+        """Plain data: why nothing was bought and what was held back from retire (and why),
+        with at most ``max_ids`` worker ids a reason."""
+        return {
+            "buy": self.why_nothing_bought(),
+            "held": [
+                {
+                    "what": h.what,
+                    "reason": h.reason,
+                    "count": h.count,
+                    "workers": list(h.workers[:max_ids]),
+                }
+                for h in self.held_back
+            ],
+        }
 
     def decision(self) -> str:
         if self.error:
@@ -95,7 +139,62 @@ class CycleTrace:
             "notes": self.notes,
             "error": self.error,
             "dry_run": self.dry_run,
+            "why_not": self.why_not(max_ids),
         }
+
+
+JOINED_STATES = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.RETIRING)
+"""Workers with a startd in the pool: a VM's instance merged with its startd."""
+
+
+def workers_view(trace: CycleTrace, limit: int = 50) -> dict[str, Any]:
+    """A queue's workers as ``status --workers`` shows them: joined ones (instance or grid job
+    merged with its startd) apart from those that have not joined (requested, booting, held,
+    lost...), each with why the plan held it back, and startds that match no worker; at most
+    ``limit`` rows a group (the totals say how many there are)."""
+    batch = trace.batch
+    if batch is None:
+        return {"joined": [], "unjoined": [], "unmatched_startds": [], "totals": {}}
+    why: dict[str, str] = {}
+    for held in trace.held_back:
+        for wid in held.workers:
+            why.setdefault(wid, f"{held.what} held back: {held.reason}")
+    acting: dict[str, str] = {}
+    for action in trace.planned:
+        for w in action.workers:
+            acting[w.id] = action.kind.value + (f" ({action.mode})" if action.mode else "")
+
+    def row(w: Worker) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": w.id,
+            "state": w.state.value,
+            "since": w.since,
+            "instance": w.instance_id,
+        }
+        if w.state in JOINED_STATES:
+            out["startd"] = w.machine or w.remote_host
+            out["slots"] = f"{w.slots_busy}/{w.slots_total}" if w.slots_total else None
+            out["protected"] = w.keep
+        else:
+            out["why"] = w.hold_reason
+        if w.retire_requested_at is not None:
+            out["retire_requested_at"] = w.retire_requested_at
+        out["this_cycle"] = acting.get(w.id) or why.get(w.id)
+        return out
+
+    joined = batch.workers.in_states(*JOINED_STATES)
+    others = tuple(s for s in WorkerState if s not in JOINED_STATES and s is not WorkerState.DONE)
+    unjoined = batch.workers.in_states(*others)
+    return {
+        "joined": [row(w) for w in joined[:limit]],
+        "unjoined": [row(w) for w in unjoined[:limit]],
+        "unmatched_startds": list(batch.unmatched_startds[:limit]),
+        "totals": {
+            "joined": len(joined),
+            "unjoined": len(unjoined),
+            "unmatched_startds": len(batch.unmatched_startds),
+        },
+    }
 
 
 BRIEF = ("queue", "time", "n", "actions", "results", "notes", "error", "dry_run")

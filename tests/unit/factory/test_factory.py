@@ -233,6 +233,7 @@ def test_daemon_status_file_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "n=2    submit 2" in out
     assert "fail closed: batch status unavailable" in out
     assert "failing (1 in a row): CondorUnreachable: schedd gone" in out
+    assert out.count("why nothing was bought: fail closed: batch status unavailable") == 1
     assert main(["status", "--daemon", "-c", str(fconf), "--json", "--last", "1"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert [len(q["history"]) for q in state["queues"].values()] == [1, 1]

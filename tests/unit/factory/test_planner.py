@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind, WorkerState
 from pilotfactory.factory.planner import (
     ActionKind,
+    Plan,
     PlanInput,
     PlannerMemory,
     PlannerSettings,
@@ -353,3 +354,46 @@ def test_work_coming_back_unretires_rather_than_resends() -> None:
     lost = w("lost", R, retire_requested_at=NOW - 900, retire_visible=False)
     res = plan(PlanInput(n=1, workers=(lost,), now=NOW, settings=S))
     assert [a.kind for a in res.actions] == [ActionKind.UNRETIRE]
+
+
+# ---------------------------------------------------------------------------- why not
+
+
+def held(res: Plan) -> list[tuple[str, str, int, tuple[str, ...]]]:
+    return [(h.what, h.reason, h.count, h.workers) for h in res.held_back]
+
+
+def test_why_not_names_each_worker_held_from_retire_and_why() -> None:
+    s = replace(S, retire_confirm_cycles=3, max_retire_per_cycle="1", keep_max=3600)
+    workers = (
+        w("k", I, since=NOW - 500, keep=True),
+        w("a", I, since=NOW - 400),
+        w("b", I, since=NOW - 300),
+        w("c", U, busy=1),
+    )
+    memory = PlannerMemory(candidate_cycles={"a": 2, "b": 2})
+    res = plan(PlanInput(n=-3, workers=workers, now=NOW, settings=s), memory)
+    assert [x.id for a in res.actions for x in a.workers] == ["a"]
+    assert held(res) == [
+        ("retire", "protected: PilotFactoryKeep (honoured for keep_max=3600s)", 1, ("k",)),
+        ("retire", "confirmation 1/3", 1, ("c",)),
+        ("retire", "disruption budget: max_retire_per_cycle=1 (1 this cycle)", 1, ("b",)),
+    ]
+
+
+def test_why_not_for_a_whole_surplus_and_for_buying() -> None:
+    frozen = plan(PlanInput(n=-2, workers=(w("i", I),), now=NOW, settings=S, freeze="ads gone"))
+    assert held(frozen) == [("retire", "circuit breaker: ads gone", 2, ())]
+    short = plan(PlanInput(n=-3, workers=(w("i", I),), now=NOW, settings=S))
+    assert short.held_back[-1].count == 2 and "only 1 worker(s)" in short.held_back[-1].reason
+    s = replace(S, scale_down_delay=600)
+    up = plan(PlanInput(n=1, workers=(), now=NOW, settings=s))
+    down = plan(PlanInput(n=-1, workers=(w("i", I),), now=NOW + 60, settings=s), up.memory)
+    assert held(down) == [
+        ("retire", "scale_down_delay=600s since the last scale-up, 540s to go", 1, ())
+    ]
+    blocked = plan(PlanInput(n=4, workers=(), now=NOW, settings=S, submit_blocked="quota"))
+    assert held(blocked) == [("buy", "submit 4 blocked: quota", 4, ())]
+    capped = plan(PlanInput(n=5, workers=(w("p", P),), now=NOW, settings=replace(S, max_booting=3)))
+    assert held(capped) == [("buy", "submit capped 5->2: max_booting=3", 3, ())]
+    assert plan(PlanInput(n=-1, workers=(w("i", I),), now=NOW, settings=S)).held_back == ()

@@ -662,3 +662,57 @@ def test_a_changed_queue_keeps_what_applies(tmp_path: Path) -> None:
     assert fresh and "circuit breaker" in fresh[0]
     assert again.breaker is not r.queue.breaker
     assert again.counters is r.queue.counters and again.records is r.queue.records
+
+
+# ---------------------------------------------------------------------------- why not
+
+
+def test_status_says_why_not_per_queue_and_per_worker(tmp_path: Path) -> None:
+    from pilotfactory.cli import format_trace, format_workers
+    from pilotfactory.factory.trace import workers_view
+
+    text = VMS.replace(
+        "schedplugin = Null",
+        "schedplugin = KeepNRunning\nsched.keepnrunning.keep_running = 0\n"
+        "retire_confirm_cycles = 2",
+    )
+    r = rig(tmp_path, text, "V")
+    vms = [vm(k) for k in range(3)]
+    booting = dict(vm(7)[0], EC2InstanceName="i-7", ProcId=7)
+    stray = dict(vm(9)[1], EC2InstanceID="i-9", PilotFactoryQueue="V", PilotFactoryId="f1")
+    r.port.jobs = [j for j, _, _ in vms] + [booting]
+    r.port.startds = [s for _, s, _ in vms] + [stray]
+    r.port.masters = [m for _, _, m in vms]
+    t = r.tick()
+    why = t.why_not()
+    assert why["buy"] == "n=-4: KeepNRunning: " + t.chain.steps[-1].reason  # type: ignore[union-attr]
+    assert [(h["what"], h["reason"], h["count"]) for h in why["held"]] == [
+        ("retire", "confirmation 1/2", 3),
+        (
+            "retire",
+            "n=-4 but only 3 worker(s) may be taken away (the others are booting, being "
+            "reaped, protected or already retiring)",
+            1,
+        ),
+    ]
+    text_out = format_trace(t)
+    assert "why nothing was bought: n=-4: KeepNRunning" in text_out
+    assert "retire held back for 3: confirmation 1/2 [50.0, 50.1, 50.2]" in text_out
+
+    view = workers_view(t)
+    assert view["totals"] == {"joined": 3, "unjoined": 1, "unmatched_startds": 1}
+    joined = {row["id"]: row for row in view["joined"]}
+    assert joined["50.0"]["startd"] == "vm0" and joined["50.0"]["instance"] == "i-0"
+    assert joined["50.0"]["this_cycle"] == "retire held back: confirmation 1/2"
+    assert [(r_["id"], r_["state"], r_["instance"]) for r_ in view["unjoined"]] == [
+        ("50.7", "booting", "i-7")
+    ]
+    table = format_workers(view)
+    assert "joined workers (3)" in table and "not joined (1)" in table
+    assert "startds matching no worker (1):" in table
+
+    t2 = r.tick(60)  # confirmed now: the same workers are retired (and said so per worker)
+    acting = {row["id"]: row["this_cycle"] for row in workers_view(t2)["joined"]}
+    assert set(acting.values()) <= {"retire (peaceful)", "retire (drain)"}, acting
+    assert workers_view(t2, limit=1)["joined"][0]["id"] in acting
+    assert "(2 more joined not shown)" in format_workers(workers_view(t2, limit=1))

@@ -87,7 +87,7 @@ def test_next_delay(delay: float, expected: float) -> None:
 def test_submit_backoff_grows_and_resets() -> None:
     b = Backoff(initial=60, maximum=200)
     b.back_off(0.0, "quota")
-    assert b.blocked(59.0, []) == "backing off 1s more: quota"
+    assert b.blocked(59.0, []) == "backing off 1s more (until 00:01:00Z): quota"
     assert b.blocked(60.0, []) is None
     b.back_off(60.0, "quota")
     b.back_off(180.0, "quota")

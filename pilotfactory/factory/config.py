@@ -165,6 +165,12 @@ FACTORY_PARAMS: tuple[Param, ...] = (
         "metrics_port", int, None, "serve Prometheus metrics on this port", minimum=1, maximum=65535
     ),
     Param("statusFile", str, None, "the daemon writes its recent decisions here (JSON)"),
+    Param(
+        "stateFile",
+        str,
+        None,
+        "what queues must not forget across a restart (back-off, breaker, confirmations)",
+    ),
     Param("versionTag", str, None),
     Param("monitorURL", str, None),
     Param("proxyConf", str, None),
@@ -193,6 +199,7 @@ class FactoryConfig:
     """``<kind>.<plugin>.<param>`` keys from [Factory], defaults under the queues' own."""
     source: str = "<defaults>"
     status_file: str | None = None
+    state_file: str | None = None
     refresh_timeout: float = 30.0
     factory_user: str | None = None
     unhealthy_after: float = 1800.0
@@ -359,6 +366,7 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
         plugin_defaults=plugin_defaults,
         source=path,
         status_file=_resolve(values["statusFile"], base) if values["statusFile"] else None,
+        state_file=_resolve(values["stateFile"], base) if values["stateFile"] else None,
         refresh_timeout=values["factory.refresh_timeout"],
         factory_user=values["factoryUser"],
         unhealthy_after=values["factory.unhealthy_after"],

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from pilotfactory.factory import statefile
 from pilotfactory.factory.clock import Clock
 from pilotfactory.factory.config import FactoryConfig, QueueConfig, QueuesResult
 from pilotfactory.factory.info import Worker, sum_totals
@@ -108,6 +109,8 @@ class Factory:
         self.metrics = FactoryMetrics()
         for qcfg in queues:
             self._add_queue(qcfg)
+        if fcfg.state_file and not dry_run:
+            self.restore_state(fcfg.state_file)
 
     # ------------------------------------------------------------------ wiring
 
@@ -197,6 +200,8 @@ class Factory:
             q.schedule(now, end)
         self.cycles_run += 1
         self.metrics.observe(traces)
+        if self.fcfg.state_file and not self.dry_run:
+            self.write_state(self.fcfg.state_file)
         if self.fcfg.status_file and not self.dry_run:
             self.write_status(self.fcfg.status_file)
         return traces
@@ -377,6 +382,39 @@ class Factory:
             os.replace(tmp, path)
         except OSError as exc:  # a status file must never stop the factory
             log.warning("cannot write status file %s: %s", path, exc)
+
+    def write_state(self, path: str) -> None:
+        """What each queue must not forget across a restart (statefile.py), after every tick;
+        each queue's part is encoded once per run of that queue."""
+        parts = []
+        for name, q in self.queues.items():
+            if q.state_text is None:
+                q.state_text = json.dumps(statefile.queue_state(q))
+            parts.append((name, q.state_text))
+        try:
+            statefile.write(path, statefile.encode(self.fcfg.factory_id, self.clock.now(), parts))
+        except OSError as exc:  # the factory goes on; a restart would start from scratch
+            log.error("cannot write state file %s: %s", path, exc)
+
+    def restore_state(self, path: str) -> None:
+        """Restore what the queues learned before a restart; a bad file is logged and skipped
+        (the factory starts from what the batch system shows, as on its first start)."""
+        try:
+            written, entries = statefile.read(path, self.fcfg.factory_id)
+        except statefile.StateProblem as exc:
+            log.error("%s; starting without it", exc)
+            return
+        now = self.clock.now()
+        for name, entry in entries.items():
+            q = self.queues.get(name)
+            if q is None:
+                continue  # a queue no longer configured: its workers are reported, not touched
+            try:
+                restored = statefile.restore(q, entry, written, now)
+            except (ValueError, TypeError, OverflowError) as exc:
+                log.error("%s: queue %s: state not restored: %s", path, name, bounded(str(exc)))
+                continue
+            log.info("queue %s: restored from %s: %s", name, path, ", ".join(restored))
 
     def _totals(self) -> Any:
         infos = []

@@ -85,6 +85,8 @@ class Queue:
         )
         self.records = CycleRecords(history_size)
         self._status_cache: str | None = None
+        self.state_text: str | None = None
+        """This queue's entry of the state file, encoded once per run (statefile.py)."""
         self.counters: dict[str, int] = dict.fromkeys(
             ("cycles", "submitted", "unretired", "cancelled", "retired", "reaped", "killed",
              "errors", "failclosed", "skipped"), 0,
@@ -171,6 +173,7 @@ class Queue:
             )
         self.next_run = nxt
         self._status_cache = None
+        self.state_text = None
         return skipped
 
     # ------------------------------------------------------------------ one cycle

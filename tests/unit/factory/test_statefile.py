@@ -125,7 +125,8 @@ def test_a_bad_state_file_is_named_and_skipped(
     port = FakeCondor()
     port.jobs = payload(2)
     factory, _ = start(tmp_path, port)
-    assert f"{path}: " in caplog.text and why in caplog.text and "starting without it" in caplog.text
+    assert f"{path}: " in caplog.text and why in caplog.text
+    assert "starting without it" in caplog.text
     assert factory.cycle()[0].results == ["submitted 2"], "the factory runs on"
     assert json.loads(path.read_text())["factory_id"] == "f1", "and writes a good one"
 

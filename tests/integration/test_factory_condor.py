@@ -3,9 +3,12 @@ and a schedd that goes away and comes back. Every wait polls real daemons, bound
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -229,3 +232,117 @@ def test_factory_survives_a_schedd_restart(
         _condor("condor_on", "-daemon", "schedd", "-name", machine)
         wait_for("schedd back", lambda: _condor("condor_q", "-totals").returncode == 0, 60)
         cleanup(factory)
+
+
+# ---------------------------------------------------------------------------- kill -9
+
+
+def start_daemon(workdir: Path, fid: str, label: str, maxtorun: int) -> subprocess.Popen[bytes]:
+    """``pilotfactory run`` as its own process; its queue runs every 20 s, so a kill right
+    after an action lands before the next status read."""
+    qconf = workdir / f"queues-{uuid.uuid4().hex[:6]}.conf"
+    qconf.write_text(
+        textwrap.dedent(PILOTS.format(label=label, maxtorun=maxtorun)).replace(
+            "apfqueue.sleep = 1", "apfqueue.sleep = 20"
+        )
+    )
+    fconf = workdir / "factory.conf"
+    fconf.write_text(
+        f"[Factory]\nfactoryId = {fid}\nbaseLogDir = {workdir}/logs\nqueueConf = {qconf}\n"
+        f"factory.sleep = 1\ncondor_backend = bindings\nallowRoot = true\n"
+        f"statusFile = {workdir}/status.json\nstateFile = {workdir}/state.json\n"
+    )
+    out = open(workdir / "daemon.log", "ab")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from pilotfactory.cli import main; raise SystemExit(main())",
+         "run", "-v", "-c", str(fconf)],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+    )  # fmt: skip
+    out.close()
+    return proc
+
+
+def kill_9(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    assert proc.wait(timeout=10) == -9
+
+
+def cycles_since(workdir: Path, since: float) -> int:
+    """Cycles the daemon started at ``since`` has finished (its status file)."""
+    try:
+        state = json.loads((workdir / "status.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(state["cycles"]) if state["time"] >= since else 0
+
+
+def test_kill_9_mid_cycle_submits_nothing_twice_and_evicts_nothing(
+    condor_pool: Any, workdir: Path, payload: Callable[[str, int], list[str]]
+) -> None:
+    """The daemon is SIGKILLed between a submit and its next status read, and between a
+    cancel and its next read, on the real pool, and restarted each time: no pilot is
+    submitted twice, none is left unowned, no running pilot is removed or restarted."""
+    label = f"IT_{uuid.uuid4().hex[:6]}"
+    fid = f"it-k9-{label}"
+    port = RealWorld("bindings").condor(CondorTarget())
+    attrs = ["ClusterId", "ProcId", "JobStatus", "JobCurrentStartDate", "PilotFactoryQueue"]
+
+    def pilots() -> dict[str, dict[str, Any]]:
+        jobs = port.query_jobs({"PilotFactoryId": fid}, attrs)
+        return {f"{j['ClusterId']}.{j['ProcId']}": j for j in jobs if j["JobStatus"] != 3}
+
+    payload(label, 3)
+    proc = start_daemon(workdir, fid, label, maxtorun=3)
+    try:
+        first = wait_for("the first submit", lambda: len(pilots()) == 3 and pilots(), 60, 0.1)
+        kill_9(proc)  # submitted; the next status read was 20 s away
+        restarted = time.time()
+        proc = start_daemon(workdir, fid, label, maxtorun=3)
+        wait_for("a cycle of the restarted daemon", lambda: cycles_since(workdir, restarted), 60)
+        assert set(pilots()) == set(first), "the restarted daemon submitted nothing again"
+        running = wait_for(
+            "3 pilots running",
+            lambda: (p := pilots()) and all(j["JobStatus"] == 2 for j in p.values()) and p,
+            60,
+        )
+
+        # More work: 3 more pilots, one more runs (4 cpus), two wait. Then MaxToRun drops to
+        # 4: the two waiting ones are cancelled, and the daemon is killed right after.
+        payload(label, 3)
+        kill_9(proc)
+        proc = start_daemon(workdir, fid, label, maxtorun=6)
+        wait_for("6 pilots", lambda: len(pilots()) == 6, 60, 0.2)
+        six = wait_for(
+            "4 running, 2 waiting",
+            lambda: (
+                (p := pilots())
+                and sorted(j["JobStatus"] for j in p.values()) == [1, 1, 2, 2, 2, 2]
+                and p
+            ),
+            60,
+        )
+        kill_9(proc)
+        waiting = {i for i, j in six.items() if j["JobStatus"] == 1}
+        proc = start_daemon(workdir, fid, label, maxtorun=4)
+        wait_for("the cancel", lambda: not waiting & set(pilots()), 60, 0.1)
+        kill_9(proc)  # cancelled; the next status read was 20 s away
+        restarted = time.time()
+        proc = start_daemon(workdir, fid, label, maxtorun=4)
+        wait_for("a cycle of the restarted daemon", lambda: cycles_since(workdir, restarted), 60)
+        left = pilots()
+        assert set(left) == set(six) - waiting, "no submit, no second cancel"
+        started = {i: j.get("JobCurrentStartDate") for i, j in six.items() if i not in waiting}
+        assert {i: (j["JobStatus"], j.get("JobCurrentStartDate")) for i, j in left.items()} == {
+            i: (2, when) for i, when in started.items()
+        }, "nothing evicted or restarted: each runs in the slot it started in"
+        assert set(running) <= set(left), "the first pilots ran on throughout"
+        status = json.loads((workdir / "status.json").read_text())
+        assert status["unconfigured_queues"] == {}, "no orphan: every pilot has its queue"
+        restored = (workdir / "daemon.log").read_text()
+        assert "restored from" in restored, "the state file was read at each restart"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        cleanup_ids = list(pilots())
+        if cleanup_ids:
+            port.remove(cleanup_ids, "test cleanup")

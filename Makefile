@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast unit integration lint typecheck bench sandbox-up sandbox-down clean
+.PHONY: demo test test-fast unit integration lint typecheck bench dist sandbox-up sandbox-down clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,8 @@ test-fast: $(STAMP)
 	PILOTFACTORY_SKIP_CONDOR=1 $(BIN)/pytest -p no:cacheprovider -m "not condor"
 
 lint: $(STAMP)
-	$(BIN)/ruff check pilotfactory tests benchmarks
-	$(BIN)/ruff format --check pilotfactory tests benchmarks
+	$(BIN)/ruff check pilotfactory tests benchmarks scripts
+	$(BIN)/ruff format --check pilotfactory tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy pilotfactory
@@ -38,6 +38,12 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
+# dist/: an sdist and a wheel built from it (etc/ installs to <prefix>/share/pilotfactory/);
+# offline, with the venv's own setuptools, wheel and pip.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python scripts/build_dist.py dist
+
 sandbox-up:
 	scripts/condor-sandbox up
 
@@ -45,4 +51,4 @@ sandbox-down:
 	scripts/condor-sandbox down
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

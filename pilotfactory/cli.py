@@ -601,13 +601,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _default_demo_queues() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
+    shipped = shipped_etc_dir()
     for cand in (
         os.path.join(os.getcwd(), "etc", "queues.conf"),
         os.path.join(os.path.dirname(here), "etc", "queues.conf"),
+        *([os.path.join(shipped, "queues.conf")] if shipped else []),
     ):
         if os.path.exists(cand):
             return cand
     raise ConfigError("etc/queues.conf not found: give -q queues.conf")
+
+
+def shipped_etc_dir() -> str | None:
+    """Where an installed wheel put the repository's ``etc/`` (``<prefix>/share/pilotfactory``),
+    or None (a source checkout, an editable install). Read from the distribution's list of
+    installed files rather than built from ``sys.prefix``, so ``--user`` and ``--prefix``
+    installs are found too."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("pilotfactory")
+    except PackageNotFoundError:
+        return None
+    for path in dist.files or ():
+        if path.parts[-3:] == ("share", "pilotfactory", "queues.conf"):
+            return os.path.dirname(os.path.abspath(str(dist.locate_file(path))))
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

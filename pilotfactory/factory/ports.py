@@ -160,11 +160,49 @@ class CloudError(Exception):
 
 
 class CloudQuotaError(CloudError):
-    """Quota, capacity or spot stock-out: back off this queue."""
+    """Quota exceeded (and the base of capacity and throttling): back off, try another choice."""
+
+
+class CloudCapacityError(CloudQuotaError):
+    """No capacity for this instance type / zone, or the spot price is too low: another type
+    or zone may work at once."""
+
+
+class CloudThrottledError(CloudQuotaError):
+    """The provider rate-limits us (RequestLimitExceeded, Throttling, HTTP 503 / 429)."""
 
 
 class CloudAuthError(CloudError):
-    """Credentials refused or expired."""
+    """Credentials refused or expired: retrying every cycle cannot help."""
+
+
+class CloudInvalidRequest(CloudError):
+    """The provider refused the request as malformed (an unknown image, a bad parameter):
+    the queue's settings must change, retrying cannot help."""
+
+
+class CloudUnavailable(CloudError):
+    """The provider did not answer usefully (5xx, timeout, connection lost): the outcome of a
+    launch is unknown, so its worker is looked up before it is launched again."""
+
+
+ERROR_CLASSES: tuple[tuple[type[CloudError], str], ...] = (
+    (CloudCapacityError, "capacity"),
+    (CloudThrottledError, "throttled"),
+    (CloudQuotaError, "quota"),
+    (CloudAuthError, "auth"),
+    (CloudInvalidRequest, "invalid"),
+    (CloudUnavailable, "unavailable"),
+)
+
+
+def error_class(exc: BaseException) -> str:
+    """The class of a cloud error as a word for reasons and back-off keys (``error`` when the
+    port could not tell)."""
+    for cls, name in ERROR_CLASSES:
+        if isinstance(exc, cls):
+            return name
+    return "error"
 
 
 @dataclass(frozen=True)
@@ -179,6 +217,8 @@ class Ec2Account:
     secret_access_key: str | None
     timeout: float
     retries: int
+    api_rate: float
+    api_burst: int
 
 
 @dataclass(frozen=True)
@@ -199,6 +239,8 @@ class OpenStackAccount:
     ca_bundle: str | None
     timeout: float
     retries: int
+    api_rate: float
+    api_burst: int
 
 
 CloudAccount = Ec2Account | OpenStackAccount
@@ -215,6 +257,9 @@ class LaunchSpec:
     key_name: str | None = None
     security_groups: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
+    client_token: str | None = None
+    """Idempotency token (EC2 ``ClientToken``, at most 64 ASCII characters): the same token
+    on a retry makes the provider return the first launch instead of a second one."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,15 @@ from pilotfactory.factory.ports import CloudAccount, Ec2Account, OpenStackAccoun
 _API = (
     Param("timeout", float, 30.0, "seconds per API call", minimum=0.001, maximum=3600.0),
     Param("retries", int, 3, "API retries", minimum=0, maximum=100),
+    Param(
+        "api_rate",
+        float,
+        10.0,
+        "API calls per second, per credential (token bucket)",
+        minimum=0.01,
+        maximum=10000.0,
+    ),
+    Param("api_burst", int, 10, "API calls allowed at once before pacing", minimum=1),
 )
 EC2_PARAMS: tuple[Param, ...] = (
     Param("endpoint_url", str, None, "EC2 endpoint (unset: AWS for the region)"),

@@ -27,8 +27,12 @@ from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
 from pilotfactory.factory.ports import (
     CloudAuthError,
+    CloudCapacityError,
     CloudError,
+    CloudInvalidRequest,
     CloudQuotaError,
+    CloudThrottledError,
+    CloudUnavailable,
     Ec2Account,
     LaunchSpec,
 )
@@ -169,11 +173,15 @@ def test_open_spot_request_listed_and_cancelled(cloud: Ec2Cloud, spec: LaunchSpe
     ("code", "error"),
     [
         ("InstanceLimitExceeded", CloudQuotaError),
-        ("InsufficientInstanceCapacity", CloudQuotaError),
+        ("InsufficientInstanceCapacity", CloudCapacityError),
+        ("SpotMaxPriceTooLow", CloudCapacityError),
         ("MaxSpotInstanceCountExceeded", CloudQuotaError),
+        ("RequestLimitExceeded", CloudThrottledError),
         ("AuthFailure", CloudAuthError),
         ("UnauthorizedOperation", CloudAuthError),
-        ("InvalidAMIID.NotFound", CloudError),
+        ("InvalidAMIID.NotFound", CloudInvalidRequest),
+        ("InternalError", CloudUnavailable),
+        ("SomethingNew", CloudError),
     ],
 )
 def test_provider_errors_mapped(

@@ -18,16 +18,28 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 from botocore.parsers import ResponseParserError
 
+from pilotfactory.backends.cloud.pacing import TokenBucket, bucket_for
 from pilotfactory.backends.cloud.settings import clip, read_secret, redact_url
 from pilotfactory.factory.contract import TAG_FACTORY
 from pilotfactory.factory.ports import (
     CloudAuthError,
+    CloudCapacityError,
     CloudError,
+    CloudInvalidRequest,
     CloudPort,
     CloudQuotaError,
+    CloudThrottledError,
+    CloudUnavailable,
     Ec2Account,
     Instance,
     LaunchSpec,
@@ -37,14 +49,22 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
 # fmt: off
+CAPACITY_CODES = frozenset({
+    "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity", "SpotMaxPriceTooLow", "Unsupported",
+    "InsufficientFreeAddressesInSubnet",
+})
+THROTTLE_CODES = frozenset({
+    "RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
+    "SlowDown", "ServiceUnavailable", "Unavailable",
+})
 QUOTA_CODES = frozenset({
-    "InstanceLimitExceeded", "InsufficientInstanceCapacity", "InsufficientCapacity",
-    "InsufficientHostCapacity", "MaxSpotInstanceCountExceeded", "RequestLimitExceeded",
-    "SpotMaxPriceTooLow", "VcpuLimitExceeded", "Throttling",
+    "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded",
+    "MaxSpotFleetRequestCountExceeded", "ResourceLimitExceeded",
 })
 AUTH_CODES = frozenset({
     "AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
-    "ExpiredToken", "OptInRequired",
+    "ExpiredToken", "OptInRequired", "Blocked", "PendingVerification",
 })
 # fmt: on
 _STATES = {"pending": "pending", "running": "running", "terminated": "terminated"}
@@ -72,12 +92,43 @@ def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
         yield list(ids[i : i + _CHUNK])
 
 
-class Ec2Cloud(CloudPort):
-    """CloudPort on one EC2 endpoint and region."""
+def error_of(code: str, status: int | None, text: str) -> CloudError:
+    """The port's error for an EC2 error code (or, without a known code, its HTTP status)."""
+    if code in CAPACITY_CODES:
+        return CloudCapacityError(text)
+    if code in THROTTLE_CODES or status in (429, 503):
+        return CloudThrottledError(text)
+    if code in QUOTA_CODES:
+        return CloudQuotaError(text)
+    if code in AUTH_CODES or status in (401, 403):
+        return CloudAuthError(text)
+    if code.startswith(("Invalid", "Missing", "Unknown")) or code in (
+        "IdempotentParameterMismatch",
+        "DryRunOperation",
+    ):
+        return CloudInvalidRequest(text)
+    if (status is not None and status >= 500) or code in ("InternalError", "InternalFailure"):
+        return CloudUnavailable(text)
+    return CloudError(text)
 
-    def __init__(self, client: Any) -> None:
+
+class Ec2Cloud(CloudPort):
+    """CloudPort on one EC2 endpoint and region; every request waits for its account's
+    ``pace`` token (``pacing.py``), and ``calls`` counts requests by operation."""
+
+    def __init__(self, client: Any, pace: TokenBucket | None = None) -> None:
         self.client = client
         self.endpoint = redact_url(str(client.meta.endpoint_url))  # for messages
+        self.pace = pace
+        self.calls: dict[str, int] = {}
+        client.meta.events.register("before-send.ec2", self._before_send)
+
+    def _before_send(self, event_name: str = "", **_: Any) -> None:
+        """Per HTTP attempt (botocore's retries too): count it and wait for a token."""
+        op = event_name.rsplit(".", 1)[-1]
+        self.calls[op] = self.calls.get(op, 0) + 1
+        if self.pace is not None:
+            self.pace.take()
 
     @classmethod
     def from_settings(cls, account: Ec2Account) -> Ec2Cloud:
@@ -103,7 +154,10 @@ class Ec2Cloud(CloudPort):
             client = session.client("ec2", endpoint_url=account.endpoint_url, config=config)
         except (BotoCoreError, ValueError) as exc:
             raise CloudError(f"EC2 client for region {region!r}: {clip(str(exc))}") from None
-        return cls(client)
+        pace = bucket_for(
+            ("ec2", account.endpoint_url, region, key_file), account.api_rate, account.api_burst
+        )
+        return cls(client, pace)
 
     def __repr__(self) -> str:
         return f"Ec2Cloud({self.endpoint!r})"
@@ -116,15 +170,16 @@ class Ec2Cloud(CloudPort):
             yield
         except ClientError as exc:
             err = exc.response.get("Error", {})
-            code = clip(str(err.get("Code") or "Unknown"), 80)
-            text = f"{where}: {code}: {clip(str(err.get('Message') or exc))}"
-            if code in QUOTA_CODES:
-                raise CloudQuotaError(text) from exc
-            if code in AUTH_CODES:
-                raise CloudAuthError(text) from exc
-            raise CloudError(text) from exc
+            code = clip(str(err.get("Code") or ""), 80)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            shown = code or f"HTTP {status}"
+            text = f"{where}: {shown}: {clip(str(err.get('Message') or exc))}"
+            raise error_of(code, status if isinstance(status, int) else None, text) from exc
         except NoCredentialsError as exc:
             raise CloudAuthError(f"{where}: {clip(str(exc))}") from exc
+        except (ReadTimeoutError, ConnectionClosedError, EndpointConnectionError) as exc:
+            text = f"{where}: {type(exc).__name__}: {clip(str(exc))}"
+            raise CloudUnavailable(text) from exc
         except (BotoCoreError, ResponseParserError) as exc:
             raise CloudError(f"{where}: {type(exc).__name__}: {clip(str(exc))}") from exc
 
@@ -164,6 +219,8 @@ class Ec2Cloud(CloudPort):
             if spec.user_data:
                 params["UserData"] = spec.user_data  # botocore base64-encodes it for RunInstances
             params["TagSpecifications"] = [{"ResourceType": "instance", "Tags": _tag_list(tags)}]
+            if spec.client_token:
+                params["ClientToken"] = spec.client_token
             with self._calling("RunInstances"):
                 reply = self.client.run_instances(MinCount=count, MaxCount=count, **params)
             return [i["InstanceId"] for i in reply.get("Instances", [])]
@@ -171,8 +228,10 @@ class Ec2Cloud(CloudPort):
             raise CloudError(f"spot_price {spec.spot_price!r} must be > 0")
         if spec.user_data:
             params["UserData"] = base64.b64encode(spec.user_data.encode()).decode("ascii")
+        token = {"ClientToken": spec.client_token} if spec.client_token else {}
         with self._calling("RequestSpotInstances"):
             reply = self.client.request_spot_instances(
+                **token,
                 SpotPrice=f"{spec.spot_price:.6f}",
                 InstanceCount=count,
                 Type="one-time",

@@ -24,13 +24,17 @@ from keystoneauth1.identity import v3
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
 
+from pilotfactory.backends.cloud.pacing import TokenBucket, bucket_for
 from pilotfactory.backends.cloud.settings import clip, read_secret, redact_url
-from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE
+from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_WORKER
 from pilotfactory.factory.ports import (
     CloudAuthError,
     CloudError,
+    CloudInvalidRequest,
     CloudPort,
     CloudQuotaError,
+    CloudThrottledError,
+    CloudUnavailable,
     Instance,
     LaunchSpec,
     OpenStackAccount,
@@ -86,13 +90,39 @@ def _auth(account: OpenStackAccount, auth_url: str) -> Any:
     )
 
 
+def _error_of(code: Any, message: str, text: str) -> CloudError:
+    """Nova's HTTP answers as error classes: 403 naming a quota (Nova's quota refusal) and 413
+    are quota, 429 and 503 throttling, other 401/403 credentials, 400/404 a bad request, other
+    5xx an unavailable service."""
+    quota = "quota" in message.lower() or "exceeded" in message.lower()
+    if code == 413 or (code == 403 and quota):
+        return CloudQuotaError(text)
+    if code in (429, 503):
+        return CloudThrottledError(text)
+    if code in (401, 403):
+        return CloudAuthError(text)
+    if code in (400, 404):
+        return CloudInvalidRequest(text)
+    if isinstance(code, int) and code >= 500:
+        return CloudUnavailable(text)
+    return CloudError(text)
+
+
 class OpenStackCloud(CloudPort):
     """CloudPort on one OpenStack project and region."""
 
-    def __init__(self, nova: Any, where: str, network_id: str | None = None) -> None:
+    def __init__(
+        self,
+        nova: Any,
+        where: str,
+        network_id: str | None = None,
+        pace: TokenBucket | None = None,
+    ) -> None:
         self.nova = nova
         self.where = where
         self.network_id = network_id
+        self.pace = pace
+        self.calls: dict[str, int] = {}
         self._resolved: dict[tuple[str, str], str] = {}
         self._seq = itertools.count(int(time.time()))
 
@@ -119,27 +149,31 @@ class OpenStackCloud(CloudPort):
         )
         shown = redact_url(auth_url)
         where = f"{shown} region {region}" if region else shown
-        return cls(nova, where, account.network_id)
+        who = (account.username, account.project_name, account.application_credential_id)
+        pace = bucket_for(("openstack", auth_url, region, who), account.api_rate, account.api_burst)
+        return cls(nova, where, account.network_id, pace)
 
     def __repr__(self) -> str:
         return f"OpenStackCloud({self.where!r})"
 
     @contextmanager
     def _calling(self, op: str) -> Iterator[None]:
-        """Turn Nova and Keystone failures into the port's errors, with code and message."""
+        """Turn Nova and Keystone failures into the port's errors, with code and message;
+        each call waits for its account's pacing token first."""
         where = f"OpenStack {self.where} {op}"
+        verb = op.split(" ", 1)[0]
+        self.calls[verb] = self.calls.get(verb, 0) + 1
+        if self.pace is not None:
+            self.pace.take()
         try:
             yield
         except (nova_exc.ClientException, ks_exc.HttpError) as exc:
             code = getattr(exc, "code", None) or getattr(exc, "http_status", None)
             message = clip(str(getattr(exc, "message", "") or exc))
             text = f"{where}: HTTP {code}: {message}"
-            quota = "quota" in message.lower() or "exceeded" in message.lower()
-            if code in (413, 429) or (code == 403 and quota):
-                raise CloudQuotaError(text) from exc
-            if code in (401, 403):
-                raise CloudAuthError(text) from exc
-            raise CloudError(text) from exc
+            raise _error_of(code, message, text) from exc
+        except ks_exc.ConnectionError as exc:
+            raise CloudUnavailable(f"{where}: {type(exc).__name__}: {clip(str(exc))}") from exc
         except (ks_exc.ClientException, nova_exc.NoUniqueMatch) as exc:
             raise CloudError(f"{where}: {type(exc).__name__}: {clip(str(exc))}") from exc
 
@@ -167,7 +201,9 @@ class OpenStackCloud(CloudPort):
         return self._resolved[key]
 
     def launch(self, spec: LaunchSpec, count: int, tags: Mapping[str, str]) -> list[str]:
-        """One create per server, named ``pf-<queue>-<n>``. If a later create fails after some
+        """One create per server, named ``pf-<worker id>`` (``pf-<queue>-<n>`` without one). Nova
+        has no client token: a retry is safe because the caller looks the worker up by
+        metadata first (``CloudSubmit``). If a later create fails after some
         succeeded, the ids so far are returned (they carry the tags) and the error is logged; it
         will surface on the next launch."""
         if count <= 0:
@@ -180,12 +216,16 @@ class OpenStackCloud(CloudPort):
         image, flavor = self._image(spec.image), self._flavor(spec.flavor)
         network = spec.extra.get("network_id") or self.network_id
         queue = tags.get(TAG_QUEUE) or tags.get(TAG_FACTORY) or "pilot"
+        worker = tags.get(TAG_WORKER) if count == 1 else None
         ids: list[str] = []
         for _ in range(count):
+            # One worker's server is named by it, so an operator (and a retry's look-up by
+            # metadata) finds it under one name.
+            name = f"pf-{worker}" if worker else f"pf-{queue}-{next(self._seq)}"
             try:
                 with self._calling("create server"):
                     server = self.nova.servers.create(
-                        name=f"pf-{queue}-{next(self._seq)}",
+                        name=name,
                         image=image,
                         flavor=flavor,
                         meta={str(k): str(v) for k, v in tags.items()},

@@ -35,13 +35,33 @@ from pilotfactory.factory.contract import (
 )
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, RetireGroup, SubmitError
-from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, LaunchSpec
+from pilotfactory.factory.ports import (
+    CloudError,
+    CloudPort,
+    CloudUnavailable,
+    CondorPort,
+    LaunchSpec,
+    error_class,
+)
 from pilotfactory.plugins.batchsubmit.cloud_common import (
     EC2_PARAMS,
     OPENSTACK_PARAMS,
     condor_config,
     render_user_data,
     vm_params,
+)
+from pilotfactory.plugins.batchsubmit.cloud_launch import (
+    FALL_THROUGH,
+    LAUNCH_PARAMS,
+    NETWORKS,
+    SPOT_FALLBACK,
+    STOP,
+    Choice,
+    ChoiceBackoff,
+    Intent,
+    choices,
+    client_token,
+    split_flavors,
 )
 from pilotfactory.plugins.batchsubmit.condor_common import (
     SPOT_PRICE,
@@ -66,6 +86,12 @@ class CloudSubmit(BatchSubmitPlugin):
         self.target = target_from(params)
         self._cloud: CloudPort | None = None
         self._seq = itertools.count()
+        self.choice_backoff = ChoiceBackoff(
+            float(params.get("choice_backoff") or 300.0),
+            float(params.get("choice_backoff_max") or 3600.0),
+        )
+        self.intents: dict[str, Intent] = {}
+        self.stopped: tuple[float, str] | None = None  # (until, why): auth or invalid request
 
     @property
     def cloud(self) -> CloudPort:
@@ -101,16 +127,40 @@ class CloudSubmit(BatchSubmitPlugin):
         p, q = self.params, self.queue.queue
         kind = f"batchsubmit.{self.NAME.lower()}"
         for key in ("image", "flavor"):
-            if not p.get(key):
+            if not p.get(key) or (key == "flavor" and not split_flavors(p[key])):
                 raise SubmitError(f"queue {q}: {kind}.{key} is not set")
         return LaunchSpec(
             image=str(p["image"]),
-            flavor=str(p["flavor"]),
+            flavor=split_flavors(p["flavor"])[0],
             spot_price=p.get("spot_price"),
             key_name=p.get("key_name") or None,
             security_groups=tuple(p.get("security_groups") or ()),
             extra=dict(p.get("launch_options") or {}),
         )
+
+    def choices(self, spec: LaunchSpec) -> list[Choice]:
+        """The queue's launch choices in the order tried (``cloud_launch.choices``)."""
+        p = self.params
+        prices = {str(k): float(v) for k, v in (p.get("prices") or {}).items()}
+        return choices(
+            split_flavors(p.get("flavor")),
+            list(p.get("availability_zones") or ()) or None,
+            list(p.get("networks") or ()) or None,
+            spec.spot_price is not None,
+            bool(p.get("on_demand_fallback")),
+            str(p.get("choice_order") or "listed"),
+            prices,
+        )
+
+    def spec_for(self, spec: LaunchSpec, choice: Choice) -> LaunchSpec:
+        """The launch request of one choice."""
+        extra = dict(spec.extra)
+        if choice.zone:
+            extra["availability_zone"] = choice.zone
+        if choice.network:
+            extra["network_id"] = choice.network
+        price = spec.spot_price if choice.spot else None
+        return replace(spec, flavor=choice.flavor, spot_price=price, extra=extra)
 
     def template(self) -> str | None:
         path = self.params.get("user_data_file")
@@ -145,7 +195,9 @@ class CloudSubmit(BatchSubmitPlugin):
         head = [
             f"# launch request of queue {self.queue.queue} ({self.NAME})",
             f"image = {spec.image}",
-            f"flavor = {spec.flavor}",
+            f"flavor = {', '.join(split_flavors(self.params.get('flavor')))}",
+            "# launch choices, in the order tried",
+            *(f"#   {c.label}" for c in self.choices(spec)),
         ]
         if spec.spot_price is not None:
             head.append(f"spot_price = {spec.spot_price:g}")
@@ -166,32 +218,125 @@ class CloudSubmit(BatchSubmitPlugin):
         return "\n".join(head) + "\n" + self.user_data(self.template(), wid)
 
     def submit(self, count: int) -> list[str]:
-        """One launch per worker (its own tags and user data); returns the worker ids. A
-        failure after some launches raises all the same (they are tagged and found next
-        cycle): quota and capacity errors must back the queue off."""
+        """Launch ``count`` workers, one launch per worker (its own tags, user data and client
+        token); returns the worker ids. Open intents (launches whose outcome is unknown) are
+        looked up first and retried, never doubled. Each worker goes to the first choice not
+        backing off; a capacity, quota or throttling refusal backs that choice off and falls
+        through to the next. When every choice is refused, or the outcome of a launch is
+        unknown, the workers launched so far are kept and a SubmitError backs the queue off;
+        credentials refused or an invalid request stop the queue (``stop_retry``)."""
         if count <= 0:
             return []
-        q = self.queue.queue
+        q, now = self.queue.queue, self.env.clock.now()
+        if self.stopped is not None:
+            until, why = self.stopped
+            if now < until:
+                raise SubmitError(
+                    f"queue {q}: stopped: {why} (fix the settings and reload; one more try in "
+                    f"{until - now:.0f}s)"
+                )
+            self.stopped = None
         spec, template = self.spec(), self.template()
+        order = self.choices(spec)
         launched: list[str] = []
-        for wid in self.worker_ids(count):
-            tags = {
-                TAG_FACTORY: self.env.factory_id,
-                TAG_QUEUE: q,
-                TAG_WORKER: wid,
-                TAG_LAUNCHED: str(int(self.env.clock.now())),
-            }
-            one = replace(spec, user_data=self.user_data(template, wid))
+        todo: list[tuple[str, dict[str, str], Choice | None]] = []
+        if self.intents:
+            todo.extend(self.open_intents(count))
+        for wid in self.worker_ids(count - len(todo)):
+            todo.append((wid, self.tags(wid, now), None))
+        refused: list[str] = []
+        for wid, tags, pinned in todo:
             try:
-                with self.calling(f"launch {len(launched) + 1} of {count}"):
-                    ids = self.cloud.launch(one, 1, tags)
+                if self.launch_one(spec, template, wid, tags, pinned, order, now, refused):
+                    launched.append(wid)
+                    continue
             except SubmitError:
                 if launched:
                     log.warning("[%s] launched %d of %d VMs: %s", q, len(launched), count, launched)
                 raise
-            launched.append(wid)
-            log.info("[%s] launched worker %s as %s", q, wid, ", ".join(ids))
+            break  # every choice is backing off: none left this cycle
+        if len(launched) < len(todo):
+            if launched:
+                log.warning("[%s] launched %d of %d VMs: %s", q, len(launched), count, launched)
+            raise SubmitError(
+                f"queue {q}: launched {len(launched)} of {len(todo)}: every launch choice "
+                f"refused or backing off: {'; '.join(refused[-4:])}"
+            )
         return launched
+
+    def tags(self, wid: str, now: float) -> dict[str, str]:
+        return {
+            TAG_FACTORY: self.env.factory_id,
+            TAG_QUEUE: self.queue.queue,
+            TAG_WORKER: wid,
+            TAG_LAUNCHED: str(int(now)),
+        }
+
+    def open_intents(self, count: int) -> list[tuple[str, dict[str, str], Choice | None]]:
+        """Launches whose outcome was unknown: one list of the queue's instances settles them;
+        a worker found there is done (its instance is already counted as supply), at most
+        ``count`` of the others are retried on their own choice with their own token."""
+        q = self.queue.queue
+        with self.calling("look up launches of unknown outcome"):
+            found = self.cloud.list({TAG_FACTORY: self.env.factory_id, TAG_QUEUE: q})
+        present = {i.tags.get(TAG_WORKER) for i in found}
+        out: list[tuple[str, dict[str, str], Choice | None]] = []
+        for wid, intent in list(self.intents.items()):
+            if wid in present:
+                log.info("[%s] worker %s of an unknown launch exists; not launched again", q, wid)
+                del self.intents[wid]
+            elif len(out) < count:
+                out.append((wid, dict(intent.tags), intent.choice))
+        return out
+
+    def launch_one(
+        self,
+        spec: LaunchSpec,
+        template: str | None,
+        wid: str,
+        tags: dict[str, str],
+        pinned: Choice | None,
+        order: list[Choice],
+        now: float,
+        refused: list[str],
+    ) -> bool:
+        """One worker through the choices (an open intent only through its own); True when
+        launched, False when every choice is backing off or refused it."""
+        q = self.queue.queue
+        user_data = self.user_data(template, wid)
+        for choice in [pinned] if pinned is not None else order:
+            if pinned is None and (why := self.choice_backoff.blocked(choice, now)):
+                refused.append(why)
+                continue
+            token = client_token(self.env.factory_id, q, wid, choice)
+            one = replace(self.spec_for(spec, choice), user_data=user_data, client_token=token)
+            try:
+                ids = self.cloud.launch(one, 1, tags)
+            except CloudError as exc:
+                kind = error_class(exc)
+                if kind in STOP:
+                    self.intents.pop(wid, None)
+                    why = f"{kind} error on {choice.label}: {exc}"
+                    self.stopped = (now + float(self.params.get("stop_retry") or 3600.0), why)
+                    raise SubmitError(f"queue {q}: stopped: {why}") from exc
+                if kind in FALL_THROUGH:
+                    self.intents.pop(wid, None)  # refused: nothing was launched
+                    st = self.choice_backoff.refused(choice, now, kind, str(exc))
+                    refused.append(f"{choice.label}: {st.reason}")
+                    log.warning("[%s] %s refused (%s); next choice", q, choice.label, kind)
+                    if pinned is not None:
+                        return False
+                    continue
+                # Unknown outcome (timeout, 5xx, an error the port cannot class): the worker
+                # may exist; look it up before launching it again, with the same token.
+                self.intents[wid] = Intent(wid, choice, tuple(tags.items()), token)
+                unknown = "unknown outcome" if isinstance(exc, CloudUnavailable) else kind
+                raise SubmitError(f"queue {q}: launch of {wid} ({unknown}): {exc}") from exc
+            self.intents.pop(wid, None)
+            self.choice_backoff.launched(choice)
+            log.info("[%s] launched worker %s as %s on %s", q, wid, ", ".join(ids), choice.label)
+            return True
+        return False
 
     # ------------------------------------------------------------------ stopping
 
@@ -253,6 +398,8 @@ class EC2Submit(CloudSubmit):
         *EC2_PARAMS,
         *vm_params(("instance_type",)),
         SPOT_PRICE,
+        SPOT_FALLBACK,
+        *LAUNCH_PARAMS,
     )
 
 
@@ -261,4 +408,4 @@ class OpenStackSubmit(CloudSubmit):
 
     NAME = "OpenStack"
     PROVIDER = "openstack"
-    PARAMS = (*OPENSTACK_PARAMS, *vm_params())
+    PARAMS = (*OPENSTACK_PARAMS, *vm_params(), NETWORKS, *LAUNCH_PARAMS)

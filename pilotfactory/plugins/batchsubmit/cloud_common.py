@@ -24,7 +24,14 @@ def vm_params(flavor_aliases: tuple[str, ...] = ()) -> tuple[Param, ...]:
     return (
         *TARGET_PARAMS,
         Param("image", str, None, "image id (or name, OpenStack)", required=True),
-        Param("flavor", str, None, "flavour / instance type", flavor_aliases, required=True),
+        Param(
+            "flavor",
+            str,
+            None,
+            "flavour / instance type, or a comma list tried in order",
+            flavor_aliases,
+            required=True,
+        ),
         Param("key_name", str, None, "ssh key pair injected into the VMs"),
         Param("security_groups", list, None, "security group names (EC2: or sg- ids)"),
         Param("user_data_file", str, None, "user data template ({worker_id}, {condor_config})"),

@@ -19,7 +19,15 @@ import responses
 
 from pilotfactory.backends.cloud.openstack import OpenStackCloud
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
-from pilotfactory.factory.ports import CloudAuthError, CloudError, CloudQuotaError, LaunchSpec
+from pilotfactory.factory.ports import (
+    CloudAuthError,
+    CloudError,
+    CloudInvalidRequest,
+    CloudQuotaError,
+    CloudThrottledError,
+    CloudUnavailable,
+    LaunchSpec,
+)
 from pilotfactory.plugins.cloudaccount import account_of
 
 KEYSTONE = "http://keystone.test:5000/v3"
@@ -225,7 +233,11 @@ def test_terminate_deletes_all_and_404_is_fine(
         (403, {"forbidden": {"code": 403, "message": "Policy doesn't allow os_compute_api"}},
          CloudAuthError),
         (401, {"error": {"code": 401, "message": "authentication required"}}, CloudAuthError),
-        (400, {"badRequest": {"code": 400, "message": "Invalid key_name"}}, CloudError),
+        (400, {"badRequest": {"code": 400, "message": "Invalid key_name"}}, CloudInvalidRequest),
+        (429, {"overLimit": {"code": 429, "message": "Rate limit"}}, CloudThrottledError),
+        (503, {"error": {"code": 503, "message": "try later"}}, CloudThrottledError),
+        (500, {"computeFault": {"code": 500, "message": "oops"}}, CloudUnavailable),
+        (409, {"conflict": {"code": 409, "message": "busy"}}, CloudError),
     ],
 )  # fmt: skip
 def test_nova_errors_mapped(

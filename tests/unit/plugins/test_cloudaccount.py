@@ -29,6 +29,8 @@ def test_defaults_blank_text_and_raw_values() -> None:
         secret_access_key=None,
         timeout=7.5,
         retries=2,
+        api_rate=10.0,
+        api_burst=10,
     )
     assert account_of("ec2", {}).timeout == 30.0
     os_account = account_of("openstack", {"auth_url": " http://k:5000 "})

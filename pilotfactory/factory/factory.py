@@ -92,6 +92,7 @@ class Factory:
         self.sources: dict[Hashable, SourceState] = {}
         self.queues: dict[str, Queue] = {}
         self.setup_errors: dict[str, str] = {}
+        self.orphans: dict[str, list[str]] = {}  # batch source -> what its reconcile reported
         self.unconfigured: dict[str, int] = {}
         """Workers per queue label that no configured queue owns (last cycle)."""
         self.cycles_run = 0
@@ -331,6 +332,15 @@ class Factory:
                 queue,
             )
         self.unconfigured = found
+        claims = {name: q.batch_source for name, q in self.queues.items()}
+        orphans: dict[str, list[str]] = {}
+        for state in refreshed:
+            src = state.source
+            if state.error is not None or not isinstance(src, BatchStatusPlugin):
+                continue
+            if notes := src.reconcile(claims, set(self.setup_errors), self.dry_run):
+                orphans.setdefault(src.NAME, []).extend(notes)
+        self.orphans = orphans
 
     def _status_head(self) -> dict[str, Any]:
         return {
@@ -352,6 +362,7 @@ class Factory:
             "reload_errors": dict(self.reload_errors),
             "reload_refused": self.reload_refused,
             "unconfigured_queues": dict(self.unconfigured),
+            "orphans": {k: v[:50] for k, v in self.orphans.items()},
         }
 
     def status_json(self) -> str:

@@ -8,7 +8,7 @@ hands each instance its parsed parameters; plugins never read the INI file thems
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -183,6 +183,15 @@ class BatchStatusPlugin(StatusSource):
 
     def info(self, queue: str) -> BatchQueueInfo | None:
         raise NotImplementedError
+
+    def reconcile(
+        self, claims: Mapping[str, BatchStatusPlugin], protected: Collection[str], dry_run: bool
+    ) -> list[str]:
+        """After each refresh: act on workers no configured queue claims (``claims``: each
+        queue's batch source; ``protected``: queues whose config is broken), returning what it
+        reported or did. By default nothing: a schedd's jobs of a removed queue are reported
+        (``queues_seen``) and never touched; a cloud source terminates its orphans."""
+        return []
 
     RECHECK_RANK: ClassVar[int] = 0
     """Among sources with one ``recheck_key``, the highest rank re-reads for all of them."""

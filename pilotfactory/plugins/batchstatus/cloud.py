@@ -18,7 +18,7 @@ no queue of this factory, and startds advertising ``PilotFactoryWorker`` that ma
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -34,10 +34,10 @@ from pilotfactory.factory.contract import (
     TARGET_PARAMS,
     target_from,
 )
-from pilotfactory.factory.info import BatchQueueInfo, RetireMode, Worker, WorkerSet
-from pilotfactory.factory.params import Param
-from pilotfactory.factory.plugin import Env
-from pilotfactory.factory.ports import CloudPort, CondorPort, Instance
+from pilotfactory.factory.info import BatchQueueInfo, RetireMode, Worker, WorkerSet, WorkerState
+from pilotfactory.factory.params import DURATION_MAX, Param
+from pilotfactory.factory.plugin import BatchStatusPlugin, Env
+from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, Instance
 from pilotfactory.factory.text import clip
 from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
@@ -112,6 +112,32 @@ def _cause(inst: Instance, phase: Phase) -> str | None:
     return clip(text, 300) if text else None
 
 
+ORPHAN_PARAMS: tuple[Param, ...] = (
+    Param("reap_orphans", bool, True, "terminate orphans (instances no configured queue claims)"),
+    Param(
+        "orphan_grace",
+        float,
+        900.0,
+        "seconds an orphan is reported before it is terminated",
+        minimum=0.0,
+        maximum=DURATION_MAX,
+    ),
+    Param(
+        "orphan_boot_timeout",
+        float,
+        1800.0,
+        "an orphan still booting this long after launch never joins (its queue's "
+        "boot_timeout is gone with it)",
+        minimum=1.0,
+        maximum=DURATION_MAX,
+    ),
+)
+ORPHAN_STATES = frozenset({WorkerState.LOST, WorkerState.RETIRED, WorkerState.HELD})
+"""Orphans in these states are terminated after the grace; pending, joined and unknown ones
+(and booting ones within ``orphan_boot_timeout``) are reported only: one may still be
+someone's work."""
+
+
 class CloudBatchStatus(SnapshotStatus):
     """The instances of one cloud account, joined with one collector's startds."""
 
@@ -121,6 +147,7 @@ class CloudBatchStatus(SnapshotStatus):
         SnapshotStatus.MAXAGE,
         JOIN_ATTRIBUTE,
         UNRETIRE_GRACE,
+        *ORPHAN_PARAMS,
     )
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
@@ -130,6 +157,8 @@ class CloudBatchStatus(SnapshotStatus):
         self._cloud: CloudPort | None = None
         self._queues: set[str] = set()
         self._by_queue: dict[str, list[str]] = {}  # queue tag -> live instance ids
+        self._orphans_since: dict[str, float] = {}  # instance id -> first cycle seen orphaned
+        self._orphan_workers: list[Worker] = []  # last refresh: workers of unlabelled instances
 
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
@@ -165,14 +194,18 @@ class CloudBatchStatus(SnapshotStatus):
         leaving = {k for _, rec in live if rec.active_retire is not None for k in rec.keys}
         pool = self.vms.read(self.port, (rec.id for _, rec in live), leaving)
         workers: dict[str, list[Worker]] = {}
+        unlabelled: list[Worker] = []
         by_queue: dict[str, list[str]] = {}
         for queue, rec in live:
             if rec.phase is not Phase.GONE:
                 by_queue.setdefault(queue, []).append(rec.instance_id or rec.id)
-            w = self.vms.worker(rec, queue, now, pool) if queue else None
-            if w is not None:
+            w = self.vms.worker(rec, queue, now, pool)
+            if w is not None and queue:
                 workers.setdefault(queue, []).append(w)
+            elif w is not None:
+                unlabelled.append(w)
         self._by_queue = by_queue
+        self._orphan_workers = unlabelled
         known = {key for _, rec in live for key in rec.keys}
         unmatched = self.vms.unmatched(known, pool, self.env.factory_id, worker_keys_only=True)
         seen = {queue: len(ids) for queue, ids in by_queue.items() if queue}
@@ -199,6 +232,86 @@ class CloudBatchStatus(SnapshotStatus):
         return (
             replace(base, unmatched_startds=base.unmatched_startds + orphans) if orphans else base
         )
+
+    @property
+    def account(self) -> Hashable:
+        return (self.PROVIDER, provider_key(self.PROVIDER, self.params))
+
+    def reconcile(
+        self, claims: Mapping[str, BatchStatusPlugin], protected: Collection[str], dry_run: bool
+    ) -> list[str]:
+        """Orphans: live instances tagged with this factory whose queue tag names no queue
+        reading this account (``claims``: each configured queue's batch source), except queues
+        whose config is broken (``protected``: they may come back). Each is reported from the
+        first refresh that sees it; after ``orphan_grace`` those that are lost, retired, held
+        or booting past ``orphan_boot_timeout`` are marked ended and terminated in one call
+        (a dry run says so and acts on nothing). Instances without this factory's tag are never
+        listed, so never touched. Of several sources on one account the first claimed one
+        (by queue order) acts, so an orphan is terminated once."""
+        if self._snap is None:
+            return []
+        claimed = {
+            q
+            for q, src in claims.items()
+            if isinstance(src, CloudBatchStatus) and src.account == self.account
+        }
+        first = next(
+            (
+                s
+                for s in claims.values()
+                if isinstance(s, CloudBatchStatus) and s.account == self.account
+            ),
+            self,
+        )
+        if first is not self:
+            return []
+        now = self._snap.time
+        boot = float(self.params.get("orphan_boot_timeout") or 1800.0)
+        grace = float(self.params.get("orphan_grace") or 0.0)
+        found: list[Worker] = list(self._orphan_workers)
+        for queue, info in self._snap.infos.items():
+            if queue not in claimed and queue not in protected:
+                found.extend(info.workers)
+        alive = {w.instance_id or w.id for w in found}
+        for gone in set(self._orphans_since) - alive:
+            del self._orphans_since[gone]
+        notes: list[str] = []
+        due: list[Worker] = []
+        for w in found:
+            iid = w.instance_id or w.id
+            since = self._orphans_since.setdefault(iid, now)
+            stale_boot = w.state is WorkerState.BOOTING and now - w.since > boot
+            if w.state not in ORPHAN_STATES and not stale_boot:
+                notes.append(f"orphan {iid} (queue {w.queue or '?'}, {w.state.value}): reported")
+            elif now - since < grace:
+                left = grace - (now - since)
+                notes.append(
+                    f"orphan {iid} (queue {w.queue or '?'}, {w.state.value}): terminated in "
+                    f"{left:.0f}s"
+                )
+            else:
+                due.append(w)
+        if due and self.params.get("reap_orphans", True):
+            ids = [w.instance_id or w.id for w in due]
+            if dry_run:
+                notes.append(
+                    f"dry run: would terminate {len(ids)} orphan(s): {', '.join(ids[:20])}"
+                )
+            else:
+                try:
+                    self.cloud.set_tags(ids, {TAG_ENDED: str(int(now))})
+                    self.cloud.terminate(ids)
+                except CloudError as exc:
+                    notes.append(f"terminating {len(ids)} orphan(s) failed: {exc}")
+                    log.error("[%s] terminating orphans failed: %s", self.NAME, exc)
+                else:
+                    for iid in ids:
+                        self._orphans_since.pop(iid, None)
+                    notes.append(f"terminated {len(ids)} orphan(s): {', '.join(ids[:20])}")
+                    log.warning("[%s] terminated %d orphan(s): %s", self.NAME, len(ids), ids)
+        elif due:
+            notes.append(f"{len(due)} orphan(s) due, reap_orphans is off: reported only")
+        return notes
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
         """One list (narrowed to the queue when all candidates share one), then one startd

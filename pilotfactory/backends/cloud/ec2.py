@@ -73,6 +73,7 @@ _SPOT = {"open": "pending", "failed": "error", "cancelled": "terminated", "close
 _SPOT_WAITING = frozenset({"pending-evaluation", "pending-fulfillment"})
 _NORMAL_SHUTDOWN = frozenset({"Client.UserInitiatedShutdown", "Client.InstanceInitiatedShutdown"})
 _CHUNK = 500
+_PAGE = 1000  # the most one Describe* page may hold: a list of 1,000 VMs is one call
 
 
 def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
@@ -253,7 +254,8 @@ class Ec2Cloud(CloudPort):
     def _instances(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         with self._calling("DescribeInstances"):
-            for page in self.client.get_paginator("describe_instances").paginate(Filters=filters):
+            pages = self.client.get_paginator("describe_instances")
+            for page in pages.paginate(Filters=filters, PaginationConfig={"PageSize": _PAGE}):
                 for reservation in page.get("Reservations", []):
                     out.extend(reservation.get("Instances", []))
         return out
@@ -262,7 +264,7 @@ class Ec2Cloud(CloudPort):
         out: list[dict[str, Any]] = []
         with self._calling("DescribeSpotInstanceRequests"):
             pages = self.client.get_paginator("describe_spot_instance_requests")
-            for page in pages.paginate(Filters=filters):
+            for page in pages.paginate(Filters=filters, PaginationConfig={"PageSize": _PAGE}):
                 out.extend(page.get("SpotInstanceRequests", []))
         return out
 

@@ -132,6 +132,9 @@ def test_refused_type_falls_through_to_the_next_in_one_submit(
     # each launch carried its own token, known before the call
     tokens = [f.get("ClientToken") for f in injector.forms]
     assert all(tokens) and len(set(tokens[1:])) == 3
+    # every request was counted and took a token of the account's bucket (pacing)
+    assert cloud.calls["RunInstances"] == 4 and "DescribeImages" not in cloud.calls
+    assert cloud.pace is not None and cloud.pace.taken >= sum(cloud.calls.values()) + 1
 
 
 def test_zones_fall_through_and_spot_falls_back_to_on_demand(moto_url: str, tmp_path: Path) -> None:

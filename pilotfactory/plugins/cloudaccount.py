@@ -8,7 +8,9 @@ defaults are these tables', and nothing below parses a setting again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pilotfactory.factory.params import Param, ParamValueError
@@ -84,3 +86,79 @@ def account_of(provider: str, params: Mapping[str, Any]) -> CloudAccount:
                 raise ParamValueError(f"{provider} setting {p.name}: {exc}") from None
         values[p.name] = value
     return ACCOUNT_TYPES[provider](**values)
+
+
+# ---------------------------------------------------------------------------- census
+
+TAG_PRICE = "pilotfactory:price"
+"""Price per hour an instance was bought at (the queue's ``prices``, or the spot bid), so a
+budget can sum what the factory spends from the instances alone, whichever queue bought them."""
+
+FACTORY_LIMIT_PARAMS: tuple[Param, ...] = (
+    Param(
+        "factory_max_instances",
+        int,
+        None,
+        "cap on every live instance of this factory (all queues, all accounts)",
+        minimum=0,
+    ),
+    Param("factory_budget_per_hour", float, None, "factory-wide spend per hour", minimum=0.0),
+    Param("factory_budget_per_day", float, None, "factory-wide spend per day", minimum=0.0),
+)
+
+
+@dataclass
+class Census:
+    """What one account's status source saw of this factory at its last refresh, plus what
+    was launched since (by any queue): the factory-wide cap and the budgets read it, so they
+    cost no list of their own."""
+
+    time: float
+    by_queue: dict[str, tuple[int, float]]
+    """queue -> (live instances, their price per hour)"""
+    max_instances: int | None = None
+    budget_per_hour: float | None = None
+    budget_per_day: float | None = None
+    added: list[tuple[str, float]] = field(default_factory=list)
+
+    def totals(self, queue: str | None = None) -> tuple[int, float]:
+        """(instances, price per hour) of one queue, or of all."""
+        n = rate = 0.0
+        for q, (count, price) in self.by_queue.items():
+            if queue is None or q == queue:
+                n, rate = n + count, rate + price
+        for q, price in self.added:
+            if queue is None or q == queue:
+                n, rate = n + 1, rate + price
+        return int(n), rate
+
+
+_CENSUS: dict[tuple[str, Hashable], Census] = {}
+_CENSUS_LOCK = threading.Lock()
+
+
+def publish_census(factory_id: str, account: Hashable, census: Census) -> None:
+    with _CENSUS_LOCK:
+        _CENSUS[(factory_id, account)] = census
+
+
+CENSUS_MAXAGE = 3600.0
+"""A census older than this is from an account no queue reads any more: not counted."""
+
+
+def censuses(factory_id: str, now: float) -> list[Census]:
+    """Every account's recent census of this factory."""
+    with _CENSUS_LOCK:
+        return [
+            c
+            for (fid, _), c in _CENSUS.items()
+            if fid == factory_id and now - c.time <= CENSUS_MAXAGE
+        ]
+
+
+def count_launch(factory_id: str, account: Hashable, queue: str, price: float) -> None:
+    """A launch the account's next refresh will see: counted in its census until then."""
+    with _CENSUS_LOCK:
+        found = _CENSUS.get((factory_id, account))
+        if found is not None:
+            found.added.append((queue, price))

@@ -53,7 +53,16 @@ from pilotfactory.plugins.batchstatus.vmjoin import (
     VMRecord,
     keep_machines,
 )
-from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, account_of, provider_key
+from pilotfactory.plugins.cloudaccount import (
+    EC2_PARAMS,
+    FACTORY_LIMIT_PARAMS,
+    OPENSTACK_PARAMS,
+    TAG_PRICE,
+    Census,
+    account_of,
+    provider_key,
+    publish_census,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,15 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
         retire_mode=RetireMode.parse(tags.get(TAG_RETIRE_MODE)),
         hold_reason=_cause(inst, phase),
     )
+
+
+def _price(text: str | None) -> float:
+    """An instance's price tag; none (or an unreadable one) counts as free."""
+    try:
+        value = float(text or 0.0)
+    except ValueError:
+        return 0.0
+    return value if value >= 0.0 and value != float("inf") else 0.0
 
 
 def _cause(inst: Instance, phase: Phase) -> str | None:
@@ -148,6 +166,7 @@ class CloudBatchStatus(SnapshotStatus):
         JOIN_ATTRIBUTE,
         UNRETIRE_GRACE,
         *ORPHAN_PARAMS,
+        *FACTORY_LIMIT_PARAMS,
     )
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
@@ -157,6 +176,7 @@ class CloudBatchStatus(SnapshotStatus):
         self._cloud: CloudPort | None = None
         self._queues: set[str] = set()
         self._by_queue: dict[str, list[str]] = {}  # queue tag -> live instance ids
+        self._prices: dict[str, float] = {}  # instance id -> price per hour (its tag)
         self._orphans_since: dict[str, float] = {}  # instance id -> first cycle seen orphaned
         self._orphan_workers: list[Worker] = []  # last refresh: workers of unlabelled instances
 
@@ -183,10 +203,13 @@ class CloudBatchStatus(SnapshotStatus):
         """(queue tag, record) of the live instances and of those ended without the factory
         asking (LOST until reaped); the factory's own terminated ones are history."""
         out = []
+        prices: dict[str, float] = {}
         for inst in self.cloud.list(tags):
             rec = instance_record(inst, now)
             if inst.state != "terminated" or rec.phase is not Phase.GONE:
                 out.append((inst.tags.get(TAG_QUEUE) or "", rec))
+                prices[inst.id] = _price(inst.tags.get(TAG_PRICE))
+        self._prices = prices
         return out
 
     def observe(self, now: float) -> Snapshot:
@@ -206,6 +229,23 @@ class CloudBatchStatus(SnapshotStatus):
                 unlabelled.append(w)
         self._by_queue = by_queue
         self._orphan_workers = unlabelled
+        spend: dict[str, tuple[int, float]] = {}
+        for queue, rec in live:
+            if rec.phase not in (Phase.GONE, Phase.ENDED_UNASKED):
+                n, rate = spend.get(queue, (0, 0.0))
+                spend[queue] = (n + 1, rate + self._prices.get(rec.instance_id or "", 0.0))
+        p = self.params
+        publish_census(
+            self.env.factory_id,
+            self.account,
+            Census(
+                now,
+                spend,
+                p.get("factory_max_instances"),
+                p.get("factory_budget_per_hour"),
+                p.get("factory_budget_per_day"),
+            ),
+        )
         known = {key for _, rec in live for key in rec.keys}
         unmatched = self.vms.unmatched(known, pool, self.env.factory_id, worker_keys_only=True)
         seen = {queue: len(ids) for queue, ids in by_queue.items() if queue}

@@ -61,6 +61,7 @@ from pilotfactory.plugins.batchsubmit.cloud_launch import (
     Intent,
     choices,
     client_token,
+    over_budget,
     split_flavors,
 )
 from pilotfactory.plugins.batchsubmit.condor_common import (
@@ -68,7 +69,13 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     retire_vms,
     unretire_vms,
 )
-from pilotfactory.plugins.cloudaccount import account_of
+from pilotfactory.plugins.cloudaccount import (
+    TAG_PRICE,
+    account_of,
+    censuses,
+    count_launch,
+    provider_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +315,14 @@ class CloudSubmit(BatchSubmitPlugin):
             if pinned is None and (why := self.choice_backoff.blocked(choice, now)):
                 refused.append(why)
                 continue
+            if why := self.spend_block(choice):
+                refused.append(f"{choice.label}: {why}")
+                continue
             token = client_token(self.env.factory_id, q, wid, choice)
             one = replace(self.spec_for(spec, choice), user_data=user_data, client_token=token)
+            price = self.price(choice)
+            if price is not None:
+                tags = {**tags, TAG_PRICE: f"{price:g}"}
             try:
                 ids = self.cloud.launch(one, 1, tags)
             except CloudError as exc:
@@ -334,9 +347,51 @@ class CloudSubmit(BatchSubmitPlugin):
                 raise SubmitError(f"queue {q}: launch of {wid} ({unknown}): {exc}") from exc
             self.intents.pop(wid, None)
             self.choice_backoff.launched(choice)
+            self.count_launch(price or 0.0)
             log.info("[%s] launched worker %s as %s on %s", q, wid, ", ".join(ids), choice.label)
             return True
         return False
+
+    def price(self, choice: Choice) -> float | None:
+        """Price per hour of a choice: the queue's ``prices`` for its flavor, else (spot) the
+        bid, the most it can cost; None when unknown."""
+        prices = self.params.get("prices") or {}
+        if choice.flavor in prices:
+            return float(prices[choice.flavor])
+        if choice.spot and self.params.get("spot_price") is not None:
+            return float(self.params["spot_price"])
+        return None
+
+    def spend_block(self, choice: Choice) -> str | None:
+        """Why buying one more VM on ``choice`` would break the factory-wide cap or a budget
+        (the queue's, or the factory's from the status sources' census), or None. Budgets
+        stop buying only: nothing is retired for them."""
+        p, q = self.params, self.queue.queue
+        seen = censuses(self.env.factory_id, self.env.clock.now())
+        fleet = [c.totals() for c in seen]
+        total = sum(n for n, _ in fleet)
+        caps = [c.max_instances for c in seen if c.max_instances is not None]
+        if caps and total + 1 > min(caps):
+            return f"factory cap: {total} live instances, factory_max_instances={min(caps)}"
+        queue_hour, queue_day = p.get("budget_per_hour"), p.get("budget_per_day")
+        fac_hour = min((c.budget_per_hour for c in seen if c.budget_per_hour is not None),
+                       default=None)  # fmt: skip
+        fac_day = min((c.budget_per_day for c in seen if c.budget_per_day is not None),
+                      default=None)  # fmt: skip
+        if all(b is None for b in (queue_hour, queue_day, fac_hour, fac_day)):
+            return None
+        price = self.price(choice)
+        if price is None:
+            return f"budget set but no price for {choice.flavor}: set prices ({choice.flavor}=...)"
+        rate = sum(c.totals(q)[1] for c in seen)
+        why = over_budget(f"queue {q}", rate, price, queue_hour, queue_day)
+        fac_rate = sum(r for _, r in fleet)
+        return why or over_budget("the factory", fac_rate, price, fac_hour, fac_day)
+
+    def count_launch(self, price: float) -> None:
+        """Count a launch in this account's census until the next refresh sees it."""
+        account = (self.PROVIDER, provider_key(self.PROVIDER, self.params))
+        count_launch(self.env.factory_id, account, self.queue.queue, price)
 
     # ------------------------------------------------------------------ stopping
 

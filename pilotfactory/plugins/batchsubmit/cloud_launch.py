@@ -31,6 +31,8 @@ LAUNCH_PARAMS: tuple[Param, ...] = (
     Param("choice_backoff", float, 300.0, "first back-off (s) of a refused choice, doubling",
           minimum=1.0),
     Param("choice_backoff_max", float, 3600.0, "longest back-off (s) of one choice", minimum=1.0),
+    Param("budget_per_hour", float, None, "queue spend per hour (needs prices)", minimum=0.0),
+    Param("budget_per_day", float, None, "queue spend per day (needs prices)", minimum=0.0),
     Param("stop_retry", float, 3600.0,
           "after credentials refused or an invalid request: seconds before one more try",
           minimum=60.0),
@@ -140,3 +142,22 @@ class Intent:
     choice: Choice
     tags: tuple[tuple[str, str], ...]
     token: str
+
+
+def over_budget(
+    what: str, rate: float, price: float, per_hour: float | None, per_day: float | None
+) -> str | None:
+    """Why one more VM at ``price`` per hour would take ``rate`` (what runs now, per hour)
+    past a budget; a day's spend is the rate held for 24 hours."""
+    after = rate + price
+    if per_hour is not None and after > per_hour + 1e-9:
+        return (
+            f"{what} spends {rate:g}/h; one more VM at {price:g}/h would exceed "
+            f"budget_per_hour={per_hour:g}"
+        )
+    if per_day is not None and after * 24 > per_day + 1e-9:
+        return (
+            f"{what} spends {rate * 24:g}/day; one more VM at {price:g}/h would exceed "
+            f"budget_per_day={per_day:g}"
+        )
+    return None

@@ -74,8 +74,14 @@ def test_instance_cause_is_inert(state: str) -> None:
     assert inert(rec.hold_reason) and len(rec.hold_reason) <= 310
 
 
+class _Events:
+    def register(self, *_: Any, **__: Any) -> None:
+        """The port hooks its pacing and call counts here."""
+
+
 class _Meta:
     endpoint_url = "https://u:s3cr3t@ec2.example/?X-Amz-Security-Token=t0k3n&Action=x"
+    events = _Events()
 
 
 class _Client:

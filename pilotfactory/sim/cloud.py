@@ -74,6 +74,13 @@ class CloudConfig:
     """Chance that a spot request stays open instead of being fulfilled at once."""
     spot_pending_time: float | None = 600.0
     """How long an open spot request stays open; None: until cancelled."""
+    boot_distribution: str = "uniform"
+    """``uniform``: ``boot_delay`` +- ``boot_jitter``; ``lognormal``: median ``boot_delay``,
+    sigma ``boot_jitter / boot_delay`` (a long tail of slow boots, as clouds have)."""
+    never_join_fraction: float = 0.0
+    """Chance that a VM boots but its startd never joins (a bad image or network, per VM)."""
+    interruption_rate: float = 0.0
+    """Per VM-hour: the provider ends a running VM unasked (spot interruption), Poisson."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,7 @@ class SimCloud:
         for _ in range(count):
             rec = SimInstance(spec, tags, queue, owner_job)
             rec.launched_at = self.loop.now
+            self.metrics.launched(rec.launched_at)
             self._records.append(rec)
             recs.append(rec)
             if spec.spot_price is None:
@@ -302,15 +310,37 @@ class SimCloud:
         self.metrics.vm_start(iid, rec.queue, now)
         if rec.owner_job is not None and self.pool is not None:
             self.pool.vm_created(rec.owner_job, iid)
+        self.loop.after(self._boot_time(), lambda: self._boot(rec))
+
+    def _boot_time(self) -> float:
         c = self.config
-        boot = max(1.0, c.boot_delay + self.rng.uniform(-c.boot_jitter, c.boot_jitter))
-        self.loop.after(boot, lambda: self._boot(rec))
+        if c.boot_distribution == "lognormal" and c.boot_delay > 0:
+            sigma = c.boot_jitter / c.boot_delay
+            return max(1.0, c.boot_delay * self.rng.lognormvariate(0.0, sigma))
+        return max(1.0, c.boot_delay + self.rng.uniform(-c.boot_jitter, c.boot_jitter))
+
+    def _interrupt(self, rec: SimInstance) -> None:
+        if rec.state not in LIVE or rec.instance_id is None:
+            return
+        self.metrics.interrupted += 1
+        self.metrics.interrupting = True
+        try:
+            self._terminate(rec, notify=True)
+        finally:
+            self.metrics.interrupting = False
 
     def _boot(self, rec: SimInstance) -> None:
         if rec.state != "pending":
             return
         rec.state = "running"
-        if rec.spec.image in self.config.broken_images:
+        c = self.config
+        if c.interruption_rate > 0:
+            life = self.rng.expovariate(c.interruption_rate / 3600.0)
+            self.loop.after(life, lambda: self._interrupt(rec))
+        if rec.spec.image in c.broken_images:
+            return
+        if c.never_join_fraction > 0 and self.rng.random() < c.never_join_fraction:
+            self.metrics.never_joined += 1
             return
         self.loop.after(self.config.startd_delay, lambda: self._join(rec))
 

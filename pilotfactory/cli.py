@@ -102,28 +102,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=50, help="with --workers: rows per group (50)")
 
-    for name in ("demo", "sim"):
-        p = sub.add_parser(
-            name, help="run the factory against the embedded simulated pool and cloud"
-        )
-        p.add_argument("-q", "--queues-conf", metavar="FILE", action="append")
-        p.add_argument("-c", "--factory-conf", metavar="FILE")
-        p.add_argument("--hours", type=float, default=6.0, help="simulated hours (6)")
-        p.add_argument("--seed", type=int, default=1)
-        p.add_argument(
-            "--workload",
-            default="auto",
-            help="auto (PanDA site or pool label), burst, spike, steady, panda, idle",
-        )
-        p.add_argument(
-            "--every",
-            type=int,
-            default=0,
-            help="also print every Nth cycle (default: only cycles that act)",
-        )
-        p.add_argument("--json", action="store_true", help="summary as JSON")
-        p.add_argument("-v", "--verbose", action="count", default=0)
+    p = sub.add_parser("demo", help="run the factory against the embedded simulated pool and cloud")
+    p.add_argument("-q", "--queues-conf", metavar="FILE", action="append")
+    p.add_argument("-c", "--factory-conf", metavar="FILE")
+    p.add_argument("--hours", type=float, default=6.0, help="simulated hours (6)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--workload",
+        default="auto",
+        help="auto (PanDA site or pool label), burst, spike, steady, panda, idle",
+    )
+    p.add_argument(
+        "--every",
+        type=int,
+        default=0,
+        help="also print every Nth cycle (default: only cycles that act)",
+    )
+    p.add_argument("--json", action="store_true", help="summary as JSON")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    _sim_parser(sub)
     return parser
+
+
+def _sim_parser(sub: Any) -> None:
+    """``sim``: the what-if report (pilotfactory/sim/whatif.py); world settings are flags."""
+    p = sub.add_parser(
+        "sim",
+        help="what would this configuration cost, and how long would jobs wait? (simulated)",
+    )
+    p.add_argument("-c", "--factory-conf", metavar="FILE")
+    p.add_argument("-q", "--queues-conf", metavar="FILE", action="append")
+    p.add_argument(
+        "--compare", nargs=2, metavar=("A.conf", "B.conf"), help="two queues.conf side by side"
+    )
+    p.add_argument(
+        "--workload",
+        default="burst",
+        help="burst, trickle, diurnal, quiet, heavy, or a CSV trace (submit,duration,cores,queue)",
+    )
+    p.add_argument("--scale", type=float, default=1.0, help="multiply a shape's job count (1)")
+    p.add_argument("--cores", type=int, default=1, help="cores per job of a shape (1)")
+    p.add_argument("--hours", type=float, help="simulated hours (default: trace end + 2 h)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--boot-time", type=float, default=120.0, help="VM boot seconds (120)")
+    p.add_argument("--boot-jitter", type=float, default=30.0, help="+- seconds, or sigma*boot")
+    p.add_argument("--boot-dist", choices=("uniform", "lognormal"), default="uniform")
+    p.add_argument("--never-join", type=float, default=0.0, help="fraction of VMs (0)")
+    p.add_argument("--interruptions", type=float, default=0.0, help="per VM-hour (0)")
+    p.add_argument("--price", type=float, default=0.10, help="per VM-hour (0.10)")
+    p.add_argument("--activation-rate", type=float, help="PanDA jobs activated per minute")
+    p.add_argument("--no-baselines", action="store_true", help="skip elastiq and the oracle")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="demand, workers, cost (needs [plot])")
+    p.add_argument("-v", "--verbose", action="count", default=0)
 
 
 class OneLineFormatter(logging.Formatter):
@@ -599,6 +630,72 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    """The what-if report: exit 1 when the configuration evicted jobs or left orphan VMs."""
+    from pilotfactory.factory.config import default_factory_config, load_factory_config, load_queues
+    from pilotfactory.sim import whatif
+
+    fcfg = load_factory_config(args.factory_conf)[0] if args.factory_conf else None
+    base = fcfg or default_factory_config()
+    sets: list[tuple[str, list[str]]]
+    if args.compare:
+        sets = [(os.path.basename(path), [path]) for path in args.compare]
+        if sets[0][0] == sets[1][0]:
+            sets = [("A", [args.compare[0]]), ("B", [args.compare[1]])]
+    elif args.queues_conf:
+        sets = [("config", args.queues_conf)]
+    elif fcfg is not None:
+        sets = [("config", list(fcfg.queue_conf))]
+    else:
+        sets = [("config", [_default_demo_queues()])]
+    configs = []
+    for name, paths in sets:
+        res = load_queues(paths, base.queue_dir_conf if fcfg else None, base)
+        for problem in res.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        if not res.queues:
+            raise ConfigError(f"{', '.join(paths)}: no usable queue to simulate")
+        configs.append((name, base, tuple(res.queues)))
+    req = whatif.SimRequest(
+        configs=tuple(configs),
+        workload=args.workload,
+        scale=args.scale,
+        cores=args.cores,
+        seed=args.seed,
+        hours=args.hours,
+        settings=whatif.WorldSettings(
+            boot_time=args.boot_time,
+            boot_jitter=args.boot_jitter,
+            boot_distribution=args.boot_dist,
+            never_join=args.never_join,
+            interruption_rate=args.interruptions,
+            price=args.price,
+            activation_rate=args.activation_rate,
+        ),
+        baselines=not args.no_baselines,
+    )
+    progress = whatif.TerminalProgress(enabled=None if not args.json else False)
+    try:
+        results, header = whatif.run_request(req, progress)
+    finally:
+        progress.done()
+    if args.plot:
+        whatif.plot(args.plot, results)
+    if args.json:
+        print(json.dumps(whatif.report_json(results, header), indent=2))
+    else:
+        print(whatif.report_table(results, whatif.header_lines(header)))
+    bad = [
+        r.name
+        for r in results[: len(configs)]
+        if r.metrics.get("jobs_evicted") or r.metrics.get("orphans")
+    ]
+    if bad:
+        print(f"pilotfactory: {', '.join(bad)} evicted jobs or left orphan VMs", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _default_demo_queues() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     shipped = shipped_etc_dir()
@@ -648,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "status": cmd_status,
         "demo": cmd_demo,
-        "sim": cmd_demo,
+        "sim": cmd_sim,
     }
     try:
         code = handlers[args.command](args)

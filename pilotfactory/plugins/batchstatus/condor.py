@@ -40,6 +40,7 @@ from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
     Snapshot,
     SnapshotStatus,
+    any_of,
     by_queue,
     retire_active,
     timestamp,
@@ -284,7 +285,7 @@ class CondorBatchStatus(SnapshotStatus):
             return []
         wanted = {w.id for w in workers}
         match = {"PilotFactoryId": self.env.factory_id}
-        ads = self.port.query_jobs(match, JOB_ATTRS, " || ".join(f"({t})" for t in terms))
+        ads = self.port.query_jobs(match, JOB_ATTRS, any_of(terms))
         return [ad for ad in ads if job_id(ad) in wanted]
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:

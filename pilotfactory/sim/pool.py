@@ -366,6 +366,11 @@ class SimPool:
         """Machines whose startd is in the collector now."""
         return [r.machine for r in self._startds.values() if r.alive]
 
+    def set_machine_attr(self, machine: str, name: str, value: Any) -> None:
+        """Advertise ``name = value`` in a machine's ads from now on (a VM's own config, e.g.
+        ``PilotFactoryKeep``, which the factory must respect)."""
+        self._startds[machine.lower()].attrs[self._canon(name)] = value
+
     def vm_view(self) -> dict[str, tuple[bool, int, float]]:
         """Instance id -> (its startd is in the collector, jobs running, idle or busy since):
         what a policy outside the factory (the elastiq-style baseline) reads."""

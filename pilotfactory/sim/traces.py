@@ -17,11 +17,12 @@ from pilotfactory.factory.config import ConfigError
 from pilotfactory.factory.inifile import read_text
 from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.panda import SimPanda
-from pilotfactory.sim.pool import SimPool
+from pilotfactory.sim.pool import SimExpr, SimPool
 
 SHAPES = ("burst", "trickle", "diurnal", "quiet", "heavy")
 CSV_COLUMNS = ("submit", "duration", "cores", "queue")
 MAX_CSV_ERRORS = 20
+CORES_REQ = "TARGET.Cpus >= RequestCpus"
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,10 @@ class Trace:
         def arrive() -> None:
             if label in self.sites:
                 panda.add_jobs(label, len(durations), durations)
-            elif cores > 1:
-                pool.add_payload_jobs(label, durations, RequestCpus=cores)
+            elif cores > 1:  # as condor_submit writes it, so a slot_ad can judge the job
+                pool.add_payload_jobs(
+                    label, durations, RequestCpus=cores, Requirements=SimExpr(CORES_REQ)
+                )
             else:
                 pool.add_payload_jobs(label, durations)
 

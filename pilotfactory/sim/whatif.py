@@ -23,6 +23,7 @@ from pilotfactory.factory.contract import TAG_QUEUE, TAG_WORKER
 from pilotfactory.factory.factory import Factory
 from pilotfactory.factory.info import WorkerKind
 from pilotfactory.factory.ports import LaunchSpec
+from pilotfactory.factory.trace import CycleTrace
 from pilotfactory.sim.cloud import LIVE, CloudConfig
 from pilotfactory.sim.metrics import percentile
 from pilotfactory.sim.pool import PoolConfig
@@ -56,8 +57,8 @@ class WorldSettings:
     def __post_init__(self) -> None:
         if self.boot_distribution not in ("uniform", "lognormal"):
             raise ConfigError(f"boot distribution {self.boot_distribution!r}: uniform, lognormal")
-        if not 0.0 <= self.never_join < 1.0:
-            raise ConfigError(f"never-join fraction {self.never_join} must be in [0, 1)")
+        if not 0.0 <= self.never_join <= 1.0:
+            raise ConfigError(f"never-join fraction {self.never_join} must be in [0, 1]")
         checks = (self.boot_time, self.boot_jitter, self.interruption_rate, self.price)
         if any(not math.isfinite(v) or v < 0 for v in checks):
             raise ConfigError("boot time, jitter, interruption rate and price must be >= 0")
@@ -232,8 +233,10 @@ def run_config(
     seed: int,
     hours: float | None,
     progress: Progress | None = None,
+    observe: Callable[[SimWorld, Factory, list[CycleTrace]], None] | None = None,
 ) -> RunResult:
-    """The user's queues, unchanged, until the ``Horizon``."""
+    """The user's queues, unchanged, until the ``Horizon``; ``observe`` sees every tick (the
+    scenario tests check their invariants there)."""
     with tempfile.TemporaryDirectory(prefix="pilotfactory-sim-") as workdir:
         fc = prepare(fcfg, workdir)
         qs = _dummy_secrets(queues, workdir)
@@ -268,7 +271,9 @@ def run_config(
             if horizon.over(world):
                 break
             last_cycle = clock.now()
-            factory.cycle()
+            traces = factory.cycle()
+            if observe is not None:
+                observe(world, factory, traces)
             if clock.now() >= next_sample:
                 series.append(_sample(world, settings.price))
                 next_sample += SAMPLE_EVERY

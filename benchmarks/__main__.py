@@ -43,6 +43,7 @@ def main() -> int:
         print(f"{name:<52} {median * 1e3:>8.1f}ms {best * 1e3:>8.1f}ms  {figure()} [{verdict}]")
     print(flush=True)
     failed += whatif.drive()  # issue 17's table: shipped configs vs elastiq vs oracle
+    failed += whatif.drive_chains()  # count-based vs time-based demand
     failed += scale.drive(sys.argv[1:])  # issue 13's table; --quick for the 20k-job sizes only
     return 1 if failed else 0
 

@@ -292,3 +292,24 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "sim.png"
     whatif.plot(str(out), runs)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_based_demand_buys_fewer_vms_and_waits_within_its_target(tmp_path: Path) -> None:
+    from benchmarks.whatif import registry
+
+    drain = ONE_QUEUE.replace("schedplugin = JobsPerVM,", "schedplugin = DrainTime,").replace(
+        "sched.jobspervm.jobs = 4",
+        "sched.draintime.jobs = 4\nsched.draintime.runtime = 600\nsched.draintime.target = 1800",
+    )
+    conf = tmp_path / "drain.conf"
+    conf.write_text(drain)
+    res = load_queues([str(conf)], None, None, registry())
+    assert res.errors == [], res.problems
+    trace = jobs(*[(0, 600, 1)] * 40)
+    fcfg = default_factory_config()
+    count = whatif.run_config("count", fcfg, one_queue(tmp_path), trace, EXACT, 1, None).metrics
+    timed = whatif.run_config("time", fcfg, tuple(res.queues), trace, EXACT, 1, None).metrics
+    assert count["vms_submitted"] == 10  # one slot per job: 40 / 4
+    assert timed["vms_submitted"] == 4  # 3 jobs per slot within 30 min: ceil(40 / 3) = 14 slots
+    assert timed["vm_hours"] < count["vm_hours"]
+    assert timed["completed"] == 40 and timed["wait_max"] <= 1800 + 165

@@ -674,6 +674,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
         ),
         baselines=not args.no_baselines,
     )
+    if args.plot:
+        whatif.require_matplotlib()
     progress = whatif.TerminalProgress(enabled=None if not args.json else False)
     try:
         results, header = whatif.run_request(req, progress)

@@ -593,17 +593,24 @@ def report_table(results: Sequence[RunResult], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(path: str, results: Sequence[RunResult]) -> None:
-    """Demand, workers by state and cumulative cost over time, one PNG."""
+def require_matplotlib() -> None:
+    """Fail before a long run, not after it, when ``--plot`` cannot be drawn."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError as exc:
         raise ConfigError(
             "--plot needs matplotlib: pip install 'pilotfactory[plot]' (the plot extra)"
         ) from exc
+
+
+def plot(path: str, results: Sequence[RunResult]) -> None:
+    """Demand, workers by state and cumulative cost over time, one PNG."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     runs = [r for r in results if r.series]
     fig, axes = plt.subplots(2 + len(runs), 1, figsize=(10, 3 + 2.2 * (1 + len(runs))), sharex=True)
     first = runs[0].series if runs else []

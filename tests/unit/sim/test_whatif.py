@@ -313,3 +313,37 @@ def test_time_based_demand_buys_fewer_vms_and_waits_within_its_target(tmp_path: 
     assert timed["vms_submitted"] == 4  # 3 jobs per slot within 30 min: ceil(40 / 3) = 14 slots
     assert timed["vm_hours"] < count["vm_hours"]
     assert timed["completed"] == 40 and timed["wait_max"] <= 1800 + 165
+
+
+def test_cli_exits_1_when_the_config_evicts_or_leaves_orphans(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "one.conf"
+    conf.write_text(ONE_QUEUE)
+    real = whatif.run_request
+
+    def evicting(req: whatif.SimRequest, progress: object = None) -> tuple:
+        results, header = real(req)
+        results[0].metrics["jobs_evicted"] = 1
+        return results, header
+
+    monkeypatch.setattr(whatif, "run_request", evicting)
+    assert main(["sim", "-q", str(conf), "--workload", "burst", "--scale", "0.01"]) == 1
+    assert "config evicted jobs or left orphan VMs" in capsys.readouterr().err
+
+
+def test_cli_plot_without_matplotlib_fails_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> None:
+        raise ConfigError("--plot needs matplotlib: pip install 'pilotfactory[plot]'")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran the simulation")
+
+    monkeypatch.setattr(whatif, "require_matplotlib", missing)
+    monkeypatch.setattr(whatif, "run_request", never)
+    conf = tmp_path / "one.conf"
+    conf.write_text(ONE_QUEUE)
+    assert main(["sim", "-q", str(conf), "--plot", str(tmp_path / "x.png")]) == 2
+    assert "pilotfactory[plot]" in capsys.readouterr().err

@@ -289,3 +289,12 @@ class BatchSubmitPlugin(Plugin):
     def reap(self, workers: Sequence[Worker]) -> None:
         """Remove what is left of retired / lost / held workers (VM job, instance)."""
         raise NotImplementedError
+
+    def cancel_and_reap(self, cancel: Sequence[Worker], reap: Sequence[Worker]) -> None:
+        """A cycle's cancels and reaps together: both take workers away, so a plugin whose
+        batch system removes any set of jobs in one call (a schedd) makes it one write. By
+        default each in turn."""
+        if cancel:
+            self.cancel(cancel)
+        if reap:
+            self.reap(reap)

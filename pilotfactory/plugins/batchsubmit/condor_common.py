@@ -301,3 +301,8 @@ class CondorSubmitBase(BatchSubmitPlugin):
 
     def reap(self, workers: Sequence[Worker]) -> None:
         self.remove(workers, "reap")
+
+    def cancel_and_reap(self, cancel: Sequence[Worker], reap: Sequence[Worker]) -> None:
+        """One removal for both (one schedd transaction per queue per cycle)."""
+        why = " and ".join(what for what, ws in (("cancel", cancel), ("reap", reap)) if ws)
+        self.remove([*cancel, *reap], why)

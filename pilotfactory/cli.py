@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 configuration problems (``check`` found errors; ``run`` / ``status``
 refuse to start with errors in [Factory] or with no usable queue); 2 usage error or a file that
-cannot be read as INI text; 3 a cycle ran with queue errors (``--once``); 141 stdout was closed
-by its reader (``| head``).
+cannot be read as INI text; 3 a cycle ran with queue errors (``--once``) or an endpoint failed
+``check --preflight``; 141 stdout was closed by its reader (``| head``).
 Logs go to stderr; machine-readable output (``--json``) to stdout. Whatever a config file holds,
 the output is escaped text and the exit code one of these (no traceback).
 """

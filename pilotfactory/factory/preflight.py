@@ -1,10 +1,11 @@
 """Run the pre-flight probes of a set of queues (``pilotfactory check --preflight``).
 
 Every plugin of every queue names its endpoints (``Plugin.preflight``); probes with one key run
-once, for all the queues that named them, each on its own daemon thread (at most ``parallel``
-at a time) and all within one ``deadline``: a probe still running then is a FAIL ("no answer")
-and is left behind, never waited for, so a black-holed address cannot hold ``check`` up past
-the deadline whatever its backend's own timeouts are.
+once, for all the queues that named them, one daemon thread per lane (``Probe.lane``: the
+HTCondor ones share one; at most ``parallel`` lanes at a time), all within one ``deadline``:
+a probe still running then is a FAIL ("no answer") and is left behind, never waited for, so a
+black-holed address cannot hold ``check`` up past the deadline whatever its backend's own
+timeouts are.
 """
 
 from __future__ import annotations
@@ -98,27 +99,31 @@ def run_preflight(
     todo = collect(queues, world)
     reports = [EndpointReport(p.endpoint, need.queues) for p, need in todo]
     done = [threading.Event() for _ in todo]
+    lanes: dict[Hashable, list[int]] = {}
+    for i, (probe, _) in enumerate(todo):
+        lanes.setdefault(("own", i) if probe.lane is None else probe.lane, []).append(i)
     slots = threading.Semaphore(max(1, parallel))
     lock = threading.Lock()
 
-    def run(i: int, probe: Probe, need: Need) -> None:
+    def run(indices: list[int]) -> None:
         with slots:
-            started = time.monotonic()
-            try:
-                findings = probe.check(need)
-            except Exception as exc:  # a port or plugin raising its own type
-                findings = [failed(exc)]
-            with lock:
-                if not done[i].is_set():
+            for i in indices:
+                probe, need = todo[i]
+                started = time.monotonic()
+                try:
+                    findings = probe.check(need)
+                except Exception as exc:  # a port or plugin raising its own type
+                    findings = [failed(exc)]
+                with lock:
+                    if done[i].is_set():  # the deadline passed: the rest of the lane too
+                        return
                     reports[i].findings = findings or [Finding(Result.OK, "nothing to check")]
                     reports[i].seconds = time.monotonic() - started
                     done[i].set()
 
     end = time.monotonic() + deadline
-    for i, (probe, need) in enumerate(todo):
-        threading.Thread(
-            target=run, args=(i, probe, need), name=f"preflight-{i}", daemon=True
-        ).start()
+    for n, indices in enumerate(lanes.values()):
+        threading.Thread(target=run, args=(indices,), name=f"preflight-{n}", daemon=True).start()
     for i, event in enumerate(done):
         event.wait(max(0.0, end - time.monotonic()))
         with lock:

@@ -32,6 +32,7 @@ from pilotfactory.factory.text import clip, redact_url
 
 TEXT_LIMIT = 300
 """Outside text kept in one finding."""
+CONDOR_LANE = ("condor",)
 
 
 class Result(enum.IntEnum):
@@ -75,6 +76,9 @@ class Probe:
     check: Callable[[Need], list[Finding]]
     """Contacts the endpoint; bounded by the endpoint's own timeouts. May raise: the caller
     turns an exception into a FAIL."""
+    lane: Hashable = None
+    """Probes of one lane run one after another on one thread (the HTCondor bindings are kept
+    to one, as the factory's own refreshes keep them); None: a lane of its own."""
 
 
 def failed(exc: BaseException) -> Finding:
@@ -111,7 +115,7 @@ def schedd_probe(world: World, target: CondorTarget) -> Probe:
         port: CondorPort = world.condor(target)
         return _condor_finding("job query (1 job, 1 attribute)", port.ping_schedd)
 
-    return Probe(("schedd", target.schedd, target.collector), clip(where, 200), check)
+    return Probe(("schedd", target.schedd, target.collector), clip(where, 200), check, CONDOR_LANE)
 
 
 def collector_probe(world: World, target: CondorTarget) -> Probe:
@@ -122,7 +126,7 @@ def collector_probe(world: World, target: CondorTarget) -> Probe:
         port: CondorPort = world.condor(CondorTarget(collector=target.collector))
         return _condor_finding("collector ad query", port.ping_collector)
 
-    return Probe(("collector", target.collector), clip(where, 200), check)
+    return Probe(("collector", target.collector), clip(where, 200), check, CONDOR_LANE)
 
 
 # ---------------------------------------------------------------------------- cloud

@@ -193,3 +193,36 @@ def test_a_plugin_raising_fails_only_its_own_probe(tmp_path: Path) -> None:
     [report] = run_preflight(queues(tmp_path, PILOTS), world)
     assert report.result is Result.FAIL
     assert report.findings[0].what == "RuntimeError: boom\\x1b[31m"
+
+
+def test_condor_probes_share_one_thread(tmp_path: Path) -> None:
+    """The HTCondor bindings are kept to one thread: distinct schedds are probed in turn."""
+    text = "".join(
+        f"[Q{n}]\nwmsstatusplugin = Condor\nwmsqueue = W\nbatchstatusplugin = Condor\n"
+        f"batchsubmitplugin = CondorLocal\nschedplugin = Ready\nexecutable = /bin/true\n"
+        + "".join(
+            f"{k}.condor{'local' if k == 'batchsubmit' else ''}.scheddhost = s{n}.test\n"
+            for k in ("wmsstatus", "batchstatus", "batchsubmit")
+        )
+        for n in range(4)
+    )
+    busy: list[int] = []
+    most: list[int] = [0]
+    guard = threading.Lock()
+
+    class World(_StallingWorld):
+        def condor(self, target: CondorTarget) -> Any:
+            class Port:
+                def ping_schedd(self) -> None:
+                    with guard:
+                        busy.append(1)
+                        most[0] = max(most[0], len(busy))
+                    time.sleep(0.05)
+                    with guard:
+                        busy.pop()
+
+            return Port()
+
+    reports = run_preflight(queues(tmp_path, text), World(sim()))  # type: ignore[arg-type]
+    assert [r.result for r in reports] == [Result.OK] * 4
+    assert most[0] == 1

@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 configuration problems (``check`` found errors; ``run`` / ``status``
 refuse to start with errors in [Factory] or with no usable queue); 2 usage error or a file that
-cannot be read as INI text; 3 a cycle ran with queue errors (``--once``); 141 stdout was closed
-by its reader (``| head``).
+cannot be read as INI text; 3 a cycle ran with queue errors (``--once``) or an endpoint failed
+``check --preflight``; 141 stdout was closed by its reader (``| head``).
 Logs go to stderr; machine-readable output (``--json``) to stdout. Whatever a config file holds,
 the output is escaped text and the exit code one of these (no traceback).
 """
@@ -67,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate factory.conf and queues.conf")
     _common(p)
     p.add_argument("--json", action="store_true", help="problems as JSON")
+    p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="also reach every schedd, collector, PanDA server and cloud account the queues use "
+        "(credentials, quota headroom); exit 3 if one fails",
+    )
+    p.add_argument(
+        "--preflight-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="bound on the whole pre-flight (60); an endpoint not done by then fails",
+    )
 
     p = sub.add_parser(
         "show",
@@ -220,20 +233,22 @@ def secret_file_problems(result: QueuesResult) -> list[ConfigProblem]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _, result, problems, errors, _ = load_all(args)
+    """Exit 1 on configuration errors; else, with ``--preflight``, 3 when an endpoint failed
+    (the queues using it would fail closed at run time); warnings alone exit 0."""
+    fcfg, result, problems, errors, _ = load_all(args)
+    reports = _preflight(args, fcfg, result) if args.preflight else None
+    failed = [r for r in reports or () if r.result.label == "FAIL"]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": not errors,
-                    "queues": [q.name for q in result.queues],
-                    "broken": result.broken,
-                    "disabled": result.disabled,
-                    "problems": problems,
-                },
-                indent=2,
-            )
-        )
+        out: dict[str, Any] = {
+            "ok": not errors and not failed,
+            "queues": [q.name for q in result.queues],
+            "broken": result.broken,
+            "disabled": result.disabled,
+            "problems": problems,
+        }
+        if reports is not None:
+            out["preflight"] = [r.to_dict() for r in reports]
+        print(json.dumps(out, indent=2))
     else:
         for line in problems:
             print(line)
@@ -242,7 +257,42 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{len(result.disabled)} disabled; {len(errors)} error(s), "
             f"{len(problems) - len(errors)} warning(s)"
         )
-    return EXIT_CONFIG if errors else EXIT_OK
+        if reports is not None:
+            print(format_preflight(reports))
+    if errors:
+        return EXIT_CONFIG
+    return EXIT_QUEUE_ERRORS if failed else EXIT_OK
+
+
+def _preflight(args: argparse.Namespace, fcfg: FactoryConfig, result: QueuesResult) -> list[Any]:
+    """Probe every endpoint of the usable queues through the real world (``factory/preflight``)."""
+    from pilotfactory.backends.world import RealWorld
+    from pilotfactory.factory.preflight import run_preflight
+
+    if args.preflight_timeout <= 0:
+        raise ConfigError("--preflight-timeout must be > 0")
+    return run_preflight(result.queues, RealWorld(fcfg.condor_backend), args.preflight_timeout)
+
+
+def format_preflight(reports: Sequence[Any], shown_queues: int = 6) -> str:
+    """One line per endpoint (result, endpoint, the queues using it, time), then its findings."""
+    counts = {label: sum(r.result.label == label for r in reports) for label in ("ok", "warn")}
+    bad = len(reports) - counts["ok"] - counts["warn"]
+    lines = [
+        f"pre-flight: {len(reports)} endpoint(s): {counts['ok']} ok, "
+        f"{counts['warn']} warn, {bad} FAIL"
+    ]
+    width = max((len(r.endpoint) for r in reports), default=0)
+    for r in reports:
+        names = list(r.queues[:shown_queues])
+        if len(r.queues) > shown_queues:
+            names.append(f"+{len(r.queues) - shown_queues} more")
+        lines.append(
+            f"{r.result.label:<5} {r.endpoint:<{width}}  queues: {', '.join(names)}  "
+            f"({r.seconds:.2f} s)"
+        )
+        lines.extend(f"        {f.result.label:<5} {f.what}" for f in r.findings)
+    return "\n".join(lines)
 
 
 def _make_factory(args: argparse.Namespace, dry_run: bool, service: bool = False) -> Any:

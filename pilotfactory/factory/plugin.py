@@ -23,6 +23,7 @@ from pilotfactory.factory.info import (
 )
 from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.ports import World
+from pilotfactory.factory.probe import Probe
 from pilotfactory.factory.reads import SharedReads
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ class Plugin:
             if p.secret and value:
                 out[p.name] = str(value)
         return out
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The endpoints these params make the plugin reach (``check --preflight``), as
+        probes the caller runs once per distinct endpoint; nothing is contacted here. By
+        default none: a plugin that talks to nothing outside has nothing to check."""
+        return []
 
     @classmethod
     def factory_namespaces(cls) -> tuple[str, ...]:
@@ -97,6 +105,12 @@ class SchedPlugin(Plugin):
 
     def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
         raise NotImplementedError
+
+    @classmethod
+    def cap(cls, params: Mapping[str, Any]) -> int | None:
+        """The most workers a queue with this step in its chain can have, if the step bounds
+        it (MaxVMs, MaxToRun): what a pre-flight holds a cloud quota against."""
+        return None
 
     # Plugins that need the bounded job history (Throttle) say so; the batch status plugin
     # then fetches it for that queue.

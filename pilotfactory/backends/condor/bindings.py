@@ -368,6 +368,22 @@ class BindingsCondor:
     ) -> list[dict[str, Any]]:
         return self._query_collector(htcondor2.AdTypes.Master, match, projection, constraint)
 
+    def ping_schedd(self) -> None:
+        """One attribute of at most one job: reaches and authenticates to the schedd (READ)
+        while costing it next to nothing, however long its queue."""
+        with _SWITCH.shared():
+            schedd = self._schedd()
+            self._call(
+                self.target.schedd or "schedd",
+                "query schedd",
+                lambda: schedd.query("true", ["ClusterId"], limit=1),
+                CondorUnreachable,
+            )
+
+    def ping_collector(self) -> None:
+        """The collector's own ad (one small query)."""
+        self._query_collector(htcondor2.AdTypes.Collector, {}, ["Name"], None)
+
     # -- schedd actions ----------------------------------------------------------------------
 
     def submit(self, description: Mapping[str, str], count: int) -> SubmitResult:

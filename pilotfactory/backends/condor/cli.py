@@ -251,6 +251,16 @@ class CliCondor:
         argv += ["-constraint", checked_constraint(combine(match, constraint))]
         return parse_json_ads(self._run(argv, default=CondorUnreachable).stdout, projection)
 
+    def ping_schedd(self) -> None:
+        """One attribute of at most one job (see ``BindingsCondor.ping_schedd``)."""
+        argv = ["condor_q", *self._schedd_args(), "-allusers", "-json", "-limit", "1"]
+        self._run([*argv, "-attributes", "ClusterId"], default=CondorUnreachable)
+
+    def ping_collector(self) -> None:
+        """The collector's own ad (one small query)."""
+        argv = ["condor_status", *self._pool_args(), "-collector", "-json", "-attributes", "Name"]
+        self._run(argv, default=CondorUnreachable)
+
     # -- schedd actions ----------------------------------------------------------------------
 
     def submit(self, description: Mapping[str, str], count: int) -> SubmitResult:

@@ -21,7 +21,7 @@ from pilotfactory.factory.contract import (
     submit_environment,
     target_from,
 )
-from pilotfactory.factory.info import RetireMode, Worker
+from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import (
     BatchSubmitPlugin,
@@ -31,7 +31,8 @@ from pilotfactory.factory.plugin import (
     RetireGroup,
     SubmitError,
 )
-from pilotfactory.factory.ports import CondorError, CondorPort
+from pilotfactory.factory.ports import CondorError, CondorPort, World
+from pilotfactory.factory.probe import Probe, collector_probe, schedd_probe
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,15 @@ class CondorSubmitBase(BatchSubmitPlugin):
                 self.queue.queue,
                 params["submitargs"],
             )
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The schedd it submits to (a VM queue's retire also reaches the collector)."""
+        target = target_from(params)
+        probes = [schedd_probe(world, target)]
+        if cls.WORKERS is WorkerKind.VM:
+            probes.append(collector_probe(world, target))
+        return probes
 
     @property
     def port(self) -> CondorPort:

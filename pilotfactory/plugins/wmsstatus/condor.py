@@ -23,7 +23,8 @@ from pilotfactory.factory.contract import TARGET_PARAMS, target_from
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
-from pilotfactory.factory.ports import CondorTarget
+from pilotfactory.factory.ports import CondorTarget, World
+from pilotfactory.factory.probe import Probe, schedd_probe
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,11 @@ class CondorWMSStatus(WMSStatusPlugin):
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, target_from(params))
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The schedd whose idle jobs are the work."""
+        return [schedd_probe(world, target_from(params))]
 
     def refresh(self) -> None:
         now = self.env.clock.now()

@@ -66,7 +66,10 @@ class CycleTrace:
         for step in steps:
             if step.n_out <= 0 < step.n_in:
                 decisive = step
-        return f"n={self.n}: {decisive.plugin}: {decisive.reason}"
+        reason = decisive.reason
+        if not reason.startswith(decisive.plugin):
+            reason = f"{decisive.plugin}: {reason}"
+        return f"n={self.n}: {reason}"
 
     def why_not(self, max_ids: int | None = None) -> dict[str, Any]:
         """Plain data: why nothing was bought and what was held back from retire (and why),

@@ -685,7 +685,7 @@ def test_status_says_why_not_per_queue_and_per_worker(tmp_path: Path) -> None:
     r.port.masters = [m for _, _, m in vms]
     t = r.tick()
     why = t.why_not()
-    assert why["buy"] == "n=-4: KeepNRunning: " + t.chain.steps[-1].reason  # type: ignore[union-attr]
+    assert why["buy"] == "n=-4: " + t.chain.steps[-1].reason  # type: ignore[union-attr]
     assert [(h["what"], h["reason"], h["count"]) for h in why["held"]] == [
         ("retire", "confirmation 1/2", 3),
         (

@@ -53,7 +53,13 @@ from pilotfactory.plugins.batchstatus.vmjoin import (
     VMRecord,
     keep_machines,
 )
-from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, account_of, provider_key
+from pilotfactory.plugins.cloudaccount import (
+    EC2_PARAMS,
+    OPENSTACK_PARAMS,
+    account_of,
+    account_text,
+    provider_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,11 @@ class CloudBatchStatus(SnapshotStatus):
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, provider_key(cls.PROVIDER, params), target_from(params).collector)
+
+    def source_label(self) -> str:
+        text = account_text(self.PROVIDER, self.params)
+        collector = self.target.collector
+        return f"{text} collector {collector}" if collector else text
 
     @property
     def cloud(self) -> CloudPort:

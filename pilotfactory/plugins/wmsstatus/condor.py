@@ -19,7 +19,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from pilotfactory.factory.contract import TARGET_PARAMS, target_from
+from pilotfactory.factory.contract import TARGET_PARAMS, target_from, target_text
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
@@ -140,6 +140,9 @@ class CondorWMSStatus(WMSStatusPlugin):
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, target_from(params))
+
+    def source_label(self) -> str:
+        return target_text(self.target)
 
     def refresh(self) -> None:
         now = self.env.clock.now()

@@ -181,6 +181,9 @@ class PandaWMSStatus(WMSStatusPlugin):
             _text(params, "token_file"),
         )
 
+    def source_label(self) -> str:
+        return self.url
+
     def refresh_lane(self) -> Hashable:
         """Its own: only this server (and the site status URLs) is asked."""
         return ("http", self.source_key(self.params))

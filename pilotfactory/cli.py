@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -373,9 +374,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_QUEUE_ERRORS if any(t.failed for t in traces) else EXIT_OK
     factory.install_signals()
     _cancel_requests_on_stop(factory.world)
-    if factory.fcfg.metrics_port:
-        factory.metrics.serve(factory.fcfg.metrics_port)
-        log.info("metrics on 127.0.0.1:%d", factory.fcfg.metrics_port)
+    if factory.fcfg.metrics_port and not serve_metrics(factory):
+        return EXIT_CONFIG
     from pilotfactory.service import Health, Notifier
 
     health = Health(Notifier(), factory.fcfg.unhealthy_after, time.monotonic())
@@ -394,6 +394,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         health.stopping()
     return EXIT_OK
+
+
+def serve_metrics(factory: Any) -> bool:
+    """Serve metrics on ``metrics_address``:``metrics_port``; False, logged naming both
+    settings, when they cannot be bound (a busy port, an address this host lacks). Bound
+    beyond loopback, it warns: the metrics name queues, schedds and servers."""
+    fcfg = factory.fcfg
+    try:
+        host, port = factory.metrics.serve(fcfg.metrics_port, fcfg.metrics_address)
+    except OSError as exc:
+        where = _host_port(fcfg.metrics_address, fcfg.metrics_port)
+        log.error(
+            "not starting: cannot serve metrics on %s (metrics_address, metrics_port in %s): %s",
+            where,
+            fcfg.source,
+            exc,
+        )
+        return False
+    log.info("metrics on %s", _host_port(host, port))
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        log.warning(
+            "metrics on %s are open beyond this host (metrics_address = %s): they name queues, "
+            "schedds and servers; firewall the port or bind 127.0.0.1 / ::1",
+            _host_port(host, port),
+            fcfg.metrics_address,
+        )
+    return True
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _print_traces(traces: Sequence[Any], as_json: bool, workers: int | None = None) -> None:

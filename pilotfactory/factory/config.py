@@ -18,6 +18,7 @@ import configparser
 import contextlib
 import difflib
 import glob
+import ipaddress
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,6 +122,15 @@ def _multiline_problem(text: str) -> str:
 
 # ---------------------------------------------------------------------------- factory.conf
 
+
+def _ip_literal(value: str) -> None:
+    """A bind address is an IP literal: what is loopback is then known without a lookup."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("expected an IPv4 or IPv6 address (127.0.0.1, ::1, 0.0.0.0, ::)") from None
+
+
 FACTORY_PARAMS: tuple[Param, ...] = (
     Param("factoryId", str, "pilotfactory", "label stamped on every worker"),
     Param("factoryAdminEmail", str, None),
@@ -164,6 +174,13 @@ FACTORY_PARAMS: tuple[Param, ...] = (
     Param(
         "metrics_port", int, None, "serve Prometheus metrics on this port", minimum=1, maximum=65535
     ),
+    Param(
+        "metrics_address",
+        str,
+        "127.0.0.1",
+        "the address metrics_port is bound to (IPv4 or IPv6, e.g. ::1; 0.0.0.0 or :: for all)",
+        validate=_ip_literal,
+    ),
     Param("statusFile", str, None, "the daemon writes its recent decisions here (JSON)"),
     Param(
         "stateFile",
@@ -205,6 +222,7 @@ class FactoryConfig:
     unhealthy_after: float = 1800.0
     allow_root: bool = False
     lock_file: str | None = None
+    metrics_address: str = "127.0.0.1"
 
 
 def default_factory_config(queue_conf: Iterable[str] = ()) -> FactoryConfig:
@@ -372,6 +390,7 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
         unhealthy_after=values["factory.unhealthy_after"],
         allow_root=values["allowRoot"],
         lock_file=_resolve(values["lockFile"], base) if values["lockFile"] else None,
+        metrics_address=values["metrics_address"],
     )
     return cfg, problems
 

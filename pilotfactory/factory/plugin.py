@@ -158,6 +158,12 @@ class StatusSource(Plugin):
         (PanDA over HTTP) has a lane of its own."""
         return ("local",)
 
+    def source_label(self) -> str:
+        """What this instance reads, in a few words and without a secret (a schedd, a server's
+        URL redacted): it tells the sources of one plugin apart in the metrics. Instances are
+        shared by ``source_key``, by default one per plugin, which needs no further name."""
+        return "default"
+
     def register(self, params: Mapping[str, Any]) -> None:
         """A queue with these params reads this source (so it can fetch what they need)."""
 

@@ -204,6 +204,7 @@ class Queue:
         dry_run: bool = False,
     ) -> CycleTrace:
         """The first half: snapshot -> chain -> planner, nothing done to the world yet."""
+        started = self.env.clock.monotonic()
         now = self.env.clock.now()
         trace = CycleTrace(queue=self.name, time=now, dry_run=dry_run)
         if self._open is not None:  # a cycle that overran: never two planners on one snapshot
@@ -214,6 +215,7 @@ class Queue:
             self._decide(trace, now, wms_error, batch_error, totals)
         except Exception as exc:  # one queue's failure never stops the factory
             self._failed(trace, exc)
+        trace.seconds = self.env.clock.monotonic() - started
         return trace
 
     def candidates(self, trace: CycleTrace) -> list[Worker]:
@@ -232,6 +234,7 @@ class Queue:
         failed, so only submit and un-retire happen), then record the cycle."""
         if trace is not self._open:  # the skipped overrun of decide()
             return trace
+        started = self.env.clock.monotonic()
         try:
             if not trace.error and not trace.dry_run:
                 if recheck_error is not None:
@@ -247,6 +250,7 @@ class Queue:
             self.records.add(trace)
             self._status_cache = None
         self._log(trace)
+        trace.seconds += self.env.clock.monotonic() - started
         return trace
 
     def _failed(self, trace: CycleTrace, exc: Exception) -> None:

@@ -34,6 +34,8 @@ class CycleTrace:
     error: str | None = None
     dry_run: bool = False
     held_back: list[HeldBack] = field(default_factory=list)
+    seconds: float = 0.0
+    """Time spent in ``decide`` and ``act`` (``Clock.monotonic``): the per-queue histogram."""
 
     @property
     def failed(self) -> bool:

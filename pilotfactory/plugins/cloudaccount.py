@@ -14,6 +14,7 @@ from typing import Any
 from pilotfactory.factory.params import Param, ParamValueError
 from pilotfactory.factory.ports import CloudAccount, Ec2Account, OpenStackAccount, World
 from pilotfactory.factory.probe import Finding, Probe, Result, cloud_probe
+from pilotfactory.factory.text import redact_url
 
 _API = (
     Param("timeout", float, 30.0, "seconds per API call", minimum=0.001, maximum=3600.0),
@@ -53,6 +54,20 @@ PROVIDER_PARAMS: dict[str, tuple[Param, ...]] = {"ec2": EC2_PARAMS, "openstack":
 def provider_key(provider: str, params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """The settings that name one cloud account (paths, never secrets)."""
     return tuple((p.name, str(params.get(p.name))) for p in PROVIDER_PARAMS[provider])
+
+
+def account_text(provider: str, params: Mapping[str, Any]) -> str:
+    """An account in words, for labels and messages: where it is (endpoint, project, region),
+    never who logs in nor with what."""
+    get = params.get
+    if provider == "ec2":
+        parts = [provider, f"region {get('region') or 'us-east-1'}"]
+        if get("endpoint_url"):
+            parts.append(redact_url(str(get("endpoint_url"))))
+    else:
+        parts = [provider, redact_url(str(get("auth_url") or "(no auth_url)"))]
+        parts += [f"{k} {get(k)}" for k in ("project_name", "region") if get(k)]
+    return " ".join(parts)
 
 
 ACCOUNT_TYPES: dict[str, type[Ec2Account] | type[OpenStackAccount]] = {

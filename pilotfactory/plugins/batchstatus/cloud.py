@@ -59,6 +59,7 @@ from pilotfactory.plugins.cloudaccount import (
     OPENSTACK_PARAMS,
     account_of,
     account_probe,
+    account_text,
     provider_key,
 )
 
@@ -149,6 +150,11 @@ class CloudBatchStatus(SnapshotStatus):
             account_probe(cls.PROVIDER, cls.namespaces()[0], params, world),
             collector_probe(world, target_from(params)),
         ]
+
+    def source_label(self) -> str:
+        text = account_text(self.PROVIDER, self.params)
+        collector = self.target.collector
+        return f"{text} collector {collector}" if collector else text
 
     @property
     def cloud(self) -> CloudPort:

@@ -23,6 +23,7 @@ from pilotfactory.factory.contract import (
     JobStatus,
     Universe,
     target_from,
+    target_text,
 )
 from pilotfactory.factory.info import (
     BatchQueueInfo,
@@ -189,6 +190,9 @@ class CondorBatchStatus(SnapshotStatus):
     def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
         """The schedd holding the pilot jobs."""
         return [schedd_probe(world, target_from(params))]
+
+    def source_label(self) -> str:
+        return target_text(self.target)
 
     def recheck_key(self) -> Hashable:
         """The pilot and the VM source of one schedd re-read together (the VM one, which

@@ -19,7 +19,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from pilotfactory.factory.contract import TARGET_PARAMS, target_from
+from pilotfactory.factory.contract import TARGET_PARAMS, target_from, target_text
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
@@ -146,6 +146,9 @@ class CondorWMSStatus(WMSStatusPlugin):
     def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
         """The schedd whose idle jobs are the work."""
         return [schedd_probe(world, target_from(params))]
+
+    def source_label(self) -> str:
+        return target_text(self.target)
 
     def refresh(self) -> None:
         now = self.env.clock.now()

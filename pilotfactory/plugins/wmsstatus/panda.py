@@ -221,6 +221,9 @@ class PandaWMSStatus(WMSStatusPlugin):
             probes.append(Probe(("site status", key), f"site status {clip(where, 200)}", sites))
         return probes
 
+    def source_label(self) -> str:
+        return self.url
+
     def refresh_lane(self) -> Hashable:
         """Its own: only this server (and the site status URLs) is asked."""
         return ("http", self.source_key(self.params))

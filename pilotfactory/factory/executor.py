@@ -175,6 +175,7 @@ class Executor:
         sub, n = self.submitter, len(action.workers)
         if action.kind is ActionKind.SUBMIT:
             ids = sub.submit(action.count)
+            trace.submitted.extend(ids)
             self.counters["submitted"] += len(ids)
             trace.results.append(f"submitted {len(ids)}")
             self.backoff.submitted()

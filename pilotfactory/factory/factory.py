@@ -207,6 +207,8 @@ class Factory:
             )
             for q in due
         ]
+        for trace in decided:  # the factory's cycle number, for the queues' log lines
+            trace.cycle = self.cycles_run + 1
         rechecked = self._recheck(due, decided)
         traces: list[CycleTrace] = []
         for q, trace in zip(due, decided, strict=True):

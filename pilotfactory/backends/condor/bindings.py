@@ -402,7 +402,7 @@ class BindingsCondor:
                 return SubmitResult(cluster=result.cluster(), count=result.num_procs())
 
             submitted = self._call(self.target.schedd or "schedd", "submit", submit, CondorRejected)
-        log.info("submitted %d job(s) as cluster %d", submitted.count, submitted.cluster)
+        log.debug("submitted %d job(s) as cluster %d", submitted.count, submitted.cluster)
         return submitted
 
     def remove(self, job_ids: Sequence[str], reason: str) -> int:
@@ -467,7 +467,7 @@ class BindingsCondor:
                 ),
                 CondorUnreachable,
             )
-        log.info("retire (peaceful) sent to the startd of %s", machine)
+        log.debug("retire (peaceful) sent to the startd of %s", machine)
 
     def unretire(self, machine: str) -> None:
         master = self._daemon_ad(htcondor2.AdTypes.Master, machine, "master")
@@ -482,7 +482,7 @@ class BindingsCondor:
                 ),
                 CondorUnreachable,
             )
-        log.info("unretire (daemon on) sent to the master of %s", machine)
+        log.debug("unretire (daemon on) sent to the master of %s", machine)
 
     def drain(self, machine: str, reason: str) -> None:
         slot = self._daemon_ad(htcondor2.AdTypes.Startd, machine, "startd")
@@ -496,7 +496,7 @@ class BindingsCondor:
                 ),
                 CondorRejected,
             )
-        log.info("drain of %s requested (request id %s)", machine, request)
+        log.debug("drain of %s requested (request id %s)", machine, request)
 
     def cancel_drain(self, machine: str) -> None:
         slot = self._daemon_ad(htcondor2.AdTypes.Startd, machine, "startd")
@@ -508,7 +508,7 @@ class BindingsCondor:
                 lambda: htcondor2.Startd(slot).cancelDrainJobs(),
                 CondorRejected,
             )
-        log.info("drain of %s cancelled", machine)
+        log.debug("drain of %s cancelled", machine)
 
 
 def check_token_dir(path: str) -> None:

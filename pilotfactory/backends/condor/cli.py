@@ -284,7 +284,7 @@ class CliCondor:
         submitted = SubmitResult(
             cluster=int(m.group(1)), count=int(m.group(4)) - int(m.group(2)) + 1
         )
-        log.info("submitted %d job(s) as cluster %d", submitted.count, submitted.cluster)
+        log.debug("submitted %d job(s) as cluster %d", submitted.count, submitted.cluster)
         return submitted
 
     def remove(self, job_ids: Sequence[str], reason: str) -> int:
@@ -326,7 +326,7 @@ class CliCondor:
 
     def _admin(self, argv: list[str], default: type[CondorError] = CondorRejected) -> None:
         result = self._run(argv, env=self._admin_env(), default=default)
-        log.info("%s: %s", shlex.join(argv), clip(result.stdout or result.stderr))
+        log.debug("%s: %s", shlex.join(argv), clip(result.stdout or result.stderr))
 
     def retire_peaceful(self, machine: str) -> None:
         self._admin(

@@ -199,7 +199,7 @@ class CloudSubmit(BatchSubmitPlugin):
                     log.warning("[%s] launched %d of %d VMs: %s", q, len(launched), count, launched)
                 raise
             launched.append(wid)
-            log.info("[%s] launched worker %s as %s", q, wid, ", ".join(ids))
+            log.debug("[%s] launched worker %s as %s", q, wid, ", ".join(ids))
         return launched
 
     # ------------------------------------------------------------------ stopping
@@ -217,7 +217,7 @@ class CloudSubmit(BatchSubmitPlugin):
             )
         with self.calling(f"terminate ({why})"):
             self.cloud.terminate(ids)
-        log.info("[%s] %s: terminated %s", self.queue.queue, why, ids)
+        log.debug("[%s] %s: terminated %s", self.queue.queue, why, ids)
 
     def record(self, workers: Sequence[Worker], tags: Mapping[str, str], what: str) -> None:
         with self.calling(f"record {what} in tags"):

@@ -67,7 +67,7 @@ def retire_startds(
                 port.drain(w.machine, "pilotfactory")
             else:
                 port.retire_peaceful(w.machine)
-            log.info("[%s] retire %s on %s (%s)", queue, w.id, w.machine, mode)
+            log.debug("[%s] retire %s on %s (%s)", queue, w.id, w.machine, mode)
         except CondorError as exc:
             log.error("[%s] retire %s on %s (%s) failed: %s", queue, w.id, w.machine, mode, exc)
             errors.append(exc)
@@ -99,7 +99,7 @@ def unretire_startds(
             log.error("[%s] un-retire %s on %s failed: %s", queue, w.id, w.machine, exc)
             errors.append(exc)
             continue
-        log.info("[%s] un-retired %s on %s (%s)", queue, w.id, w.machine, w.retire_mode)
+        log.debug("[%s] un-retired %s on %s (%s)", queue, w.id, w.machine, w.retire_mode)
         done.append(w)
     return done, errors
 
@@ -129,7 +129,7 @@ def retire_vms(
     skip = {id(w) for w in unjoined}
     joined = [(g, mode) for ws, mode in groups if (g := [w for w in ws if id(w) not in skip])]
     for w in unjoined:
-        log.info("[%s] %s has no startd (no work possible): stopping it", queue, w.id)
+        log.debug("[%s] %s has no startd (no work possible): stopping it", queue, w.id)
     if joined:
         record(joined)
     killed = [w for ws, mode in joined if mode is RetireMode.KILL for w in ws]
@@ -296,7 +296,7 @@ class CondorSubmitBase(BatchSubmitPlugin):
             result = self.port.submit(desc, count)
         except CondorError as exc:
             raise SubmitError(f"queue {self.queue.queue}: submit of {count} failed: {exc}") from exc
-        log.info("[%s] submitted %d job(s) in cluster %d", self.queue.queue, count, result.cluster)
+        log.debug("[%s] submitted %d job(s) in cluster %d", self.queue.queue, count, result.cluster)
         return result.job_ids
 
     def remove(self, workers: Sequence[Worker], why: str) -> None:
@@ -304,7 +304,7 @@ class CondorSubmitBase(BatchSubmitPlugin):
         if not ids:
             return
         n = self.port.remove(ids, f"pilotfactory: {why} (queue {self.queue.queue})")
-        log.info("[%s] %s: removed %d of %d job(s): %s", self.queue.queue, why, n, len(ids), ids)
+        log.debug("[%s] %s: removed %d of %d job(s): %s", self.queue.queue, why, n, len(ids), ids)
 
     def cancel(self, workers: Sequence[Worker]) -> None:
         self.remove(workers, "cancel")

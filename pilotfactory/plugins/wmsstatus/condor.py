@@ -222,7 +222,7 @@ class CondorWMSStatus(WMSStatusPlugin):
             if verdict:
                 out += n
         if out:
-            log.info(
+            log.debug(
                 "[%s] %d idle job(s) of %s cannot match the queue's slot_ad", queue, out, label
             )
         return out

@@ -33,8 +33,10 @@ from pilotfactory.factory.config import (
     load_factory_config,
     load_queues,
 )
-from pilotfactory.factory.text import one_line, printable, redact_secrets
+from pilotfactory.factory.text import printable, redact_secrets
 from pilotfactory.factory.trace import workers_view
+from pilotfactory.logs import FORMATS, LogSetupError, QueueFiles, add_queue_files
+from pilotfactory.logs import setup as setup_log_handlers
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger("pilotfactory")
@@ -55,6 +57,16 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="queues.conf (repeatable; later files win per key); overrides queueConf",
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    _log_format(p)
+
+
+def _log_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="stderr and queue log files: inert text lines (default) or one JSON object a line",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,23 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--json", action="store_true", help="summary as JSON")
         p.add_argument("-v", "--verbose", action="count", default=0)
+        _log_format(p)
     return parser
 
 
-class OneLineFormatter(logging.Formatter):
-    """Every record's message is one inert line: outside text that reached a log call without
-    ``clip`` still cannot forge a record (``\r\n``) or drive the terminal (``ESC [``). A
-    traceback, appended after the message, keeps its lines."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return one_line(super().formatMessage(record))
-
-
-def setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * verbose
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=max(logging.DEBUG, level), handlers=[handler])
+def setup_logging(verbose: int, fmt: str = "text") -> None:
+    """stderr at WARNING (``-v`` INFO, ``-vv`` DEBUG) in ``fmt``; see ``pilotfactory.logs``."""
+    setup_log_handlers(verbose, fmt)
 
 
 class Loaded(NamedTuple):
@@ -310,6 +312,7 @@ def _make_factory(args: argparse.Namespace, dry_run: bool, service: bool = False
     if refusal is not None:
         log.error("not starting: %s", refusal)
         return None
+    queue_logs: QueueFiles | None = None
     if service:
         from pilotfactory.service import FactoryLock, ServiceError, default_lock_path, drop_root
 
@@ -321,12 +324,30 @@ def _make_factory(args: argparse.Namespace, dry_run: bool, service: bool = False
                 lock = FactoryLock(lock_path, fcfg.factory_id)
                 lock.acquire()
                 _LOCKS.append(lock)  # held until the process exits
-        except (ServiceError, OSError) as exc:
+            # after drop_root: the factory user must own the files it rotates; a dry run
+            # writes none (they are the daemon's)
+            queue_logs = None if dry_run else add_queue_files(fcfg, args.log_format, args.verbose)
+        except (ServiceError, OSError, LogSetupError) as exc:
             log.error("not starting: %s", exc)
             return None
     factory = Factory(
         fcfg, result.queues, RealWorld(fcfg.condor_backend), WallClock(), dry_run=dry_run
     )
+    if queue_logs is not None:
+        try:
+            queue_logs.set_queues(factory.queues, strict=True)
+        except LogSetupError as exc:
+            log.error("not starting: %s", exc)
+            return None
+        reload = factory.reload_from_hook
+
+        def reload_and_reopen() -> bool:
+            """After a SIGHUP: files for new queues, removed queues' files closed."""
+            done: bool = reload()
+            queue_logs.set_queues(factory.queues)
+            return done
+
+        factory.reload_from_hook = reload_and_reopen  # type: ignore[method-assign]
 
     def reload_queues() -> QueuesResult:
         """The new queues; errors in [Factory] keep the old ones whole, and a broken queue
@@ -726,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a path argv could not decode still prints
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-    setup_logging(getattr(args, "verbose", 0))
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "log_format", "text"))
     handlers = {
         "check": cmd_check,
         "show": cmd_show,

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pilotfactory.factory.contract import TAG_QUEUE, TAG_WORKER
-from pilotfactory.factory.ports import CloudError, CloudQuotaError, Instance, LaunchSpec
+from pilotfactory.factory.ports import (
+    CloudError,
+    CloudQuota,
+    CloudQuotaError,
+    Instance,
+    LaunchSpec,
+)
 from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.metrics import SimMetrics
 
@@ -120,7 +126,8 @@ class SimInstance:
 
 class SimCloud:
     """Implements ``CloudPort``. Failure switch: ``launch_error`` (raised by every launch,
-    the gridmanager's included, which then holds the EC2 job); ``quota``."""
+    the gridmanager's included, which then holds the EC2 job); ``instance_limit``
+    (from ``CloudConfig.quota``)."""
 
     def __init__(
         self,
@@ -135,7 +142,7 @@ class SimCloud:
         self.rng = rng or seeded_rng(0)
         self.metrics = metrics or SimMetrics()
         self.pool = pool
-        self.quota = self.config.quota
+        self.instance_limit = self.config.quota
         self.launch_error: CloudError | None = None
         self._records: builtins.list[SimInstance] = []
         self._index: dict[str, SimInstance] = {}
@@ -204,6 +211,12 @@ class SimCloud:
         if rec is not None and rec.instance_id is None:
             self._terminate(rec, notify=False)
 
+    def quota(self) -> CloudQuota | None:
+        """``quota`` as the provider would state it: live instances and open requests."""
+        self._enter("cloud_quota")
+        live = sum(1 for r in self._records if r.state in LIVE)
+        return CloudQuota(used=live, limit=self.instance_limit)
+
     def terminate_now(self, instance_id: str) -> None:
         rec = self._index.get(instance_id)
         if rec is not None:
@@ -258,11 +271,12 @@ class SimCloud:
             raise CloudError(f"InvalidParameterValue: cannot launch {count} instances")
         if self.launch_error is not None:
             raise self.launch_error
-        if self.quota is not None:
+        if self.instance_limit is not None:
             live = sum(1 for r in self._records if r.state in LIVE)
-            if live + count > self.quota:
+            if live + count > self.instance_limit:
                 raise CloudQuotaError(
-                    f"InstanceLimitExceeded: {live} of {self.quota} in use, {count} requested"
+                    f"InstanceLimitExceeded: {live} of {self.instance_limit} in use, "
+                    f"{count} requested"
                 )
         recs = []
         for _ in range(count):

@@ -533,6 +533,12 @@ class SimPool:
                     out.append(_project(ad, proj))
         return out
 
+    def ping_schedd(self) -> None:
+        self._enter("ping_schedd", "schedd")
+
+    def ping_collector(self) -> None:
+        self._enter("ping_collector", "collector")
+
     def query_masters(
         self,
         match: Mapping[str, Any],

@@ -37,7 +37,8 @@ from pilotfactory.factory.contract import (
 from pilotfactory.factory.info import BatchQueueInfo, RetireMode, Worker, WorkerSet
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env
-from pilotfactory.factory.ports import CloudPort, CondorPort, Instance
+from pilotfactory.factory.ports import CloudPort, CondorPort, Instance, World
+from pilotfactory.factory.probe import Probe, collector_probe
 from pilotfactory.factory.text import clip
 from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
@@ -53,7 +54,14 @@ from pilotfactory.plugins.batchstatus.vmjoin import (
     VMRecord,
     keep_machines,
 )
-from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS, account_of, provider_key
+from pilotfactory.plugins.cloudaccount import (
+    EC2_PARAMS,
+    OPENSTACK_PARAMS,
+    account_of,
+    account_probe,
+    account_text,
+    provider_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +142,19 @@ class CloudBatchStatus(SnapshotStatus):
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, provider_key(cls.PROVIDER, params), target_from(params).collector)
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The cloud account and the collector its VMs join."""
+        return [
+            account_probe(cls.PROVIDER, cls.namespaces()[0], params, world),
+            collector_probe(world, target_from(params)),
+        ]
+
+    def source_label(self) -> str:
+        text = account_text(self.PROVIDER, self.params)
+        collector = self.target.collector
+        return f"{text} collector {collector}" if collector else text
 
     @property
     def cloud(self) -> CloudPort:

@@ -23,6 +23,7 @@ from pilotfactory.factory.contract import (
     JobStatus,
     Universe,
     target_from,
+    target_text,
 )
 from pilotfactory.factory.info import (
     BatchQueueInfo,
@@ -34,7 +35,8 @@ from pilotfactory.factory.info import (
 )
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import BatchStatusPlugin, Env
-from pilotfactory.factory.ports import CondorPort
+from pilotfactory.factory.ports import CondorPort, World
+from pilotfactory.factory.probe import Probe, collector_probe, schedd_probe
 from pilotfactory.factory.text import clip, redact_url
 from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
@@ -184,6 +186,14 @@ class CondorBatchStatus(SnapshotStatus):
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, target_from(params))
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The schedd holding the pilot jobs."""
+        return [schedd_probe(world, target_from(params))]
+
+    def source_label(self) -> str:
+        return target_text(self.target)
 
     def recheck_key(self) -> Hashable:
         """The pilot and the VM source of one schedd re-read together (the VM one, which
@@ -404,6 +414,12 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         JOIN_ATTRIBUTE,
         UNRETIRE_GRACE,
     )
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The schedd holding the VM jobs and the collector their startds join."""
+        target = target_from(params)
+        return [schedd_probe(world, target), collector_probe(world, target)]
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)

@@ -35,7 +35,8 @@ from pilotfactory.factory.contract import (
 )
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, RetireGroup, SubmitError
-from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, LaunchSpec
+from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, LaunchSpec, World
+from pilotfactory.factory.probe import Probe, collector_probe
 from pilotfactory.plugins.batchsubmit.cloud_common import (
     EC2_PARAMS,
     OPENSTACK_PARAMS,
@@ -48,7 +49,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     retire_vms,
     unretire_vms,
 )
-from pilotfactory.plugins.cloudaccount import account_of
+from pilotfactory.plugins.cloudaccount import account_of, account_probe
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,14 @@ class CloudSubmit(BatchSubmitPlugin):
         self.target = target_from(params)
         self._cloud: CloudPort | None = None
         self._seq = itertools.count()
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The cloud account it launches on and the collector it retires startds through."""
+        return [
+            account_probe(cls.PROVIDER, cls.namespaces()[0], params, world),
+            collector_probe(world, target_from(params)),
+        ]
 
     @property
     def cloud(self) -> CloudPort:
@@ -190,7 +199,7 @@ class CloudSubmit(BatchSubmitPlugin):
                     log.warning("[%s] launched %d of %d VMs: %s", q, len(launched), count, launched)
                 raise
             launched.append(wid)
-            log.info("[%s] launched worker %s as %s", q, wid, ", ".join(ids))
+            log.debug("[%s] launched worker %s as %s", q, wid, ", ".join(ids))
         return launched
 
     # ------------------------------------------------------------------ stopping
@@ -208,7 +217,7 @@ class CloudSubmit(BatchSubmitPlugin):
             )
         with self.calling(f"terminate ({why})"):
             self.cloud.terminate(ids)
-        log.info("[%s] %s: terminated %s", self.queue.queue, why, ids)
+        log.debug("[%s] %s: terminated %s", self.queue.queue, why, ids)
 
     def record(self, workers: Sequence[Worker], tags: Mapping[str, str], what: str) -> None:
         with self.calling(f"record {what} in tags"):

@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 configuration problems (``check`` found errors; ``run`` / ``status``
 refuse to start with errors in [Factory] or with no usable queue); 2 usage error or a file that
-cannot be read as INI text; 3 a cycle ran with queue errors (``--once``); 141 stdout was closed
-by its reader (``| head``).
+cannot be read as INI text; 3 a cycle ran with queue errors (``--once``) or an endpoint failed
+``check --preflight``; 141 stdout was closed by its reader (``| head``).
 Logs go to stderr; machine-readable output (``--json``) to stdout. Whatever a config file holds,
 the output is escaped text and the exit code one of these (no traceback).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -32,8 +33,10 @@ from pilotfactory.factory.config import (
     load_factory_config,
     load_queues,
 )
-from pilotfactory.factory.text import one_line, printable, redact_secrets
+from pilotfactory.factory.text import printable, redact_secrets
 from pilotfactory.factory.trace import workers_view
+from pilotfactory.logs import FORMATS, LogSetupError, QueueFiles, add_queue_files
+from pilotfactory.logs import setup as setup_log_handlers
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger("pilotfactory")
@@ -54,6 +57,16 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="queues.conf (repeatable; later files win per key); overrides queueConf",
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    _log_format(p)
+
+
+def _log_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="stderr and queue log files: inert text lines (default) or one JSON object a line",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate factory.conf and queues.conf")
     _common(p)
     p.add_argument("--json", action="store_true", help="problems as JSON")
+    p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="also reach every schedd, collector, PanDA server and cloud account the queues use "
+        "(credentials, quota headroom); exit 3 if one fails",
+    )
+    p.add_argument(
+        "--preflight-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="bound on the whole pre-flight (60); an endpoint not done by then fails",
+    )
 
     p = sub.add_parser(
         "show",
@@ -102,44 +128,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=50, help="with --workers: rows per group (50)")
 
-    for name in ("demo", "sim"):
-        p = sub.add_parser(
-            name, help="run the factory against the embedded simulated pool and cloud"
-        )
-        p.add_argument("-q", "--queues-conf", metavar="FILE", action="append")
-        p.add_argument("-c", "--factory-conf", metavar="FILE")
-        p.add_argument("--hours", type=float, default=6.0, help="simulated hours (6)")
-        p.add_argument("--seed", type=int, default=1)
-        p.add_argument(
-            "--workload",
-            default="auto",
-            help="auto (PanDA site or pool label), burst, spike, steady, panda, idle",
-        )
-        p.add_argument(
-            "--every",
-            type=int,
-            default=0,
-            help="also print every Nth cycle (default: only cycles that act)",
-        )
-        p.add_argument("--json", action="store_true", help="summary as JSON")
-        p.add_argument("-v", "--verbose", action="count", default=0)
+    p = sub.add_parser("demo", help="run the factory against the embedded simulated pool and cloud")
+    p.add_argument("-q", "--queues-conf", metavar="FILE", action="append")
+    p.add_argument("-c", "--factory-conf", metavar="FILE")
+    p.add_argument("--hours", type=float, default=6.0, help="simulated hours (6)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--workload",
+        default="auto",
+        help="auto (PanDA site or pool label), burst, spike, steady, panda, idle",
+    )
+    p.add_argument(
+        "--every",
+        type=int,
+        default=0,
+        help="also print every Nth cycle (default: only cycles that act)",
+    )
+    p.add_argument("--json", action="store_true", help="summary as JSON")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    _log_format(p)
+    _sim_parser(sub)
     return parser
 
 
-class OneLineFormatter(logging.Formatter):
-    """Every record's message is one inert line: outside text that reached a log call without
-    ``clip`` still cannot forge a record (``\r\n``) or drive the terminal (``ESC [``). A
-    traceback, appended after the message, keeps its lines."""
+def _sim_parser(sub: Any) -> None:
+    """``sim``: the what-if report (pilotfactory/sim/whatif.py); world settings are flags."""
+    p = sub.add_parser(
+        "sim",
+        help="what would this configuration cost, and how long would jobs wait? (simulated)",
+    )
+    p.add_argument("-c", "--factory-conf", metavar="FILE")
+    p.add_argument("-q", "--queues-conf", metavar="FILE", action="append")
+    p.add_argument(
+        "--compare", nargs=2, metavar=("A.conf", "B.conf"), help="two queues.conf side by side"
+    )
+    p.add_argument(
+        "--workload",
+        default="burst",
+        help="burst, trickle, diurnal, quiet, heavy, or a CSV trace (submit,duration,cores,queue)",
+    )
+    p.add_argument("--scale", type=float, default=1.0, help="multiply a shape's job count (1)")
+    p.add_argument("--cores", type=int, default=1, help="cores per job of a shape (1)")
+    p.add_argument("--hours", type=float, help="simulated hours (default: trace end + 2 h)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--boot-time", type=float, default=120.0, help="VM boot seconds (120)")
+    p.add_argument("--boot-jitter", type=float, default=30.0, help="+- seconds, or sigma*boot")
+    p.add_argument("--boot-dist", choices=("uniform", "lognormal"), default="uniform")
+    p.add_argument("--never-join", type=float, default=0.0, help="fraction of VMs (0)")
+    p.add_argument("--interruptions", type=float, default=0.0, help="per VM-hour (0)")
+    p.add_argument("--price", type=float, default=0.10, help="per VM-hour (0.10)")
+    p.add_argument("--activation-rate", type=float, help="PanDA jobs activated per minute")
+    p.add_argument("--no-baselines", action="store_true", help="skip elastiq and the oracle")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="demand, workers, cost (needs [plot])")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    _log_format(p)
 
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return one_line(super().formatMessage(record))
 
-
-def setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * verbose
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=max(logging.DEBUG, level), handlers=[handler])
+def setup_logging(verbose: int, fmt: str = "text") -> None:
+    """stderr at WARNING (``-v`` INFO, ``-vv`` DEBUG) in ``fmt``; see ``pilotfactory.logs``."""
+    setup_log_handlers(verbose, fmt)
 
 
 class Loaded(NamedTuple):
@@ -220,20 +268,22 @@ def secret_file_problems(result: QueuesResult) -> list[ConfigProblem]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _, result, problems, errors, _ = load_all(args)
+    """Exit 1 on configuration errors; else, with ``--preflight``, 3 when an endpoint failed
+    (the queues using it would fail closed at run time); warnings alone exit 0."""
+    fcfg, result, problems, errors, _ = load_all(args)
+    reports = _preflight(args, fcfg, result) if args.preflight else None
+    failed = [r for r in reports or () if r.result.label == "FAIL"]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": not errors,
-                    "queues": [q.name for q in result.queues],
-                    "broken": result.broken,
-                    "disabled": result.disabled,
-                    "problems": problems,
-                },
-                indent=2,
-            )
-        )
+        out: dict[str, Any] = {
+            "ok": not errors and not failed,
+            "queues": [q.name for q in result.queues],
+            "broken": result.broken,
+            "disabled": result.disabled,
+            "problems": problems,
+        }
+        if reports is not None:
+            out["preflight"] = [r.to_dict() for r in reports]
+        print(json.dumps(out, indent=2))
     else:
         for line in problems:
             print(line)
@@ -242,7 +292,42 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{len(result.disabled)} disabled; {len(errors)} error(s), "
             f"{len(problems) - len(errors)} warning(s)"
         )
-    return EXIT_CONFIG if errors else EXIT_OK
+        if reports is not None:
+            print(format_preflight(reports))
+    if errors:
+        return EXIT_CONFIG
+    return EXIT_QUEUE_ERRORS if failed else EXIT_OK
+
+
+def _preflight(args: argparse.Namespace, fcfg: FactoryConfig, result: QueuesResult) -> list[Any]:
+    """Probe every endpoint of the usable queues through the real world (``factory/preflight``)."""
+    from pilotfactory.backends.world import RealWorld
+    from pilotfactory.factory.preflight import run_preflight
+
+    if args.preflight_timeout <= 0:
+        raise ConfigError("--preflight-timeout must be > 0")
+    return run_preflight(result.queues, RealWorld(fcfg.condor_backend), args.preflight_timeout)
+
+
+def format_preflight(reports: Sequence[Any], shown_queues: int = 6) -> str:
+    """One line per endpoint (result, endpoint, the queues using it, time), then its findings."""
+    counts = {label: sum(r.result.label == label for r in reports) for label in ("ok", "warn")}
+    bad = len(reports) - counts["ok"] - counts["warn"]
+    lines = [
+        f"pre-flight: {len(reports)} endpoint(s): {counts['ok']} ok, "
+        f"{counts['warn']} warn, {bad} FAIL"
+    ]
+    width = max((len(r.endpoint) for r in reports), default=0)
+    for r in reports:
+        names = list(r.queues[:shown_queues])
+        if len(r.queues) > shown_queues:
+            names.append(f"+{len(r.queues) - shown_queues} more")
+        lines.append(
+            f"{r.result.label:<5} {r.endpoint:<{width}}  queues: {', '.join(names)}  "
+            f"({r.seconds:.2f} s)"
+        )
+        lines.extend(f"        {f.result.label:<5} {f.what}" for f in r.findings)
+    return "\n".join(lines)
 
 
 def _make_factory(args: argparse.Namespace, dry_run: bool, service: bool = False) -> Any:
@@ -259,6 +344,7 @@ def _make_factory(args: argparse.Namespace, dry_run: bool, service: bool = False
     if refusal is not None:
         log.error("not starting: %s", refusal)
         return None
+    queue_logs: QueueFiles | None = None
     if service:
         from pilotfactory.service import FactoryLock, ServiceError, default_lock_path, drop_root
 
@@ -270,12 +356,30 @@ def _make_factory(args: argparse.Namespace, dry_run: bool, service: bool = False
                 lock = FactoryLock(lock_path, fcfg.factory_id)
                 lock.acquire()
                 _LOCKS.append(lock)  # held until the process exits
-        except (ServiceError, OSError) as exc:
+            # after drop_root: the factory user must own the files it rotates; a dry run
+            # writes none (they are the daemon's)
+            queue_logs = None if dry_run else add_queue_files(fcfg, args.log_format, args.verbose)
+        except (ServiceError, OSError, LogSetupError) as exc:
             log.error("not starting: %s", exc)
             return None
     factory = Factory(
         fcfg, result.queues, RealWorld(fcfg.condor_backend), WallClock(), dry_run=dry_run
     )
+    if queue_logs is not None:
+        try:
+            queue_logs.set_queues(factory.queues, strict=True)
+        except LogSetupError as exc:
+            log.error("not starting: %s", exc)
+            return None
+        reload = factory.reload_from_hook
+
+        def reload_and_reopen() -> bool:
+            """After a SIGHUP: files for new queues, removed queues' files closed."""
+            done: bool = reload()
+            queue_logs.set_queues(factory.queues)
+            return done
+
+        factory.reload_from_hook = reload_and_reopen  # type: ignore[method-assign]
 
     def reload_queues() -> QueuesResult:
         """The new queues; errors in [Factory] keep the old ones whole, and a broken queue
@@ -323,9 +427,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_QUEUE_ERRORS if any(t.failed for t in traces) else EXIT_OK
     factory.install_signals()
     _cancel_requests_on_stop(factory.world)
-    if factory.fcfg.metrics_port:
-        factory.metrics.serve(factory.fcfg.metrics_port)
-        log.info("metrics on 127.0.0.1:%d", factory.fcfg.metrics_port)
+    if factory.fcfg.metrics_port and not serve_metrics(factory):
+        return EXIT_CONFIG
     from pilotfactory.service import Health, Notifier
 
     health = Health(Notifier(), factory.fcfg.unhealthy_after, time.monotonic())
@@ -344,6 +447,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         health.stopping()
     return EXIT_OK
+
+
+def serve_metrics(factory: Any) -> bool:
+    """Serve metrics on ``metrics_address``:``metrics_port``; False, logged naming both
+    settings, when they cannot be bound (a busy port, an address this host lacks). Bound
+    beyond loopback, it warns: the metrics name queues, schedds and servers."""
+    fcfg = factory.fcfg
+    try:
+        host, port = factory.metrics.serve(fcfg.metrics_port, fcfg.metrics_address)
+    except OSError as exc:
+        where = _host_port(fcfg.metrics_address, fcfg.metrics_port)
+        log.error(
+            "not starting: cannot serve metrics on %s (metrics_address, metrics_port in %s): %s",
+            where,
+            fcfg.source,
+            exc,
+        )
+        return False
+    log.info("metrics on %s", _host_port(host, port))
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        log.warning(
+            "metrics on %s are open beyond this host (metrics_address = %s): they name queues, "
+            "schedds and servers; firewall the port or bind 127.0.0.1 / ::1",
+            _host_port(host, port),
+            fcfg.metrics_address,
+        )
+    return True
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _print_traces(traces: Sequence[Any], as_json: bool, workers: int | None = None) -> None:
@@ -599,6 +737,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    """The what-if report: exit 1 when the configuration evicted jobs or left orphan VMs."""
+    from pilotfactory.factory.config import default_factory_config, load_factory_config, load_queues
+    from pilotfactory.sim import whatif
+
+    fcfg = load_factory_config(args.factory_conf)[0] if args.factory_conf else None
+    base = fcfg or default_factory_config()
+    sets: list[tuple[str, list[str]]]
+    if args.compare:
+        sets = [(os.path.basename(path), [path]) for path in args.compare]
+        if sets[0][0] == sets[1][0]:
+            sets = [("A", [args.compare[0]]), ("B", [args.compare[1]])]
+    elif args.queues_conf:
+        sets = [("config", args.queues_conf)]
+    elif fcfg is not None:
+        sets = [("config", list(fcfg.queue_conf))]
+    else:
+        sets = [("config", [_default_demo_queues()])]
+    configs = []
+    for name, paths in sets:
+        res = load_queues(paths, base.queue_dir_conf if fcfg else None, base)
+        for problem in res.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        if not res.queues:
+            raise ConfigError(f"{', '.join(paths)}: no usable queue to simulate")
+        configs.append((name, base, tuple(res.queues)))
+    req = whatif.SimRequest(
+        configs=tuple(configs),
+        workload=args.workload,
+        scale=args.scale,
+        cores=args.cores,
+        seed=args.seed,
+        hours=args.hours,
+        settings=whatif.WorldSettings(
+            boot_time=args.boot_time,
+            boot_jitter=args.boot_jitter,
+            boot_distribution=args.boot_dist,
+            never_join=args.never_join,
+            interruption_rate=args.interruptions,
+            price=args.price,
+            activation_rate=args.activation_rate,
+        ),
+        baselines=not args.no_baselines,
+    )
+    if args.plot:
+        whatif.require_matplotlib()
+    progress = whatif.TerminalProgress(enabled=None if not args.json else False)
+    try:
+        results, header = whatif.run_request(req, progress)
+    finally:
+        progress.done()
+    if args.plot:
+        whatif.plot(args.plot, results)
+    if args.json:
+        print(json.dumps(whatif.report_json(results, header), indent=2))
+    else:
+        print(whatif.report_table(results, whatif.header_lines(header)))
+    bad = [
+        r.name
+        for r in results[: len(configs)]
+        if r.metrics.get("jobs_evicted") or r.metrics.get("orphans")
+    ]
+    if bad:
+        print(f"pilotfactory: {', '.join(bad)} evicted jobs or left orphan VMs", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _default_demo_queues() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     shipped = shipped_etc_dir()
@@ -641,14 +847,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a path argv could not decode still prints
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-    setup_logging(getattr(args, "verbose", 0))
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "log_format", "text"))
     handlers = {
         "check": cmd_check,
         "show": cmd_show,
         "run": cmd_run,
         "status": cmd_status,
         "demo": cmd_demo,
-        "sim": cmd_demo,
+        "sim": cmd_sim,
     }
     try:
         code = handlers[args.command](args)

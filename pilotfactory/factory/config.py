@@ -18,6 +18,7 @@ import configparser
 import contextlib
 import difflib
 import glob
+import ipaddress
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,6 +122,17 @@ def _multiline_problem(text: str) -> str:
 
 # ---------------------------------------------------------------------------- factory.conf
 
+
+def _ip_literal(value: str) -> None:
+    """A bind address is an IP literal: what is loopback is then known without a lookup."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("expected an IPv4 or IPv6 address (127.0.0.1, ::1, 0.0.0.0, ::)") from None
+
+
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
 FACTORY_PARAMS: tuple[Param, ...] = (
     Param("factoryId", str, "pilotfactory", "label stamped on every worker"),
     Param("factoryAdminEmail", str, None),
@@ -164,12 +176,42 @@ FACTORY_PARAMS: tuple[Param, ...] = (
     Param(
         "metrics_port", int, None, "serve Prometheus metrics on this port", minimum=1, maximum=65535
     ),
+    Param(
+        "metrics_address",
+        str,
+        "127.0.0.1",
+        "the address metrics_port is bound to (IPv4 or IPv6, e.g. ::1; 0.0.0.0 or :: for all)",
+        validate=_ip_literal,
+    ),
     Param("statusFile", str, None, "the daemon writes its recent decisions here (JSON)"),
     Param(
         "stateFile",
         str,
         None,
         "what queues must not forget across a restart (back-off, breaker, confirmations)",
+    ),
+    Param(
+        "factory.queueLogDir",
+        str,
+        None,
+        "run writes each queue's log records also to <dir>/<queue>.log (unset: stderr only; "
+        "not baseLogDir, which holds the pilots' batch logs)",
+    ),
+    Param(
+        "factory.logMaxBytes",
+        int,
+        LOG_MAX_BYTES,
+        "rotate a queue's log file at this size (0: never; for logrotate, the file is "
+        "reopened when moved away)",
+        minimum=0,
+    ),
+    Param(
+        "factory.logBackups",
+        int,
+        LOG_BACKUPS,
+        "rotated files kept per queue (<queue>.log.1 ...)",
+        minimum=1,
+        maximum=1000,
     ),
     Param("versionTag", str, None),
     Param("monitorURL", str, None),
@@ -205,6 +247,10 @@ class FactoryConfig:
     unhealthy_after: float = 1800.0
     allow_root: bool = False
     lock_file: str | None = None
+    metrics_address: str = "127.0.0.1"
+    queue_log_dir: str | None = None
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_backups: int = LOG_BACKUPS
 
 
 def default_factory_config(queue_conf: Iterable[str] = ()) -> FactoryConfig:
@@ -351,6 +397,7 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
     base = os.path.dirname(os.path.abspath(path))
     queue_conf = tuple(_resolve(p, base) for p in (values["queueConf"] or []))
     dirconf = values["queueDirConf"]
+    queue_logs = values["factory.queueLogDir"]
     cfg = FactoryConfig(
         factory_id=values["factoryId"],
         base_log_dir=values["baseLogDir"],
@@ -372,6 +419,10 @@ def load_factory_config(path: str) -> tuple[FactoryConfig, list[ConfigProblem]]:
         unhealthy_after=values["factory.unhealthy_after"],
         allow_root=values["allowRoot"],
         lock_file=_resolve(values["lockFile"], base) if values["lockFile"] else None,
+        metrics_address=values["metrics_address"],
+        queue_log_dir=_resolve(queue_logs, base) if queue_logs else None,
+        log_max_bytes=values["factory.logMaxBytes"],
+        log_backups=values["factory.logBackups"],
     )
     return cfg, problems
 

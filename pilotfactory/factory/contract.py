@@ -95,6 +95,13 @@ def target_from(params: Mapping[str, Any]) -> CondorTarget:
     return CondorTarget(params.get("scheddhost") or None, params.get("collectorhost") or None)
 
 
+def target_text(target: CondorTarget) -> str:
+    """A pool in words, for labels and messages: ``schedd NAME`` (or ``local schedd``), then
+    ``collector HOST`` when one is named."""
+    text = f"schedd {target.schedd}" if target.schedd else "local schedd"
+    return f"{text} collector {target.collector}" if target.collector else text
+
+
 # ---------------------------------------------------------------------------- quoting
 # Everything the factory writes into a submit description, a ClassAd or a VM's HTCondor
 # configuration goes through these: a value must never end its line (a continuation would

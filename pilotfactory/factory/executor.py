@@ -99,12 +99,12 @@ class Executor:
                 if not action.workers:
                     continue
             valid.append(action)
-        batches = {
-            kind: [a for a in valid if a.kind is kind]
-            for kind in (ActionKind.REAP, ActionKind.RETIRE)
-        }
+        removals = [a for a in valid if a.kind in (ActionKind.CANCEL, ActionKind.REAP)]
+        retires = [a for a in valid if a.kind is ActionKind.RETIRE]
         for action in valid:
-            batch = batches.get(action.kind)
+            batch = {ActionKind.CANCEL: removals, ActionKind.REAP: removals}.get(
+                action.kind, retires if action.kind is ActionKind.RETIRE else None
+            )
             if batch is None:
                 self._attempt(action, trace, now, [action])
             elif action is batch[0]:
@@ -113,17 +113,19 @@ class Executor:
     def _attempt(
         self, action: Action, trace: CycleTrace, now: float, batch: Sequence[Action]
     ) -> None:
-        """Apply one action (or, for reaps, the cycle's reaps together); a failure is that
-        step's result, never the cycle's end."""
+        """Apply one action (or the cycle's cancels and reaps together, or its retires); a
+        failure is that step's result, never the cycle's end."""
+        what = action.kind.value
         try:
-            if action.kind is ActionKind.REAP:
-                self.reap(batch, trace)
+            if action.kind in (ActionKind.CANCEL, ActionKind.REAP):
+                what = " and ".join(sorted({a.kind.value for a in batch}))
+                self.take_away(batch, trace)
             elif action.kind is ActionKind.RETIRE:
                 self.retire(batch, trace)
             else:
                 self.apply(action, trace)
         except Exception as exc:
-            msg = f"{action.kind.value} failed: {type(exc).__name__}: {clip(str(exc))}"
+            msg = f"{what} failed: {type(exc).__name__}: {clip(str(exc))}"
             trace.results.append(msg)
             self.counters["errors"] += 1
             log.error("queue %s: %s", self.queue, msg)
@@ -142,10 +144,26 @@ class Executor:
                 self.counters["killed"] += sum(1 for w in workers if w.state is S.BUSY)
             trace.results.append(f"retired {len(workers)} ({mode})")
 
+    def take_away(self, actions: Sequence[Action], trace: CycleTrace) -> None:
+        """The cycle's cancels and reaps in one ``cancel_and_reap`` call (one removal on a
+        schedd); each still counts, and each reap feeds the back-off as what it was (a
+        retired worker is no failure, a lost or held one is)."""
+        cancels = [a for a in actions if a.kind is ActionKind.CANCEL]
+        reaps = [a for a in actions if a.kind is ActionKind.REAP]
+        self.submitter.cancel_and_reap(
+            [w for a in cancels for w in a.workers], [w for a in reaps for w in a.workers]
+        )
+        for action in cancels:
+            self.counters["cancelled"] += len(action.workers)
+            trace.results.append(f"cancelled {len(action.workers)}")
+        self._reaped(reaps, trace)
+
     def reap(self, actions: Sequence[Action], trace: CycleTrace) -> None:
-        """One ``reap`` call for all of them; each still counts and feeds the back-off as
-        what it was (a retired worker is no failure, a lost or held one is)."""
+        """One ``reap`` call for all of them (see ``take_away``)."""
         self.submitter.reap([w for a in actions for w in a.workers])
+        self._reaped(actions, trace)
+
+    def _reaped(self, actions: Sequence[Action], trace: CycleTrace) -> None:
         for action in actions:
             self.counters["reaped"] += len(action.workers)
             for w in action.workers:
@@ -157,6 +175,7 @@ class Executor:
         sub, n = self.submitter, len(action.workers)
         if action.kind is ActionKind.SUBMIT:
             ids = sub.submit(action.count)
+            trace.submitted.extend(ids)
             self.counters["submitted"] += len(ids)
             trace.results.append(f"submitted {len(ids)}")
             self.backoff.submitted()

@@ -24,7 +24,7 @@ from pilotfactory.factory import statefile
 from pilotfactory.factory.clock import Clock
 from pilotfactory.factory.config import FactoryConfig, QueueConfig, QueuesResult
 from pilotfactory.factory.info import Worker, sum_totals
-from pilotfactory.factory.metrics import FactoryMetrics
+from pilotfactory.factory.metrics import FactoryMetrics, SourceLabels
 from pilotfactory.factory.plugin import (
     BatchStatusPlugin,
     Env,
@@ -48,6 +48,8 @@ class SourceState:
     error: str | None = None
     refreshed_at: float | None = None
     failures: int = 0
+    labels: SourceLabels = ("", "", "")
+    """Its metric labels (``FactoryMetrics.source_labels``)."""
 
 
 class _Lane:
@@ -107,7 +109,7 @@ class Factory:
         old one until a reload fixes them."""
         self.reload_refused: str | None = None
         """Why the last reload was refused as a whole (the old queues run on), or None."""
-        self.metrics = FactoryMetrics()
+        self.metrics = FactoryMetrics(now=clock.now, snapshots=self._snapshot_times)
         for qcfg in queues:
             self._add_queue(qcfg)
         if fcfg.state_file and not dry_run:
@@ -120,6 +122,9 @@ class Factory:
         state = self.sources.get(key)
         if state is None:
             state = SourceState(source=spec_cls(params, self.env))
+            state.labels = self.metrics.source_labels(
+                key, spec_cls.KIND, spec_cls.NAME, state.source.source_label()
+            )
             self.sources[key] = state
         state.queues.append(queue)
         state.source.register(params)
@@ -137,6 +142,17 @@ class Factory:
             for state in self.sources.values():
                 if qcfg.name in state.queues:
                     state.queues.remove(qcfg.name)
+
+    def _snapshot_times(self) -> list[tuple[SourceLabels, float | None]]:
+        """Each source tried so far and when its newest snapshot was read (the plugin's
+        ``snapshot_time``, else the last successful refresh; None: never): the snapshot age
+        metric, read at each scrape on the metrics server's thread."""
+        out: list[tuple[SourceLabels, float | None]] = []
+        for s in list(self.sources.values()):  # a reload may swap the dict meanwhile
+            if s.refreshed_at is not None or s.error is not None:
+                taken = s.source.snapshot_time
+                out.append((s.labels, s.refreshed_at if taken is None else taken))
+        return out
 
     def _state_of(self, source: StatusSource) -> SourceState:
         for state in self.sources.values():
@@ -165,6 +181,7 @@ class Factory:
                 gc.enable()
 
     def _cycle(self, force: bool) -> list[CycleTrace]:
+        started = self.clock.monotonic()
         now = self.clock.now()
         due = list(self.queues.values()) if force else self.due_queues(now)
         if not due:
@@ -191,6 +208,8 @@ class Factory:
             )
             for q in due
         ]
+        for trace in decided:  # the factory's cycle number, for the queues' log lines
+            trace.cycle = self.cycles_run + 1
         rechecked = self._recheck(due, decided)
         traces: list[CycleTrace] = []
         for q, trace in zip(due, decided, strict=True):
@@ -205,6 +224,7 @@ class Factory:
             self.write_state(self.fcfg.state_file)
         if self.fcfg.status_file and not self.dry_run:
             self.write_status(self.fcfg.status_file)
+        self.metrics.cycle_took(self.clock.monotonic() - started)
         return traces
 
     def _refresh(self, needed: Sequence[SourceState], now: float) -> bool:
@@ -276,7 +296,7 @@ class Factory:
             state.refreshed_at = now
             return
         state.failures += 1
-        self.metrics.source_failed(state.source.KIND, state.source.NAME)
+        self.metrics.source_failed(state.labels)
         log.warning(
             "%s source %s failed (%d in a row); its queues %s fail closed: %s",
             state.source.KIND,

@@ -218,7 +218,8 @@ class HeldBack:
     bought" and "why is this worker not retired" from these, not from free-text notes."""
 
     what: str
-    """``buy`` or ``retire``."""
+    """``buy``, or how workers are taken away: ``retire`` (VMs, pilots in kill mode) or
+    ``cancel`` (pending and held ones)."""
     reason: str
     count: int
     workers: tuple[str, ...] = ()
@@ -264,6 +265,7 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
     reaped = {w.id for a in actions for w in a.workers}
 
     counters: dict[str, int] = {}
+    take_away = "retire" if inp.worker_kind is WorkerKind.VM else "cancel"
     if inp.n > 0:
         last_up = inp.now
         retiring = [
@@ -290,7 +292,7 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
     elif inp.n < 0:
         if inp.freeze:
             notes.append(f"n={inp.n} not acted on: frozen")
-            held.append(HeldBack("retire", f"circuit breaker: {inp.freeze}", -inp.n))
+            held.append(HeldBack(take_away, f"circuit breaker: {inp.freeze}", -inp.n))
         elif (
             s.scale_down_delay > 0
             and last_up is not None
@@ -300,7 +302,7 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
             notes.append(f"n={inp.n} held back: scale_down_delay, {wait:.0f}s to go")
             held.append(
                 HeldBack(
-                    "retire",
+                    take_away,
                     f"scale_down_delay={s.scale_down_delay:g}s since the last scale-up, "
                     f"{wait:.0f}s to go",
                     -inp.n,
@@ -485,19 +487,19 @@ def _scale_down(
         notes.append(
             f"{waiting} candidate(s) wait for retire_confirm_cycles={s.retire_confirm_cycles}"
         )
-        by_count: dict[int, list[str]] = {}
-        for w, _ in take:
+        by_count: dict[tuple[int, str], list[str]] = {}
+        for w, kind in take:
             if counters[w.id] < s.retire_confirm_cycles:
-                by_count.setdefault(counters[w.id], []).append(w.id)
+                by_count.setdefault((counters[w.id], kind.value), []).append(w.id)
         held_back.extend(
-            HeldBack("retire", f"confirmation {k}/{s.retire_confirm_cycles}", len(ids), tuple(ids))
-            for k, ids in sorted(by_count.items())
+            HeldBack(what, f"confirmation {k}/{s.retire_confirm_cycles}", len(ids), tuple(ids))
+            for (k, what), ids in sorted(by_count.items())
         )
     if len(ordered) < -inp.n:
         notes.append(f"n={inp.n} but only {len(ordered)} worker(s) may be taken away")
         held_back.append(
             HeldBack(
-                "retire",
+                "retire" if inp.worker_kind is WorkerKind.VM else "cancel",
                 f"n={inp.n} but only {len(ordered)} worker(s) may be taken away "
                 "(the others are booting, being reaped, protected or already retiring)",
                 -inp.n - len(ordered),
@@ -507,9 +509,10 @@ def _scale_down(
     if cap is not None and len(confirmed) > cap:
         notes.append(f"disruption budget: {len(confirmed)}->{cap} (max_retire_per_cycle)")
         over = [w.id for w, _ in confirmed[cap:]]
+        kinds = {k.value for _, k in confirmed[cap:]}
         held_back.append(
             HeldBack(
-                "retire",
+                " or ".join(sorted(kinds)),
                 f"disruption budget: max_retire_per_cycle={s.max_retire_per_cycle} "
                 f"({cap} this cycle)",
                 len(over),

@@ -23,6 +23,7 @@ from pilotfactory.factory.info import (
 )
 from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.ports import World
+from pilotfactory.factory.probe import Probe
 from pilotfactory.factory.reads import SharedReads
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ class Plugin:
             if p.secret and value:
                 out[p.name] = str(value)
         return out
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The endpoints these params make the plugin reach (``check --preflight``), as
+        probes the caller runs once per distinct endpoint; nothing is contacted here. By
+        default none: a plugin that talks to nothing outside has nothing to check."""
+        return []
 
     @classmethod
     def factory_namespaces(cls) -> tuple[str, ...]:
@@ -98,6 +106,12 @@ class SchedPlugin(Plugin):
     def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
         raise NotImplementedError
 
+    @classmethod
+    def cap(cls, params: Mapping[str, Any]) -> int | None:
+        """The most workers a queue with this step in its chain can have, if the step bounds
+        it (MaxVMs, MaxToRun): what a pre-flight holds a cloud quota against."""
+        return None
+
     # Plugins that need the bounded job history (Throttle) say so; the batch status plugin
     # then fetches it for that queue.
     NEEDS_HISTORY: ClassVar[bool] = False
@@ -143,6 +157,12 @@ class StatusSource(Plugin):
         bindings are kept to one thread. A source that only talks to its own remote server
         (PanDA over HTTP) has a lane of its own."""
         return ("local",)
+
+    def source_label(self) -> str:
+        """What this instance reads, in a few words and without a secret (a schedd, a server's
+        URL redacted): it tells the sources of one plugin apart in the metrics. Instances are
+        shared by ``source_key``, by default one per plugin, which needs no further name."""
+        return "default"
 
     def register(self, params: Mapping[str, Any]) -> None:
         """A queue with these params reads this source (so it can fetch what they need)."""
@@ -298,3 +318,12 @@ class BatchSubmitPlugin(Plugin):
     def reap(self, workers: Sequence[Worker]) -> None:
         """Remove what is left of retired / lost / held workers (VM job, instance)."""
         raise NotImplementedError
+
+    def cancel_and_reap(self, cancel: Sequence[Worker], reap: Sequence[Worker]) -> None:
+        """A cycle's cancels and reaps together: both take workers away, so a plugin whose
+        batch system removes any set of jobs in one call (a schedd) makes it one write. By
+        default each in turn."""
+        if cancel:
+            self.cancel(cancel)
+        if reap:
+            self.reap(reap)

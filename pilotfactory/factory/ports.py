@@ -151,6 +151,16 @@ class CondorPort(Protocol):
         """Cancel a drain: running jobs untouched, slots take new jobs at once."""
         ...
 
+    def ping_schedd(self) -> None:
+        """Reach the schedd (located through the collector) with the cheapest authenticated
+        query there is (one attribute of at most one job); raise a ``CondorError`` if not."""
+        ...
+
+    def ping_collector(self) -> None:
+        """Reach the collector with one small query (its own ad); raise a ``CondorError``
+        if not."""
+        ...
+
 
 # ---------------------------------------------------------------------------- cloud
 
@@ -247,6 +257,18 @@ CloudAccount = Ec2Account | OpenStackAccount
 
 
 @dataclass(frozen=True)
+class CloudQuota:
+    """An account's instance quota as the provider states it (``CloudPort.quota``)."""
+
+    used: int
+    """Instances counted against the limit now (the whole account/project, not only ours)."""
+    limit: int | None
+    """None: the provider states no limit (Nova's -1)."""
+    detail: str = ""
+    """Other limits worth showing (cores), one short line."""
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """What to launch: image, flavour, optional spot price, user data, key, security groups."""
 
@@ -286,6 +308,11 @@ class CloudPort(Protocol):
     def set_tags(self, instance_ids: Sequence[str], tags: Mapping[str, str]) -> None: ...
 
     def terminate(self, instance_ids: Sequence[str]) -> None: ...
+
+    def quota(self) -> CloudQuota | None:
+        """The account's instance quota and use (authenticated calls, so a refused credential
+        raises ``CloudAuthError``); None when the provider does not say."""
+        ...
 
 
 # ---------------------------------------------------------------------------- PanDA

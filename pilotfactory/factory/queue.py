@@ -32,7 +32,7 @@ from pilotfactory.factory.plugin import (
 )
 from pilotfactory.factory.rails import Backoff, CircuitBreaker
 from pilotfactory.factory.text import clip
-from pilotfactory.factory.trace import CycleRecords, CycleTrace
+from pilotfactory.factory.trace import CURRENT_QUEUE, CycleRecords, CycleTrace
 
 log = logging.getLogger(__name__)
 
@@ -204,16 +204,21 @@ class Queue:
         dry_run: bool = False,
     ) -> CycleTrace:
         """The first half: snapshot -> chain -> planner, nothing done to the world yet."""
+        started = self.env.clock.monotonic()
         now = self.env.clock.now()
         trace = CycleTrace(queue=self.name, time=now, dry_run=dry_run)
         if self._open is not None:  # a cycle that overran: never two planners on one snapshot
             trace.error = "previous cycle still running; skipped"
             return trace
         self._open = trace
+        tag = CURRENT_QUEUE.set(self.name)
         try:
             self._decide(trace, now, wms_error, batch_error, totals)
         except Exception as exc:  # one queue's failure never stops the factory
             self._failed(trace, exc)
+        finally:
+            CURRENT_QUEUE.reset(tag)
+        trace.seconds = self.env.clock.monotonic() - started
         return trace
 
     def candidates(self, trace: CycleTrace) -> list[Worker]:
@@ -230,24 +235,31 @@ class Queue:
     ) -> CycleTrace:
         """The second half: apply the plan against the re-read ``current`` (None: the re-read
         failed, so only submit and un-retire happen), then record the cycle."""
-        if trace is not self._open:  # the skipped overrun of decide()
-            return trace
+        tag = CURRENT_QUEUE.set(self.name)
         try:
-            if not trace.error and not trace.dry_run:
-                if recheck_error is not None:
-                    trace.notes.append(
-                        f"re-check failed, no retire/reap this cycle: {bounded(recheck_error)}"
-                    )
-                self.executor.execute(trace, trace.time, current)
-        except Exception as exc:
-            self._failed(trace, exc)
+            if trace is not self._open:  # the skipped overrun of decide(): still one line
+                self._log(trace)
+                return trace
+            started = self.env.clock.monotonic()
+            try:
+                if not trace.error and not trace.dry_run:
+                    if recheck_error is not None:
+                        trace.notes.append(
+                            f"re-check failed, no retire/reap this cycle: {bounded(recheck_error)}"
+                        )
+                    self.executor.execute(trace, trace.time, current)
+            except Exception as exc:
+                self._failed(trace, exc)
+            finally:
+                self._open = None
+                self.counters["cycles"] += 1
+                self.records.add(trace)
+                self._status_cache = None
+            self._log(trace)
+            trace.seconds += self.env.clock.monotonic() - started
+            return trace
         finally:
-            self._open = None
-            self.counters["cycles"] += 1
-            self.records.add(trace)
-            self._status_cache = None
-        self._log(trace)
-        return trace
+            CURRENT_QUEUE.reset(tag)
 
     def _failed(self, trace: CycleTrace, exc: Exception) -> None:
         trace.error = f"{type(exc).__name__}: {bounded(str(exc))}"
@@ -325,12 +337,21 @@ class Queue:
             trace.notes.append("dry run: nothing done")
 
     def _log(self, trace: CycleTrace) -> None:
+        """The queue's one INFO line of the cycle (everything else a cycle says is DEBUG, or a
+        warning or error): what it saw, decided and did; its structured form rides in
+        ``extra`` for the JSON log format and the per-queue log file."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         chain = trace.chain.summary() if trace.chain else "-"
+        cycle = "" if trace.cycle is None else f" cycle={trace.cycle}"
         log.info(
-            "queue %s: n=%d chain=[%s] actions=[%s]%s",
+            "queue %s:%s n=%d chain=[%s] actions=[%s]%s%s",
             self.name,
+            cycle,
             trace.n,
             chain,
             trace.decision(),
+            (" done=[" + "; ".join(trace.results) + "]") if trace.results else "",
             (" notes=[" + "; ".join(trace.notes) + "]") if trace.notes else "",
+            extra={"queue": self.name, "trace": trace.log_fields()},
         )

@@ -81,10 +81,10 @@ class CircuitBreaker:
                     f"({self.frozen_cycles}/{self.accept_after})"
                 )
             log.warning(
-                "queue %s: %d workers still vanished after %d frozen cycles; accepting it",
+                "queue %s: still so after %d frozen cycles, accepting it: %s",
                 queue,
-                len(vanished),
                 self.accept_after,
+                why,
             )
         self.frozen_cycles = 0
         self.joined_ids = joined_now

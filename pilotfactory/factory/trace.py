@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from pilotfactory.factory.chain import ChainResult
 from pilotfactory.factory.info import BatchQueueInfo, WMSQueueInfo, Worker, WorkerState
 from pilotfactory.factory.planner import Action, ActionKind, HeldBack, summarize
+
+CURRENT_QUEUE: ContextVar[str | None] = ContextVar("pilotfactory_queue", default=None)
+"""The queue whose cycle the running code belongs to (set by ``Queue`` around ``decide`` and
+``act``): the log handlers tag a record with it, so a plugin's or backend's line lands in that
+queue's log file without every log call naming the queue. Shared work (refreshes, re-checks,
+lane threads) runs outside any queue and is untagged."""
+LOG_IDS = 100
+"""Worker ids the cycle log line lists per action (its count says how many there were)."""
 
 
 @dataclass
@@ -34,6 +43,13 @@ class CycleTrace:
     error: str | None = None
     dry_run: bool = False
     held_back: list[HeldBack] = field(default_factory=list)
+    seconds: float = 0.0
+    """Time spent in ``decide`` and ``act`` (``Clock.monotonic``): the per-queue histogram."""
+    cycle: int | None = None
+    """The factory's cycle number (``Factory.cycles_run`` + 1 while it runs); None when the
+    queue ran on its own."""
+    submitted: list[str] = field(default_factory=list)
+    """Ids the submit plugin returned this cycle (planned submits carry only a count)."""
 
     @property
     def failed(self) -> bool:
@@ -66,7 +82,10 @@ class CycleTrace:
         for step in steps:
             if step.n_out <= 0 < step.n_in:
                 decisive = step
-        return f"n={self.n}: {decisive.plugin}: {decisive.reason}"
+        reason = decisive.reason
+        if not reason.startswith(decisive.plugin):
+            reason = f"{decisive.plugin}: {reason}"
+        return f"n={self.n}: {reason}"
 
     def why_not(self, max_ids: int | None = None) -> dict[str, Any]:
         """Plain data: why nothing was bought and what was held back from retire (and why),
@@ -88,6 +107,40 @@ class CycleTrace:
         if self.error:
             return f"error: {self.error}"
         return summarize(self.planned)
+
+    def log_fields(self) -> dict[str, Any]:
+        """The cycle log line's structured part (``extra={"trace": ...}``; the JSON log format
+        writes its keys beside ``message``): the chain step by step, each action with the ids
+        known (planned workers; for a submit, the ids it returned), what was done, the notes
+        and every error, so one line per queue per cycle explains the cycle."""
+        actions = []
+        for a in self.planned:
+            ids = self.submitted if a.kind is ActionKind.SUBMIT else [w.id for w in a.workers]
+            actions.append(
+                {
+                    "kind": a.kind.value,
+                    "count": a.size(),
+                    "mode": None if a.mode is None else a.mode.value,
+                    "ids": ids[:LOG_IDS],
+                    "reason": a.reason,
+                }
+            )
+        errors = {"error": self.error, "wms": self.wms_error, "batch": self.batch_error}
+        return {
+            "cycle": self.cycle,
+            "n": self.n,
+            "chain": None
+            if self.chain is None
+            else [
+                {"plugin": s.plugin, "in": s.n_in, "out": s.n_out, "reason": s.reason}
+                for s in self.chain.steps
+            ],
+            "actions": actions,
+            "results": list(self.results),
+            "notes": list(self.notes),
+            "errors": {k: v for k, v in errors.items() if v},
+            "dry_run": self.dry_run,
+        }
 
     def to_dict(self, max_ids: int | None = None) -> dict[str, Any]:
         """Plain data (JSON-ready); ``max_ids`` bounds each action's worker id list (the

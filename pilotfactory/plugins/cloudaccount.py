@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pilotfactory.factory.params import Param, ParamValueError
-from pilotfactory.factory.ports import CloudAccount, Ec2Account, OpenStackAccount
+from pilotfactory.factory.ports import CloudAccount, Ec2Account, OpenStackAccount, World
+from pilotfactory.factory.probe import Finding, Probe, Result, cloud_probe
+from pilotfactory.factory.text import redact_url
 
 _API = (
     Param("timeout", float, 30.0, "seconds per API call", minimum=0.001, maximum=3600.0),
@@ -65,6 +67,20 @@ def provider_key(provider: str, params: Mapping[str, Any]) -> tuple[tuple[str, s
     return tuple((p.name, str(params.get(p.name))) for p in PROVIDER_PARAMS[provider])
 
 
+def account_text(provider: str, params: Mapping[str, Any]) -> str:
+    """An account in words, for labels and messages: where it is (endpoint, project, region),
+    never who logs in nor with what."""
+    get = params.get
+    if provider == "ec2":
+        parts = [provider, f"region {get('region') or 'us-east-1'}"]
+        if get("endpoint_url"):
+            parts.append(redact_url(str(get("endpoint_url"))))
+    else:
+        parts = [provider, redact_url(str(get("auth_url") or "(no auth_url)"))]
+        parts += [f"{k} {get(k)}" for k in ("project_name", "region") if get(k)]
+    return " ".join(parts)
+
+
 ACCOUNT_TYPES: dict[str, type[Ec2Account] | type[OpenStackAccount]] = {
     "ec2": Ec2Account,
     "openstack": OpenStackAccount,
@@ -86,6 +102,33 @@ def account_of(provider: str, params: Mapping[str, Any]) -> CloudAccount:
                 raise ParamValueError(f"{provider} setting {p.name}: {exc}") from None
         values[p.name] = value
     return ACCOUNT_TYPES[provider](**values)
+
+
+def credential_settings(provider: str, namespace: str, params: Mapping[str, Any]) -> str:
+    """The settings that hold a queue's cloud credentials, as a refusal names them."""
+    if provider == "ec2":
+        if params.get("access_key_id") or params.get("secret_access_key"):
+            return f"{namespace}access_key_id / {namespace}secret_access_key"
+        return "no key files set: boto3's default credential chain"
+    if params.get("application_credential_id"):
+        return (
+            f"{namespace}application_credential_id / {namespace}application_credential_secret_file"
+        )
+    return f"{namespace}username / {namespace}password_file"
+
+
+def account_probe(provider: str, namespace: str, params: Mapping[str, Any], world: World) -> Probe:
+    """The pre-flight probe of a queue's cloud account (credentials and quota headroom)."""
+    try:
+        account = account_of(provider, params)
+    except ParamValueError as exc:
+        problem = str(exc)
+        return Probe(
+            ("cloud settings", provider, provider_key(provider, params)),
+            f"{provider} account",
+            lambda need: [Finding(Result.FAIL, problem)],
+        )
+    return cloud_probe(world, account, credential_settings(provider, namespace, params))
 
 
 # ---------------------------------------------------------------------------- census

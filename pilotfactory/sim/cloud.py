@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pilotfactory.factory.contract import TAG_QUEUE, TAG_WORKER
-from pilotfactory.factory.ports import CloudError, CloudQuotaError, Instance, LaunchSpec
+from pilotfactory.factory.ports import (
+    CloudError,
+    CloudQuota,
+    CloudQuotaError,
+    Instance,
+    LaunchSpec,
+)
 from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.metrics import SimMetrics
 
@@ -74,6 +80,13 @@ class CloudConfig:
     """Chance that a spot request stays open instead of being fulfilled at once."""
     spot_pending_time: float | None = 600.0
     """How long an open spot request stays open; None: until cancelled."""
+    boot_distribution: str = "uniform"
+    """``uniform``: ``boot_delay`` +- ``boot_jitter``; ``lognormal``: median ``boot_delay``,
+    sigma ``boot_jitter / boot_delay`` (a long tail of slow boots, as clouds have)."""
+    never_join_fraction: float = 0.0
+    """Chance that a VM boots but its startd never joins (a bad image or network, per VM)."""
+    interruption_rate: float = 0.0
+    """Per VM-hour: the provider ends a running VM unasked (spot interruption), Poisson."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,8 @@ class SimInstance:
 
 class SimCloud:
     """Implements ``CloudPort``. Failure switch: ``launch_error`` (raised by every launch,
-    the gridmanager's included, which then holds the EC2 job); ``quota``."""
+    the gridmanager's included, which then holds the EC2 job); ``instance_limit``
+    (from ``CloudConfig.quota``)."""
 
     def __init__(
         self,
@@ -128,7 +142,7 @@ class SimCloud:
         self.rng = rng or seeded_rng(0)
         self.metrics = metrics or SimMetrics()
         self.pool = pool
-        self.quota = self.config.quota
+        self.instance_limit = self.config.quota
         self.launch_error: CloudError | None = None
         self._records: builtins.list[SimInstance] = []
         self._index: dict[str, SimInstance] = {}
@@ -197,6 +211,12 @@ class SimCloud:
         if rec is not None and rec.instance_id is None:
             self._terminate(rec, notify=False)
 
+    def quota(self) -> CloudQuota | None:
+        """``quota`` as the provider would state it: live instances and open requests."""
+        self._enter("cloud_quota")
+        live = sum(1 for r in self._records if r.state in LIVE)
+        return CloudQuota(used=live, limit=self.instance_limit)
+
     def terminate_now(self, instance_id: str) -> None:
         rec = self._index.get(instance_id)
         if rec is not None:
@@ -251,16 +271,18 @@ class SimCloud:
             raise CloudError(f"InvalidParameterValue: cannot launch {count} instances")
         if self.launch_error is not None:
             raise self.launch_error
-        if self.quota is not None:
+        if self.instance_limit is not None:
             live = sum(1 for r in self._records if r.state in LIVE)
-            if live + count > self.quota:
+            if live + count > self.instance_limit:
                 raise CloudQuotaError(
-                    f"InstanceLimitExceeded: {live} of {self.quota} in use, {count} requested"
+                    f"InstanceLimitExceeded: {live} of {self.instance_limit} in use, "
+                    f"{count} requested"
                 )
         recs = []
         for _ in range(count):
             rec = SimInstance(spec, tags, queue, owner_job)
             rec.launched_at = self.loop.now
+            self.metrics.launched(rec.launched_at)
             self._records.append(rec)
             recs.append(rec)
             if spec.spot_price is None:
@@ -302,15 +324,37 @@ class SimCloud:
         self.metrics.vm_start(iid, rec.queue, now)
         if rec.owner_job is not None and self.pool is not None:
             self.pool.vm_created(rec.owner_job, iid)
+        self.loop.after(self._boot_time(), lambda: self._boot(rec))
+
+    def _boot_time(self) -> float:
         c = self.config
-        boot = max(1.0, c.boot_delay + self.rng.uniform(-c.boot_jitter, c.boot_jitter))
-        self.loop.after(boot, lambda: self._boot(rec))
+        if c.boot_distribution == "lognormal" and c.boot_delay > 0:
+            sigma = c.boot_jitter / c.boot_delay
+            return max(1.0, c.boot_delay * self.rng.lognormvariate(0.0, sigma))
+        return max(1.0, c.boot_delay + self.rng.uniform(-c.boot_jitter, c.boot_jitter))
+
+    def _interrupt(self, rec: SimInstance) -> None:
+        if rec.state not in LIVE or rec.instance_id is None:
+            return
+        self.metrics.interrupted += 1
+        self.metrics.interrupting = True
+        try:
+            self._terminate(rec, notify=True)
+        finally:
+            self.metrics.interrupting = False
 
     def _boot(self, rec: SimInstance) -> None:
         if rec.state != "pending":
             return
         rec.state = "running"
-        if rec.spec.image in self.config.broken_images:
+        c = self.config
+        if c.interruption_rate > 0:
+            life = self.rng.expovariate(c.interruption_rate / 3600.0)
+            self.loop.after(life, lambda: self._interrupt(rec))
+        if rec.spec.image in c.broken_images:
+            return
+        if c.never_join_fraction > 0 and self.rng.random() < c.never_join_fraction:
+            self.metrics.never_joined += 1
             return
         self.loop.after(self.config.startd_delay, lambda: self._join(rec))
 

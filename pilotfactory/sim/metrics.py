@@ -68,6 +68,20 @@ class SimMetrics:
         self.snapshots: list[Snapshot] = []
         self._vm_open: dict[str, tuple[str, float]] = {}
         self._vm_closed: dict[str, float] = {}
+        self.first_starts: list[tuple[float, float]] = []
+        """(queued at, started at) of every payload's first start: waits and latencies."""
+        self.launch_times: list[float] = []
+        """When the cloud was asked for capacity (one entry per launch call)."""
+        self.last_completion: float | None = None
+        self.never_joined = 0
+        """VMs whose startd never joined (the ``never_join_fraction`` of the cloud)."""
+        self.interrupted = 0
+        """VMs the provider ended unasked (spot interruptions)."""
+        self.payload_interrupted: Counter[str] = Counter()
+        """Payloads killed by an interruption, apart from ``payload_killed`` (the factory's)."""
+        self.interrupting = False
+        self._busy_open: dict[str, float] = {}
+        self._busy_seconds = 0.0
 
     # ------------------------------------------------------------------ recording
 
@@ -83,20 +97,47 @@ class SimMetrics:
 
     def vm_stop(self, instance_id: str, t: float) -> None:
         opened = self._vm_open.pop(instance_id, None)
+        self.vm_busy(instance_id, t, False)
         if opened is not None:
             queue, start = opened
             self._vm_closed[queue] = self._vm_closed.get(queue, 0.0) + max(0.0, t - start)
             self.instances_terminated[queue] += 1
 
-    def completed(self, label: str) -> None:
-        self.payload_completed[label] += 1
+    def vm_busy(self, instance_id: str, t: float, busy: bool) -> None:
+        """A VM began (``busy``) or stopped running any payload: idle VM-hours are the rest."""
+        if busy:
+            self._busy_open.setdefault(instance_id, t)
+        else:
+            began = self._busy_open.pop(instance_id, None)
+            if began is not None:
+                self._busy_seconds += max(0.0, t - began)
 
-    def started(self, label: str, wait: float) -> None:
+    def busy_vm_hours(self, now: float) -> float:
+        """Hours VMs spent running at least one payload (VMs still busy counted up to now)."""
+        open_s = sum(max(0.0, now - t) for t in self._busy_open.values())
+        return (self._busy_seconds + open_s) / 3600.0
+
+    def launched(self, t: float) -> None:
+        self.launch_times.append(t)
+
+    def completed(self, label: str, t: float | None = None) -> None:
+        self.payload_completed[label] += 1
+        if t is not None:
+            self.last_completion = (
+                t if self.last_completion is None else max(t, self.last_completion)
+            )
+
+    def started(self, label: str, wait: float, t: float | None = None) -> None:
         """A payload started for the first time, ``wait`` seconds after it was queued."""
         self.waits.setdefault(label, []).append(max(0.0, wait))
+        if t is not None:
+            self.first_starts.append((t - max(0.0, wait), t))
 
     def killed(self, label: str) -> None:
-        self.payload_killed[label] += 1
+        if self.interrupting:
+            self.payload_interrupted[label] += 1
+        else:
+            self.payload_killed[label] += 1
 
     # ------------------------------------------------------------------ reading
 

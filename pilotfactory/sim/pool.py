@@ -190,6 +190,7 @@ class _Job:
     __slots__ = (
         "ad",
         "cluster",
+        "cpus",
         "id",
         "instance_id",
         "kind",
@@ -219,6 +220,9 @@ class _Job:
         self.panda_job: PandaJob | None = None
         self.instance_id: str | None = None
         self.removing = False
+        req = ad.get("RequestCpus") if kind == "payload" else None
+        self.cpus = req if isinstance(req, int) and not isinstance(req, bool) and req > 1 else 1
+        """Cores the job's dynamic slot takes: a payload's ``RequestCpus``, else 1."""
 
     @property
     def status(self) -> int:
@@ -250,6 +254,8 @@ class _Startd:
         self.drain_reason = ""
         self.drain_id = 0
         self.slots: dict[int, _Job] = {}
+        self.used = 0
+        """Cores taken by the dynamic slots (a multi-core payload takes several)."""
         self.next_slot = 1
         self.started = 0.0
         self.since = 0.0
@@ -261,7 +267,7 @@ class _Startd:
 
     @property
     def accepting(self) -> bool:
-        return self.alive and self.mode == "normal" and len(self.slots) < self.cpus
+        return self.alive and self.mode == "normal" and self.used < self.cpus
 
 
 class SimPool:
@@ -360,6 +366,20 @@ class SimPool:
         """Machines whose startd is in the collector now."""
         return [r.machine for r in self._startds.values() if r.alive]
 
+    def set_machine_attr(self, machine: str, name: str, value: Any) -> None:
+        """Advertise ``name = value`` in a machine's ads from now on (a VM's own config, e.g.
+        ``PilotFactoryKeep``, which the factory must respect)."""
+        self._startds[machine.lower()].attrs[self._canon(name)] = value
+
+    def vm_view(self) -> dict[str, tuple[bool, int, float]]:
+        """Instance id -> (its startd is in the collector, jobs running, idle or busy since):
+        what a policy outside the factory (the elastiq-style baseline) reads."""
+        return {
+            r.instance_id: (r.alive, len(r.slots), r.since)
+            for r in self._startds.values()
+            if r.instance_id is not None
+        }
+
     def census(self) -> dict[str, int]:
         """Counts for snapshots: jobs per kind and status, startds and cpus."""
         c = self._census
@@ -375,7 +395,7 @@ class SimPool:
             "vm_jobs_held": c[("vm", HELD)],
             "startds": len(alive),
             "cpus_total": sum(r.cpus for r in alive),
-            "cpus_busy": sum(len(r.slots) for r in alive),
+            "cpus_busy": sum(r.used for r in alive),
         }
 
     # ================================================================== CondorPort: schedd
@@ -512,6 +532,12 @@ class SimPool:
                 if test(ad):
                     out.append(_project(ad, proj))
         return out
+
+    def ping_schedd(self) -> None:
+        self._enter("ping_schedd", "schedd")
+
+    def ping_collector(self) -> None:
+        self._enter("ping_collector", "collector")
 
     def query_masters(
         self,
@@ -867,19 +893,31 @@ class SimPool:
                     waiting = self._idle_pinned.get(key)
                     while waiting and rec.accepting:
                         job = waiting.popleft()
+                        if job.cpus > rec.cpus - rec.used:  # does not fit: wait for more
+                            waiting.appendleft(job)
+                            break
                         if job.id in self._jobs and job.status == IDLE and job.pin == key:
                             self._start_job(job, rec)
                     if waiting is not None and not waiting:
                         del self._idle_pinned[key]
+        skipped: list[tuple[int, int, str]] = []
         while self._free and self._idle_heap:
-            _, _, jid = heapq.heappop(self._idle_heap)
-            queued = self._idle.pop(jid, None)
+            entry = heapq.heappop(self._idle_heap)
+            queued = self._idle.get(entry[2])
             if queued is None or queued.status != IDLE or queued.pin is not None:
+                self._idle.pop(entry[2], None)
                 continue
-            self._start_job(queued, self._pick())
+            dest = self._pick(queued.cpus)
+            if dest is None:  # no startd has that many free cores; later jobs may fit
+                skipped.append(entry)
+                continue
+            del self._idle[entry[2]]
+            self._start_job(queued, dest)
+        for entry in skipped:
+            heapq.heappush(self._idle_heap, entry)
 
     def _refresh_free(self, rec: _Startd) -> None:
-        free = rec.cpus - len(rec.slots) if rec.alive and rec.mode == "normal" else 0
+        free = rec.cpus - rec.used if rec.alive and rec.mode == "normal" else 0
         if free == rec.free_key:
             return
         if rec.free_key:
@@ -891,10 +929,17 @@ class SimPool:
             self._free.setdefault(free, {})[rec.machine] = rec
         rec.free_key = free
 
-    def _pick(self) -> _Startd:
+    def _pick(self, cpus: int = 1) -> _Startd | None:
         """Depth-first fills the busiest startd (NEGOTIATOR_DEPTH_FIRST, what elastic pools
-        set so idle VMs stay idle and can be retired); breadth-first spreads the jobs."""
-        key = min(self._free) if self.config.fill == "depth" else max(self._free)
+        set so idle VMs stay idle and can be retired); breadth-first spreads the jobs.
+        None when no startd has ``cpus`` free cores."""
+        if cpus == 1:
+            key = min(self._free) if self.config.fill == "depth" else max(self._free)
+        else:
+            fits = [k for k in self._free if k >= cpus]
+            if not fits:
+                return None
+            key = min(fits) if self.config.fill == "depth" else max(fits)
         return next(iter(self._free[key].values()))
 
     def _start_job(self, job: _Job, rec: _Startd) -> None:
@@ -903,7 +948,10 @@ class SimPool:
         rec.next_slot += 1
         if not rec.slots:
             rec.since = now
+            if rec.instance_id is not None:
+                self.metrics.vm_busy(rec.instance_id, now, True)
         rec.slots[slot] = job
+        rec.used += job.cpus
         job.startd = rec
         job.slot = slot
         job.token += 1
@@ -921,7 +969,7 @@ class SimPool:
                 float(sim) if isinstance(sim, int | float) else self.config.default_job_duration
             )
             if first:
-                self.metrics.started(job.label, now - float(job.ad["QDate"]))
+                self.metrics.started(job.label, now - float(job.ad["QDate"]), now)
         token = job.token
         self.loop.at(now + duration, lambda: self._job_done(job, token))
 
@@ -934,7 +982,7 @@ class SimPool:
             self.metrics.pilots_without_payload += 1
             return self.config.pilot_idle_exit
         job.panda_job = got
-        self.metrics.started(got.site, self.loop.now - got.created)
+        self.metrics.started(got.site, self.loop.now - got.created, self.loop.now)
         return got.duration
 
     def _job_done(self, job: _Job, token: int) -> None:
@@ -944,7 +992,7 @@ class SimPool:
         job.ad["CompletionDate"] = int(self.loop.now)
         job.ad["ExitCode"] = 0
         if job.kind == "payload":
-            self.metrics.completed(job.label)
+            self.metrics.completed(job.label, self.loop.now)
         self._set_status(job, COMPLETED)
         if rec is not None:
             self._slot_freed(rec)
@@ -958,7 +1006,10 @@ class SimPool:
             now - job.started_at
         )
         if rec is not None:
-            rec.slots.pop(job.slot, None)
+            if rec.slots.pop(job.slot, None) is not None:
+                rec.used -= job.cpus
+                if not rec.slots and rec.instance_id is not None:
+                    self.metrics.vm_busy(rec.instance_id, now, False)
             job.startd = None
             job.ad["LastRemoteHost"] = job.ad.pop("RemoteHost", "")
         pj = job.panda_job
@@ -969,7 +1020,7 @@ class SimPool:
             if killed:
                 self.metrics.killed(pj.site)
             else:
-                self.metrics.completed(pj.site)
+                self.metrics.completed(pj.site, now)
         elif killed and job.kind == "payload":
             self.metrics.killed(job.label)
         return rec
@@ -1025,6 +1076,7 @@ class SimPool:
         rec.started = now
         rec.since = now
         rec.slots.clear()
+        rec.used = 0
         rec.next_slot = 1
         self._refresh_free(rec)
         self._dirty = True
@@ -1085,7 +1137,7 @@ class SimPool:
             common["ExpectedMachineGracefulDrainingCompletion"] = NEVER
         else:
             common["Start"] = rec.mode == "normal"
-        busy = len(rec.slots)
+        busy = rec.used
         pslot = dict(common)
         pslot.update(
             Name=f"slot1@{rec.machine}",
@@ -1116,8 +1168,8 @@ class SimPool:
                 DynamicSlot=True,
                 State="Claimed",
                 Activity="Retiring" if rec.mode != "normal" else "Busy",
-                Cpus=1,
-                Memory=2048,
+                Cpus=job.cpus,
+                Memory=2048 * job.cpus,
                 JobId=job.id,
                 GlobalJobId=job.ad.get("GlobalJobId", job.id),
                 RemoteOwner=job.ad.get("User", ""),

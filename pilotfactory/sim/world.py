@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pilotfactory.factory.clock import Clock
 from pilotfactory.factory.ports import CloudAccount, CondorTarget
@@ -19,7 +19,12 @@ from pilotfactory.sim.events import EventLoop, seeded_rng
 from pilotfactory.sim.metrics import SimMetrics, Snapshot
 from pilotfactory.sim.panda import SimPanda
 from pilotfactory.sim.pool import PoolConfig, SimPool
-from pilotfactory.sim.workload import Workload
+
+
+class Installable(Protocol):
+    """A workload (``workload.Workload``, ``traces.Trace``): schedules its arrivals."""
+
+    def install(self, loop: EventLoop, pool: SimPool, panda: SimPanda) -> None: ...
 
 
 @dataclass
@@ -31,7 +36,7 @@ class SimConfig:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     sites: Mapping[str, str] = field(default_factory=dict)
     """PanDA site -> initial status (online / test / offline / brokeroff)."""
-    workload: Workload | None = None
+    workload: Installable | None = None
 
 
 class SimWorld:

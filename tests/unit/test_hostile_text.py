@@ -15,9 +15,9 @@ from botocore.exceptions import ClientError
 
 from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 from pilotfactory.backends.panda import PandaClient
-from pilotfactory.cli import OneLineFormatter
 from pilotfactory.factory.ports import CloudError, Instance, PandaError
 from pilotfactory.factory.text import one_line
+from pilotfactory.logs import OneLineFormatter
 from pilotfactory.plugins.batchstatus.cloud import instance_record
 from pilotfactory.plugins.batchstatus.condor import pilot_worker, vm_record
 

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -291,6 +292,55 @@ def test_sighup_to_a_real_daemon_keeps_a_broken_queue_on_its_old_config(tmp_path
         rc, err = finish(daemon)
         assert rc == 0, err
         assert "keeps its old configuration" in err, err
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+def test_sighup_with_a_changed_queue_keeps_its_counters_and_kill_9_keeps_its_state(
+    tmp_path: Path,
+) -> None:
+    """A real daemon: SIGHUP after a change of the queue's interval keeps its counters (the
+    queue is not reborn); after a kill -9 a new daemon restores them from stateFile."""
+    status, state = tmp_path / "status.json", tmp_path / "state.json"
+    fconf = confs(tmp_path, extra=f"allowRoot = true\nstatusFile = {status}\nstateFile = {state}\n")
+    queues = tmp_path / "queues.conf"
+    queues.write_text(NOWHERE + "apfqueue.sleep = 1\n")
+
+    def counters() -> dict[str, int]:
+        try:
+            return dict(json.loads(status.read_text())["queues"]["NOWHERE"]["counters"])
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def wait(what: str, done: Any, daemon: subprocess.Popen[str]) -> None:
+        deadline = time.monotonic() + 60
+        while not done():
+            assert daemon.poll() is None, f"daemon exited waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {counters()}"
+            time.sleep(0.1)
+
+    daemon = pilotfactory("run", "-c", str(fconf))
+    try:
+        wait("3 cycles", lambda: counters().get("cycles", 0) >= 3, daemon)
+        queues.write_text(NOWHERE + "apfqueue.sleep = 2\n")
+        daemon.send_signal(signal.SIGHUP)
+        before = counters()["cycles"]
+        wait("a cycle after the reload", lambda: counters()["cycles"] > before + 1, daemon)
+        after = counters()
+        assert after["failclosed"] >= before, "counters carried over, not restarted at 0"
+        daemon.kill()  # kill -9: nothing in memory survives
+        daemon.wait(timeout=10)
+        kept = json.loads(state.read_text())["queues"]["NOWHERE"]["counters"]["cycles"]
+        assert kept >= after["cycles"]
+        status.unlink()
+        daemon = pilotfactory("run", "-c", str(fconf))
+        wait("the new daemon's first status", lambda: counters(), daemon)
+        assert counters()["cycles"] > kept, "restored from the state file, not from 0"
+        daemon.send_signal(signal.SIGTERM)
+        rc, err = finish(daemon)
+        assert rc == 0, err
     finally:
         if daemon.poll() is None:
             daemon.kill()

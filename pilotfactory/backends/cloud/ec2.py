@@ -37,6 +37,7 @@ from pilotfactory.factory.ports import (
     CloudError,
     CloudInvalidRequest,
     CloudPort,
+    CloudQuota,
     CloudQuotaError,
     CloudThrottledError,
     CloudUnavailable,
@@ -371,3 +372,25 @@ class Ec2Cloud(CloudPort):
                 if len(ids) > 1:  # one unknown id fails the batch: retry the others alone
                     for one in ids:
                         self._terminate([one])
+
+    def quota(self) -> CloudQuota | None:
+        """``max-instances`` (DescribeAccountAttributes) against the account's pending and
+        running instances in this region, every one of them, not only ours: they all count
+        against the limit. None when the endpoint states no such attribute."""
+        with self._calling("DescribeAccountAttributes"):
+            reply = self.client.describe_account_attributes(AttributeNames=["max-instances"])
+        limit: int | None = None
+        for attr in reply.get("AccountAttributes", []):
+            if attr.get("AttributeName") != "max-instances":
+                continue
+            for value in attr.get("AttributeValues", []):
+                try:
+                    limit = int(str(value.get("AttributeValue")))
+                except ValueError:
+                    raise CloudError(
+                        f"EC2 {self.endpoint} DescribeAccountAttributes: max-instances is "
+                        f"{clip(str(value.get('AttributeValue')), 40)!r}, not a number"
+                    ) from None
+        live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        used = len(self._instances(live))
+        return None if limit is None else CloudQuota(used=used, limit=limit)

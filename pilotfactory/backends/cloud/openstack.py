@@ -32,6 +32,7 @@ from pilotfactory.factory.ports import (
     CloudError,
     CloudInvalidRequest,
     CloudPort,
+    CloudQuota,
     CloudQuotaError,
     CloudThrottledError,
     CloudUnavailable,
@@ -300,3 +301,33 @@ class OpenStackCloud(CloudPort):
             log.warning("%s", later)
         if errors:
             raise errors[0]
+
+    def quota(self) -> CloudQuota | None:
+        """Nova's absolute limits of the project: ``maxTotalInstances`` against
+        ``totalInstancesUsed`` (-1 means unlimited), cores shown beside them."""
+        with self._calling("get limits"):
+            limits = self.nova.limits.get()
+        absolute = {str(a.name): a.value for a in getattr(limits, "absolute", ())}
+        if "maxTotalInstances" not in absolute:
+            return None
+
+        def number(name: str) -> int | None:
+            value = absolute.get(name)
+            if value is None:
+                return None
+            try:
+                out = int(value)
+            except (TypeError, ValueError):
+                raise CloudError(
+                    f"OpenStack {self.where} get limits: {name} is {clip(str(value), 40)!r}, "
+                    "not a number"
+                ) from None
+            return None if out < 0 else out
+
+        limit = number("maxTotalInstances")
+        used = number("totalInstancesUsed") or 0
+        cores, cores_used = number("maxTotalCores"), number("totalCoresUsed")
+        detail = ""
+        if cores is not None:
+            detail = f"cores {cores_used or 0} of {cores} used"
+        return CloudQuota(used=used, limit=limit, detail=detail)

@@ -368,6 +368,22 @@ class BindingsCondor:
     ) -> list[dict[str, Any]]:
         return self._query_collector(htcondor2.AdTypes.Master, match, projection, constraint)
 
+    def ping_schedd(self) -> None:
+        """One attribute of at most one job: reaches and authenticates to the schedd (READ)
+        while costing it next to nothing, however long its queue."""
+        with _SWITCH.shared():
+            schedd = self._schedd()
+            self._call(
+                self.target.schedd or "schedd",
+                "query schedd",
+                lambda: schedd.query("true", ["ClusterId"], limit=1),
+                CondorUnreachable,
+            )
+
+    def ping_collector(self) -> None:
+        """The collector's own ad (one small query)."""
+        self._query_collector(htcondor2.AdTypes.Collector, {}, ["Name"], None)
+
     # -- schedd actions ----------------------------------------------------------------------
 
     def submit(self, description: Mapping[str, str], count: int) -> SubmitResult:
@@ -386,7 +402,7 @@ class BindingsCondor:
                 return SubmitResult(cluster=result.cluster(), count=result.num_procs())
 
             submitted = self._call(self.target.schedd or "schedd", "submit", submit, CondorRejected)
-        log.info("submitted %d job(s) as cluster %d", submitted.count, submitted.cluster)
+        log.debug("submitted %d job(s) as cluster %d", submitted.count, submitted.cluster)
         return submitted
 
     def remove(self, job_ids: Sequence[str], reason: str) -> int:
@@ -451,7 +467,7 @@ class BindingsCondor:
                 ),
                 CondorUnreachable,
             )
-        log.info("retire (peaceful) sent to the startd of %s", machine)
+        log.debug("retire (peaceful) sent to the startd of %s", machine)
 
     def unretire(self, machine: str) -> None:
         master = self._daemon_ad(htcondor2.AdTypes.Master, machine, "master")
@@ -466,7 +482,7 @@ class BindingsCondor:
                 ),
                 CondorUnreachable,
             )
-        log.info("unretire (daemon on) sent to the master of %s", machine)
+        log.debug("unretire (daemon on) sent to the master of %s", machine)
 
     def drain(self, machine: str, reason: str) -> None:
         slot = self._daemon_ad(htcondor2.AdTypes.Startd, machine, "startd")
@@ -480,7 +496,7 @@ class BindingsCondor:
                 ),
                 CondorRejected,
             )
-        log.info("drain of %s requested (request id %s)", machine, request)
+        log.debug("drain of %s requested (request id %s)", machine, request)
 
     def cancel_drain(self, machine: str) -> None:
         slot = self._daemon_ad(htcondor2.AdTypes.Startd, machine, "startd")
@@ -492,7 +508,7 @@ class BindingsCondor:
                 lambda: htcondor2.Startd(slot).cancelDrainJobs(),
                 CondorRejected,
             )
-        log.info("drain of %s cancelled", machine)
+        log.debug("drain of %s cancelled", machine)
 
 
 def check_token_dir(path: str) -> None:

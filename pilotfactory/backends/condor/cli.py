@@ -251,6 +251,16 @@ class CliCondor:
         argv += ["-constraint", checked_constraint(combine(match, constraint))]
         return parse_json_ads(self._run(argv, default=CondorUnreachable).stdout, projection)
 
+    def ping_schedd(self) -> None:
+        """One attribute of at most one job (see ``BindingsCondor.ping_schedd``)."""
+        argv = ["condor_q", *self._schedd_args(), "-allusers", "-json", "-limit", "1"]
+        self._run([*argv, "-attributes", "ClusterId"], default=CondorUnreachable)
+
+    def ping_collector(self) -> None:
+        """The collector's own ad (one small query)."""
+        argv = ["condor_status", *self._pool_args(), "-collector", "-json", "-attributes", "Name"]
+        self._run(argv, default=CondorUnreachable)
+
     # -- schedd actions ----------------------------------------------------------------------
 
     def submit(self, description: Mapping[str, str], count: int) -> SubmitResult:
@@ -274,7 +284,7 @@ class CliCondor:
         submitted = SubmitResult(
             cluster=int(m.group(1)), count=int(m.group(4)) - int(m.group(2)) + 1
         )
-        log.info("submitted %d job(s) as cluster %d", submitted.count, submitted.cluster)
+        log.debug("submitted %d job(s) as cluster %d", submitted.count, submitted.cluster)
         return submitted
 
     def remove(self, job_ids: Sequence[str], reason: str) -> int:
@@ -316,7 +326,7 @@ class CliCondor:
 
     def _admin(self, argv: list[str], default: type[CondorError] = CondorRejected) -> None:
         result = self._run(argv, env=self._admin_env(), default=default)
-        log.info("%s: %s", shlex.join(argv), clip(result.stdout or result.stderr))
+        log.debug("%s: %s", shlex.join(argv), clip(result.stdout or result.stderr))
 
     def retire_peaceful(self, machine: str) -> None:
         self._admin(

@@ -37,7 +37,8 @@ from pilotfactory.factory.contract import (
 from pilotfactory.factory.info import BatchQueueInfo, RetireMode, Worker, WorkerSet, WorkerState
 from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.plugin import BatchStatusPlugin, Env
-from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, Instance
+from pilotfactory.factory.ports import CloudError, CloudPort, CondorPort, Instance, World
+from pilotfactory.factory.probe import Probe, collector_probe
 from pilotfactory.factory.text import clip
 from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
@@ -60,6 +61,8 @@ from pilotfactory.plugins.cloudaccount import (
     TAG_PRICE,
     Census,
     account_of,
+    account_probe,
+    account_text,
     provider_key,
     publish_census,
 )
@@ -183,6 +186,19 @@ class CloudBatchStatus(SnapshotStatus):
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, provider_key(cls.PROVIDER, params), target_from(params).collector)
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The cloud account and the collector its VMs join."""
+        return [
+            account_probe(cls.PROVIDER, cls.namespaces()[0], params, world),
+            collector_probe(world, target_from(params)),
+        ]
+
+    def source_label(self) -> str:
+        text = account_text(self.PROVIDER, self.params)
+        collector = self.target.collector
+        return f"{text} collector {collector}" if collector else text
 
     @property
     def cloud(self) -> CloudPort:

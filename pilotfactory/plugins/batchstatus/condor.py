@@ -23,6 +23,7 @@ from pilotfactory.factory.contract import (
     JobStatus,
     Universe,
     target_from,
+    target_text,
 )
 from pilotfactory.factory.info import (
     BatchQueueInfo,
@@ -34,12 +35,14 @@ from pilotfactory.factory.info import (
 )
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import BatchStatusPlugin, Env
-from pilotfactory.factory.ports import CondorPort
+from pilotfactory.factory.ports import CondorPort, World
+from pilotfactory.factory.probe import Probe, collector_probe, schedd_probe
 from pilotfactory.factory.text import clip, redact_url
 from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
     Snapshot,
     SnapshotStatus,
+    any_of,
     by_queue,
     retire_active,
     timestamp,
@@ -184,6 +187,14 @@ class CondorBatchStatus(SnapshotStatus):
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, target_from(params))
 
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The schedd holding the pilot jobs."""
+        return [schedd_probe(world, target_from(params))]
+
+    def source_label(self) -> str:
+        return target_text(self.target)
+
     def recheck_key(self) -> Hashable:
         """The pilot and the VM source of one schedd re-read together (the VM one, which
         judges pilots too, for both)."""
@@ -284,7 +295,7 @@ class CondorBatchStatus(SnapshotStatus):
             return []
         wanted = {w.id for w in workers}
         match = {"PilotFactoryId": self.env.factory_id}
-        ads = self.port.query_jobs(match, JOB_ATTRS, " || ".join(f"({t})" for t in terms))
+        ads = self.port.query_jobs(match, JOB_ATTRS, any_of(terms))
         return [ad for ad in ads if job_id(ad) in wanted]
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
@@ -403,6 +414,12 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         JOIN_ATTRIBUTE,
         UNRETIRE_GRACE,
     )
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The schedd holding the VM jobs and the collector their startds join."""
+        target = target_from(params)
+        return [schedd_probe(world, target), collector_probe(world, target)]
 
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)

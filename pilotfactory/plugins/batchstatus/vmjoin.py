@@ -18,7 +18,7 @@ from pilotfactory.factory.info import RetireMode, Worker, WorkerState
 from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.ports import CondorPort
 from pilotfactory.factory.vmstate import Phase, VMObservation, derive_state
-from pilotfactory.plugins.batchstatus.common import retire_active, timestamp
+from pilotfactory.plugins.batchstatus.common import any_of, retire_active, timestamp
 
 Ad = Mapping[str, Any]
 
@@ -279,7 +279,7 @@ class StartdJoin:
         if keys:
             attr = {"i": self.join, "w": WORKER_ATTR}
             terms = [f"{attr[k[0]]} =?= {classad_string(k[2:])}" for k in sorted(keys)]
-            slots = self._slots(port, " || ".join(terms))
+            slots = self._slots(port, any_of(terms))
         return Pool.build(slots, [], self.join)
 
     def worker(self, rec: VMRecord, queue: str, now: float, pool: Pool) -> Worker | None:

@@ -41,8 +41,10 @@ from pilotfactory.factory.ports import (
     CloudUnavailable,
     CondorPort,
     LaunchSpec,
+    World,
     error_class,
 )
+from pilotfactory.factory.probe import Probe, collector_probe
 from pilotfactory.plugins.batchsubmit.cloud_common import (
     EC2_PARAMS,
     OPENSTACK_PARAMS,
@@ -72,6 +74,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
 from pilotfactory.plugins.cloudaccount import (
     TAG_PRICE,
     account_of,
+    account_probe,
     censuses,
     count_launch,
     provider_key,
@@ -99,6 +102,14 @@ class CloudSubmit(BatchSubmitPlugin):
         )
         self.intents: dict[str, Intent] = {}
         self.stopped: tuple[float, str] | None = None  # (until, why): auth or invalid request
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The cloud account it launches on and the collector it retires startds through."""
+        return [
+            account_probe(cls.PROVIDER, cls.namespaces()[0], params, world),
+            collector_probe(world, target_from(params)),
+        ]
 
     @property
     def cloud(self) -> CloudPort:
@@ -348,7 +359,7 @@ class CloudSubmit(BatchSubmitPlugin):
             self.intents.pop(wid, None)
             self.choice_backoff.launched(choice)
             self.count_launch(price or 0.0)
-            log.info("[%s] launched worker %s as %s on %s", q, wid, ", ".join(ids), choice.label)
+            log.debug("[%s] launched worker %s as %s on %s", q, wid, ", ".join(ids), choice.label)
             return True
         return False
 
@@ -408,7 +419,7 @@ class CloudSubmit(BatchSubmitPlugin):
             )
         with self.calling(f"terminate ({why})"):
             self.cloud.terminate(ids)
-        log.info("[%s] %s: terminated %s", self.queue.queue, why, ids)
+        log.debug("[%s] %s: terminated %s", self.queue.queue, why, ids)
 
     def record(self, workers: Sequence[Worker], tags: Mapping[str, str], what: str) -> None:
         with self.calling(f"record {what} in tags"):

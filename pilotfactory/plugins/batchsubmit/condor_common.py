@@ -21,7 +21,7 @@ from pilotfactory.factory.contract import (
     submit_environment,
     target_from,
 )
-from pilotfactory.factory.info import RetireMode, Worker
+from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import (
     BatchSubmitPlugin,
@@ -31,7 +31,8 @@ from pilotfactory.factory.plugin import (
     RetireGroup,
     SubmitError,
 )
-from pilotfactory.factory.ports import CondorError, CondorPort
+from pilotfactory.factory.ports import CondorError, CondorPort, World
+from pilotfactory.factory.probe import Probe, collector_probe, schedd_probe
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def retire_startds(
                 port.drain(w.machine, "pilotfactory")
             else:
                 port.retire_peaceful(w.machine)
-            log.info("[%s] retire %s on %s (%s)", queue, w.id, w.machine, mode)
+            log.debug("[%s] retire %s on %s (%s)", queue, w.id, w.machine, mode)
         except CondorError as exc:
             log.error("[%s] retire %s on %s (%s) failed: %s", queue, w.id, w.machine, mode, exc)
             errors.append(exc)
@@ -98,7 +99,7 @@ def unretire_startds(
             log.error("[%s] un-retire %s on %s failed: %s", queue, w.id, w.machine, exc)
             errors.append(exc)
             continue
-        log.info("[%s] un-retired %s on %s (%s)", queue, w.id, w.machine, w.retire_mode)
+        log.debug("[%s] un-retired %s on %s (%s)", queue, w.id, w.machine, w.retire_mode)
         done.append(w)
     return done, errors
 
@@ -128,7 +129,7 @@ def retire_vms(
     skip = {id(w) for w in unjoined}
     joined = [(g, mode) for ws, mode in groups if (g := [w for w in ws if id(w) not in skip])]
     for w in unjoined:
-        log.info("[%s] %s has no startd (no work possible): stopping it", queue, w.id)
+        log.debug("[%s] %s has no startd (no work possible): stopping it", queue, w.id)
     if joined:
         record(joined)
     killed = [w for ws, mode in joined if mode is RetireMode.KILL for w in ws]
@@ -228,6 +229,15 @@ class CondorSubmitBase(BatchSubmitPlugin):
                 params["submitargs"],
             )
 
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The schedd it submits to (a VM queue's retire also reaches the collector)."""
+        target = target_from(params)
+        probes = [schedd_probe(world, target)]
+        if cls.WORKERS is WorkerKind.VM:
+            probes.append(collector_probe(world, target))
+        return probes
+
     @property
     def port(self) -> CondorPort:
         return self.env.world.condor(self.target)
@@ -286,7 +296,7 @@ class CondorSubmitBase(BatchSubmitPlugin):
             result = self.port.submit(desc, count)
         except CondorError as exc:
             raise SubmitError(f"queue {self.queue.queue}: submit of {count} failed: {exc}") from exc
-        log.info("[%s] submitted %d job(s) in cluster %d", self.queue.queue, count, result.cluster)
+        log.debug("[%s] submitted %d job(s) in cluster %d", self.queue.queue, count, result.cluster)
         return result.job_ids
 
     def remove(self, workers: Sequence[Worker], why: str) -> None:
@@ -294,10 +304,15 @@ class CondorSubmitBase(BatchSubmitPlugin):
         if not ids:
             return
         n = self.port.remove(ids, f"pilotfactory: {why} (queue {self.queue.queue})")
-        log.info("[%s] %s: removed %d of %d job(s): %s", self.queue.queue, why, n, len(ids), ids)
+        log.debug("[%s] %s: removed %d of %d job(s): %s", self.queue.queue, why, n, len(ids), ids)
 
     def cancel(self, workers: Sequence[Worker]) -> None:
         self.remove(workers, "cancel")
 
     def reap(self, workers: Sequence[Worker]) -> None:
         self.remove(workers, "reap")
+
+    def cancel_and_reap(self, cancel: Sequence[Worker], reap: Sequence[Worker]) -> None:
+        """One removal for both (one schedd transaction per queue per cycle)."""
+        why = " and ".join(what for what, ws in (("cancel", cancel), ("reap", reap)) if ws)
+        self.remove([*cancel, *reap], why)

@@ -9,6 +9,8 @@ elastic pool needs these: demand per VM slot, idle shutdown and min/max bounds.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from pilotfactory.factory.info import Worker, WorkerState
 from pilotfactory.factory.params import DURATION_MAX, Param
@@ -129,6 +131,11 @@ class MaxVMs(SchedPlugin):
 
     NAME = "MaxVMs"
     PARAMS = (Param("maximum", int, None, minimum=0),)
+
+    @classmethod
+    def cap(cls, params: Mapping[str, Any]) -> int | None:
+        value = params.get("maximum")
+        return None if value is None else int(value)
 
     def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
         maximum = self.params["maximum"]

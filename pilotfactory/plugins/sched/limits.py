@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import SchedContext, SchedPlugin
 
@@ -86,6 +89,11 @@ class MaxToRun(SchedPlugin):
 
     NAME = "MaxToRun"
     PARAMS = (Param("maximum", int, minimum=0),)
+
+    @classmethod
+    def cap(cls, params: Mapping[str, Any]) -> int | None:
+        value = params.get("maximum")
+        return None if value is None else int(value)
 
     def calc(self, n: int, ctx: SchedContext) -> tuple[int, str]:
         maximum = self.params["maximum"]

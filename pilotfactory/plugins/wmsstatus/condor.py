@@ -19,11 +19,12 @@ from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from pilotfactory.factory.contract import TARGET_PARAMS, target_from
+from pilotfactory.factory.contract import TARGET_PARAMS, target_from, target_text
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
-from pilotfactory.factory.ports import CondorTarget
+from pilotfactory.factory.ports import CondorTarget, World
+from pilotfactory.factory.probe import Probe, schedd_probe
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,14 @@ class CondorWMSStatus(WMSStatusPlugin):
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
         return (cls.NAME, target_from(params))
 
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The schedd whose idle jobs are the work."""
+        return [schedd_probe(world, target_from(params))]
+
+    def source_label(self) -> str:
+        return target_text(self.target)
+
     def refresh(self) -> None:
         now = self.env.clock.now()
         port = self.env.world.condor(self.target)
@@ -213,7 +222,7 @@ class CondorWMSStatus(WMSStatusPlugin):
             if verdict:
                 out += n
         if out:
-            log.info(
+            log.debug(
                 "[%s] %d idle job(s) of %s cannot match the queue's slot_ad", queue, out, label
             )
         return out

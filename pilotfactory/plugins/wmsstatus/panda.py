@@ -14,6 +14,7 @@ exponentially, so a dead server is not hammered by every cycle of every queue.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,7 +24,8 @@ from pilotfactory.backends.panda import DEFAULT_URL, split_base
 from pilotfactory.factory.info import SiteStatus, WMSQueueInfo
 from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.plugin import Env, WMSStatusPlugin
-from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError
+from pilotfactory.factory.ports import DetailedJobStats, JobStats, PandaError, World
+from pilotfactory.factory.probe import TEXT_LIMIT, Finding, Need, Probe, Result
 from pilotfactory.factory.text import clip, redact_url
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ STATUS_MAP: Mapping[str, str] = {
 
 ONCE_LIMIT = 1000
 """Distinct "first seen" warnings (unknown statuses...) logged per source at most."""
+_REFUSED = re.compile(r"HTTP 40[13]\b")
+"""A PanDA error that means the credentials were refused (``bounded_get``'s wording)."""
 BACKOFF_START = 30.0
 BACKOFF_MAX = 1800.0
 
@@ -180,6 +184,45 @@ class PandaWMSStatus(WMSStatusPlugin):
             _text(params, "key"),
             _text(params, "token_file"),
         )
+
+    @classmethod
+    def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
+        """The server (the one request every refresh makes, with the queue's credentials) and
+        its site status source, each once however many queues share them."""
+        ns = cls.namespaces()[0]
+        url = redact_url(_text(params, "baseurl", "url") or DEFAULT_URL)
+        creds = " / ".join(
+            f"{ns}{name}" for name in ("token_file", "cert", "key") if _text(params, name)
+        )
+
+        def server(need: Need) -> list[Finding]:
+            try:
+                stats = world.panda(params).active_job_stats()
+            except PandaError as exc:
+                text = clip(str(exc), TEXT_LIMIT)
+                if _REFUSED.search(text):
+                    who = creds or "no credentials set"
+                    return [Finding(Result.FAIL, f"credentials refused ({who}): {text}")]
+                return [Finding(Result.FAIL, text)]
+            return [Finding(Result.OK, f"job statistics read: {len(stats)} site(s)")]
+
+        probes = [Probe(cls.source_key(params), f"PanDA {url}", server)]
+        key = _site_key(params)
+        if key is not None:
+            where = redact_url(key[0]) if key[0] else f"file {key[1]}"
+
+            def sites(need: Need) -> list[Finding]:
+                try:
+                    status = world.site_status(params).site_status()
+                except PandaError as exc:
+                    return [Finding(Result.FAIL, clip(str(exc), TEXT_LIMIT))]
+                return [Finding(Result.OK, f"site status read: {len(status)} queue(s)")]
+
+            probes.append(Probe(("site status", key), f"site status {clip(where, 200)}", sites))
+        return probes
+
+    def source_label(self) -> str:
+        return self.url
 
     def refresh_lane(self) -> Hashable:
         """Its own: only this server (and the site status URLs) is asked."""

@@ -10,6 +10,7 @@ import pytest
 from pilotfactory.factory.executor import Executor, still_valid
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind, WorkerState
 from pilotfactory.factory.planner import Action, ActionKind
+from pilotfactory.factory.plugin import BatchSubmitPlugin
 from pilotfactory.factory.rails import Backoff
 from pilotfactory.factory.trace import CycleTrace
 
@@ -44,6 +45,9 @@ class Recorder:
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         self._ids("unretire", workers)
+
+    def cancel_and_reap(self, cancel: Sequence[Worker], reap: Sequence[Worker]) -> None:
+        BatchSubmitPlugin.cancel_and_reap(self, cancel, reap)  # type: ignore[arg-type]
 
 
 def executor() -> tuple[Executor, Recorder, Backoff, dict[str, int]]:

@@ -182,7 +182,8 @@ def test_metrics_follow_the_traces(tmp_path: Path) -> None:
     )
     assert (
         reg.get_sample_value(
-            "pilotfactory_source_failures_total", {"kind": "batchstatus", "plugin": "Condor"}
+            "pilotfactory_source_failures_total",
+            {"kind": "batchstatus", "plugin": "Condor", "source": "local schedd"},
         )
         == 1
     )

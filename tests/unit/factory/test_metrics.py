@@ -225,18 +225,69 @@ def test_queue_errors(
 
 
 def test_source_failures(metrics: FactoryMetrics) -> None:
-    metrics.source_failed("batchstatus", "Condor")
-    metrics.source_failed("batchstatus", "Condor")
-    metrics.source_failed("wmsstatus", "Panda")
+    condor = metrics.source_labels("k1", "batchstatus", "Condor", "schedd s1")
+    panda = metrics.source_labels("k2", "wmsstatus", "Panda", "https://panda.test/server")
+    quiet = metrics.source_labels("k3", "wmsstatus", "Condor", "local schedd")
+    metrics.source_failed(condor)
+    metrics.source_failed(condor)
+    metrics.source_failed(panda)
     got = {
-        (k, p): value(metrics, "pilotfactory_source_failures_total", kind=k, plugin=p)
-        for k, p in [("batchstatus", "Condor"), ("wmsstatus", "Panda"), ("wmsstatus", "Condor")]
+        labels: value(metrics, "pilotfactory_source_failures_total", kind=k, plugin=p, source=s)
+        for labels in (condor, panda, quiet)
+        for k, p, s in [labels]
     }
-    assert got == {
-        ("batchstatus", "Condor"): 2,
-        ("wmsstatus", "Panda"): 1,
-        ("wmsstatus", "Condor"): None,
-    }
+    # A source is exported from its first use, at 0: rate() sees its first failure.
+    assert got == {condor: 2, panda: 1, quiet: 0}
+
+
+def test_source_labels_are_stable_and_never_shared(metrics: FactoryMetrics) -> None:
+    one = metrics.source_labels(("Panda", "token-a"), "wmsstatus", "Panda", "https://p.test/")
+    two = metrics.source_labels(("Panda", "token-b"), "wmsstatus", "Panda", "https://p.test/")
+    assert one == ("wmsstatus", "Panda", "https://p.test/")
+    assert two == ("wmsstatus", "Panda", "https://p.test/ #2")  # same words, another source
+    # The same key (a reload builds the source again) keeps its labels.
+    assert metrics.source_labels(("Panda", "token-b"), "wmsstatus", "Panda", "x") == two
+
+
+def test_source_labels_are_bounded_and_printable(metrics: FactoryMetrics) -> None:
+    source = metrics.source_labels("k", "batchstatus", "X", "s\x1b[2J" + "a" * 900)[2]
+    assert len(source) < 260 and "\x1b" not in source and source.isprintable()
+
+
+def test_histograms_count_cycles_and_queues(metrics: FactoryMetrics) -> None:
+    metrics.observe([CycleTrace("A", T0, seconds=0.003), CycleTrace("B", T0, seconds=42.0)])
+    metrics.observe([CycleTrace("A", T0, seconds=0.2)])
+    metrics.cycle_took(1.5)
+    metrics.cycle_took(400.0)
+    q = "pilotfactory_queue_cycle_seconds"
+    assert value(metrics, f"{q}_count", queue="A") == 2
+    assert value(metrics, f"{q}_sum", queue="A") == pytest.approx(0.203)
+    assert value(metrics, f"{q}_bucket", queue="A", le="0.01") == 1
+    assert value(metrics, f"{q}_bucket", queue="B", le="30.0") == 0
+    assert value(metrics, f"{q}_bucket", queue="B", le="300.0") == 1
+    c = "pilotfactory_cycle_seconds"
+    assert value(metrics, f"{c}_count") == 2
+    assert value(metrics, f"{c}_bucket", le="2.5") == 1
+    assert value(metrics, f"{c}_bucket", le="300.0") == 1  # the 5 min cycle is past every bucket
+    assert value(metrics, f"{c}_bucket", le="+Inf") == 2
+
+
+def test_snapshot_ages_are_computed_when_scraped() -> None:
+    now = [T0]
+    times: list[tuple[tuple[str, str, str], float | None]] = [
+        (("batchstatus", "Condor", "schedd s1"), T0 - 5),
+        (("wmsstatus", "Panda", "https://p.test/"), None),
+    ]
+    m = FactoryMetrics(CollectorRegistry(), now=lambda: now[0], snapshots=lambda: times)
+    name = "pilotfactory_status_snapshot_age_seconds"
+    b = {"kind": "batchstatus", "plugin": "Condor", "source": "schedd s1"}
+    w = {"kind": "wmsstatus", "plugin": "Panda", "source": "https://p.test/"}
+    assert m.registry.get_sample_value(name, b) == 5
+    assert m.registry.get_sample_value(name, w) == float("inf")  # never read: past any threshold
+    now[0] += 30  # no cycle in between: the age still moves
+    assert m.registry.get_sample_value(name, b) == 35
+    times.pop()  # a source not tried yet is absent
+    assert m.registry.get_sample_value(name, w) is None
 
 
 def test_exposition_text_carries_help_and_labels(metrics: FactoryMetrics) -> None:

@@ -397,3 +397,13 @@ def test_why_not_for_a_whole_surplus_and_for_buying() -> None:
     capped = plan(PlanInput(n=5, workers=(w("p", P),), now=NOW, settings=replace(S, max_booting=3)))
     assert held(capped) == [("buy", "submit capped 5->2: max_booting=3", 3, ())]
     assert plan(PlanInput(n=-1, workers=(w("i", I),), now=NOW, settings=S)).held_back == ()
+
+
+def test_why_not_says_cancel_for_pilots() -> None:
+    s = replace(S, retire_confirm_cycles=2)
+    res = plan(PlanInput(n=-2, workers=(w("p1", P), w("p2", P)), now=NOW, settings=s,
+                         worker_kind=WorkerKind.PILOT))  # fmt: skip
+    assert held(res) == [("cancel", "confirmation 1/2", 2, ("p1", "p2"))]
+    frozen = plan(PlanInput(n=-1, workers=(w("p", P),), now=NOW, settings=S, freeze="x",
+                            worker_kind=WorkerKind.PILOT))  # fmt: skip
+    assert held(frozen)[0][0] == "cancel"

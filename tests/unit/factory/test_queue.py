@@ -685,7 +685,7 @@ def test_status_says_why_not_per_queue_and_per_worker(tmp_path: Path) -> None:
     r.port.masters = [m for _, _, m in vms]
     t = r.tick()
     why = t.why_not()
-    assert why["buy"] == "n=-4: KeepNRunning: " + t.chain.steps[-1].reason  # type: ignore[union-attr]
+    assert why["buy"] == "n=-4: " + t.chain.steps[-1].reason  # type: ignore[union-attr]
     assert [(h["what"], h["reason"], h["count"]) for h in why["held"]] == [
         ("retire", "confirmation 1/2", 3),
         (
@@ -716,3 +716,16 @@ def test_status_says_why_not_per_queue_and_per_worker(tmp_path: Path) -> None:
     assert set(acting.values()) <= {"retire (peaceful)", "retire (drain)"}, acting
     assert workers_view(t2, limit=1)["joined"][0]["id"] in acting
     assert "(2 more joined not shown)" in format_workers(workers_view(t2, limit=1))
+
+
+def test_a_cycles_cancels_and_reaps_are_one_removal(tmp_path: Path) -> None:
+    """One schedd write per queue per cycle for every worker taken away (issue 13)."""
+    r = rig(tmp_path, PILOTS + SHRINK)
+    held = pilot(7, 0, 5, HoldReason="proxy expired", EnteredCurrentStatus=int(T0) - 7200)
+    r.port.jobs = [held, pilot(5, 0, 1), pilot(5, 1, 1)]
+    t = r.tick()
+    assert sorted(t.results) == ["cancelled 2", "reaped 1"]
+    assert r.port.count("remove") == 1
+    assert sorted(removed(r.port)[0]) == ["5.0", "5.1", "7.0"]
+    assert "cancel and reap" in r.port.named("remove")[0][2]
+    assert r.queue.counters["cancelled"] == 2 and r.queue.counters["reaped"] == 1

@@ -1,0 +1,761 @@
+"""``pilotfactory sim``: what a configuration would cost and how long its users would wait.
+
+The user's queues run unchanged (the same ``Factory`` as ``run``) on a virtual clock against
+the simulated pool and cloud, fed a job trace; the same trace then goes through an
+elastiq-style policy in the same simulated world, and into an oracle computed from the trace
+alone. Every number in the report is measured by the world (``SimMetrics``), never taken from
+the factory's own view, so a policy cannot flatter itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pilotfactory.factory.clock import VirtualClock
+from pilotfactory.factory.config import ConfigError, FactoryConfig, QueueConfig
+from pilotfactory.factory.contract import TAG_QUEUE, TAG_WORKER
+from pilotfactory.factory.factory import Factory
+from pilotfactory.factory.info import WorkerKind
+from pilotfactory.factory.ports import LaunchSpec
+from pilotfactory.factory.trace import CycleTrace
+from pilotfactory.sim.cloud import LIVE, CloudConfig
+from pilotfactory.sim.metrics import percentile
+from pilotfactory.sim.pool import PoolConfig
+from pilotfactory.sim.runner import START, _dummy_secrets, _makes_vms
+from pilotfactory.sim.traces import Trace
+from pilotfactory.sim.world import SimConfig, SimWorld
+
+Progress = Callable[[str, float], None]
+"""Called with (what is running, fraction done); the CLI draws it on a terminal only."""
+
+STARTD_DELAY = 5.0
+SAMPLE_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The world a configuration is judged in (``pilotfactory sim`` flags)."""
+
+    boot_time: float = 120.0
+    """Seconds from launch to a running VM (its startd joins ``STARTD_DELAY`` later)."""
+    boot_jitter: float = 30.0
+    boot_distribution: str = "uniform"
+    never_join: float = 0.0
+    interruption_rate: float = 0.0
+    """Spot interruptions per VM-hour."""
+    price: float = 0.10
+    """Per VM-hour."""
+    activation_rate: float | None = None
+    """PanDA jobs activated per minute and site."""
+
+    def __post_init__(self) -> None:
+        if self.boot_distribution not in ("uniform", "lognormal"):
+            raise ConfigError(f"boot distribution {self.boot_distribution!r}: uniform, lognormal")
+        if not 0.0 <= self.never_join <= 1.0:
+            raise ConfigError(f"never-join fraction {self.never_join} must be in [0, 1]")
+        checks = (self.boot_time, self.boot_jitter, self.interruption_rate, self.price)
+        if any(not math.isfinite(v) or v < 0 for v in checks):
+            raise ConfigError("boot time, jitter, interruption rate and price must be >= 0")
+        if self.activation_rate is not None and not self.activation_rate > 0:
+            raise ConfigError("activation rate must be > 0 jobs per minute")
+
+    def cloud(self) -> CloudConfig:
+        return CloudConfig(
+            boot_delay=self.boot_time,
+            boot_jitter=min(self.boot_jitter, self.boot_time)
+            if self.boot_distribution == "uniform"
+            else self.boot_jitter,
+            boot_distribution=self.boot_distribution,
+            startd_delay=STARTD_DELAY,
+            never_join_fraction=self.never_join,
+            interruption_rate=self.interruption_rate,
+            # Images built for pilotfactory set MAXJOBRETIREMENTTIME, so drain is safe.
+            default_retirement_time=86400.0,
+        )
+
+    def mean_join_time(self) -> float:
+        """Launch -> startd in the collector, on average (what the oracle pays per VM)."""
+        if self.boot_distribution == "lognormal" and self.boot_time > 0:
+            sigma = self.boot_jitter / self.boot_time
+            boot = self.boot_time * math.exp(sigma * sigma / 2)
+        else:
+            boot = self.boot_time
+        return boot + STARTD_DELAY if boot > 0 else 0.0
+
+
+@dataclass
+class Sample:
+    t: float
+    waiting: int
+    booting: int
+    idle: int
+    busy: int
+    cost: float
+
+
+@dataclass
+class RunResult:
+    """One policy on one trace: the report's numbers and the series for the plot."""
+
+    name: str
+    metrics: dict[str, Any]
+    series: list[Sample] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def measure(world: SimWorld, trace: Trace, price: float) -> dict[str, Any]:
+    """The report's numbers, read from the world's own counters."""
+    m = world.metrics
+    now = world.loop.now
+    waits = [w for ws in m.waits.values() for w in ws]
+    vm_hours = sum(m.vm_hours(now).values())
+    busy = m.busy_vm_hours(now)
+    completed = sum(m.payload_completed.values())
+    latencies = request_latencies(m.first_starts, m.launch_times)
+    done = completed >= trace.total_jobs and m.last_completion is not None
+    return {
+        "jobs": trace.total_jobs,
+        "completed": completed,
+        "wait_p50": percentile(waits, 50),
+        "wait_p95": percentile(waits, 95),
+        "wait_max": max(waits, default=0.0),
+        "makespan_h": (m.last_completion - START) / 3600.0
+        if done and m.last_completion is not None
+        else None,
+        "vm_hours": vm_hours,
+        "idle_vm_hours": max(0.0, vm_hours - busy),
+        "cost": vm_hours * price,
+        "vms_lost": m.interrupted + m.never_joined,
+        "jobs_evicted": sum(m.payload_killed.values()),
+        "jobs_interrupted": sum(m.payload_interrupted.values()),
+        "request_latency_p50": percentile(latencies, 50) if latencies else None,
+        "request_latency_p99": percentile(latencies, 99) if latencies else None,
+    }
+
+
+def request_latencies(
+    starts: Sequence[tuple[float, float]], launches: Sequence[float]
+) -> list[float]:
+    """Per job that waited for capacity: its submit -> the first cloud request at or after it
+    (only where that request came before the job started; a job a running VM took never
+    needed one)."""
+    import bisect
+
+    ordered = sorted(launches)
+    out: list[float] = []
+    for queued, started in starts:
+        i = bisect.bisect_left(ordered, queued)
+        if i < len(ordered) and ordered[i] <= started:
+            out.append(ordered[i] - queued)
+    return out
+
+
+def _sample(world: SimWorld, price: float, queues: set[str] | None = None) -> Sample:
+    snap = world.metrics.snapshots[-1] if world.metrics.snapshots else world.snapshot()
+    view = world.pool.vm_view()
+    idle = sum(1 for alive, jobs, _ in view.values() if alive and not jobs)
+    busy = sum(1 for alive, jobs, _ in view.values() if alive and jobs)
+    live = snap.instances_pending + snap.instances_running
+    return Sample(
+        t=(snap.t - START) / 3600.0,
+        waiting=snap.jobs_idle + snap.panda_activated,
+        booting=max(0, live - idle - busy),
+        idle=idle,
+        busy=busy,
+        cost=snap.vm_hours * price,
+    )
+
+
+class Horizon:
+    """When a run ends: after ``hours`` if given, else once every job has completed and
+    ``TAIL`` more (so the shrink shows and every policy pays the same tail), at most
+    ``max_hours``; each run is charged for its own horizon."""
+
+    TAIL = 7200.0
+
+    def __init__(self, trace: Trace, hours: float | None, max_hours: float = 168.0) -> None:
+        self.jobs = trace.total_jobs
+        self.fixed = START + hours * 3600.0 if hours is not None else None
+        self.cap = START + max_hours * 3600.0
+        self.floor = START + trace.end + self.TAIL
+
+    def over(self, world: SimWorld) -> bool:
+        now = world.loop.now
+        if self.fixed is not None:
+            return now >= self.fixed
+        if now >= self.cap:
+            return True
+        m = world.metrics
+        done = sum(m.payload_completed.values()) >= self.jobs
+        last = m.last_completion if m.last_completion is not None else START
+        return done and now >= max(self.floor if not self.jobs else START, last + self.TAIL)
+
+    def fraction(self, world: SimWorld) -> float:
+        now = world.loop.now
+        if self.fixed is not None:
+            return (now - START) / max(1.0, self.fixed - START)
+        if not self.jobs:
+            return (now - START) / max(1.0, self.floor - START)
+        return sum(world.metrics.payload_completed.values()) / self.jobs
+
+
+# ---------------------------------------------------------------------------- the user's config
+
+
+def prepare(fcfg: FactoryConfig, workdir: str) -> FactoryConfig:
+    """A factory config that touches nothing outside ``workdir``: no state or status file, no
+    lock, no metrics port, logs in the temp dir (a simulation must not disturb the daemon)."""
+    return replace(
+        fcfg,
+        base_log_dir=os.path.join(workdir, "logs"),
+        raw={**fcfg.raw, "baseLogDir": os.path.join(workdir, "logs")},
+        status_file=None,
+        state_file=None,
+        lock_file=None,
+        metrics_port=None,
+    )
+
+
+def run_config(
+    name: str,
+    fcfg: FactoryConfig,
+    queues: Sequence[QueueConfig],
+    trace: Trace,
+    settings: WorldSettings,
+    seed: int,
+    hours: float | None,
+    progress: Progress | None = None,
+    observe: Callable[[SimWorld, Factory, list[CycleTrace]], None] | None = None,
+) -> RunResult:
+    """The user's queues, unchanged, until the ``Horizon``; ``observe`` sees every tick (the
+    scenario tests check their invariants there)."""
+    with tempfile.TemporaryDirectory(prefix="pilotfactory-sim-") as workdir:
+        fc = prepare(fcfg, workdir)
+        qs = _dummy_secrets(queues, workdir)
+        sites = {q.wmsqueue for q in qs if q.wmsstatus.name == "Panda"}
+        work = replace(
+            trace,
+            sites=frozenset(sites & {j.label for j in trace.jobs}),
+            activation_rate=settings.activation_rate,
+        )
+        clock = VirtualClock(START)
+        world = SimWorld(
+            clock,
+            SimConfig(
+                seed=seed,
+                pool=PoolConfig(
+                    pilot_sites={q.name: q.wmsqueue for q in qs if q.wmsstatus.name == "Panda"},
+                    static_nodes=0 if any(_makes_vms(q) for q in qs) else 8,
+                ),
+                cloud=settings.cloud(),
+                sites={s: "online" for s in sites},
+                workload=work,
+            ),
+        )
+        factory = Factory(fc, qs, world, clock)
+        step = min([fc.sleep, *(q.sleep for q in qs)]) or 30.0
+        horizon = Horizon(trace, hours)
+        series: list[Sample] = []
+        next_sample = START
+        last_cycle = START
+        while True:
+            world.tick()
+            if horizon.over(world):
+                break
+            last_cycle = clock.now()
+            traces = factory.cycle()
+            if observe is not None:
+                observe(world, factory, traces)
+            if clock.now() >= next_sample:
+                series.append(_sample(world, settings.price))
+                next_sample += SAMPLE_EVERY
+            if progress is not None:
+                progress(name, horizon.fraction(world))
+            clock.sleep(step)
+        series.append(_sample(world, settings.price))
+        metrics = measure(world, trace, settings.price)
+        vm_queues = [q for q in factory.queues.values() if q.worker_kind is WorkerKind.VM]
+        counted = vm_queues or list(factory.queues.values())
+        for key in ("submitted", "retired", "unretired", "reaped"):
+            metrics[f"vms_{key}"] = sum(q.counters[key] for q in counted)
+        metrics["orphans"] = _orphans(world, factory, last_cycle)
+        return RunResult(name, metrics, series)
+
+
+def _orphans(world: SimWorld, factory: Factory, before: float) -> int:
+    """Live instances no queue knows as a worker (launched before the last cycle's reads)."""
+    known: set[str] = set()
+    for name, q in factory.queues.items():
+        info = q.batch_source.info(name)
+        if info is not None:
+            known.update(w.id for w in info.workers)
+    return sum(
+        1
+        for r in world.sim_cloud.instances()
+        if r.state in LIVE
+        and r.launched_at < before
+        and (r.worker or "") not in known
+        and (r.owner_job or "") not in known
+    )
+
+
+# ---------------------------------------------------------------------------- elastiq-style
+
+
+@dataclass(frozen=True)
+class ElastiqParams:
+    """elastiq's knobs (its defaults, or the user's JobsPerVM / IdleShutdown / MinVMs / MaxVMs)."""
+
+    waiting_jobs_threshold: int = 0
+    waiting_jobs_time: float = 40.0
+    jobs_per_vm: int = 4
+    idle_time: float = 3600.0
+    deploy_time: float = 600.0
+    min_vms: int = 0
+    max_vms: int | None = None
+    check_every: float = 15.0
+    flavor: str = "m1.large"
+
+    @classmethod
+    def like(cls, queues: Sequence[QueueConfig]) -> ElastiqParams:
+        """The same sizes and limits as the user's first VM queue, so the comparison is about
+        the policy, not the knobs."""
+        vmq = [q for q in queues if _makes_vms(q)]
+        if not vmq:
+            return cls()
+        q = vmq[0]
+        p: dict[str, Any] = {}
+        for spec in q.sched:
+            if spec.name == "JobsPerVM":
+                p["jobs_per_vm"] = int(spec.params["jobs"])
+            elif spec.name == "IdleShutdown":
+                p["idle_time"] = float(spec.params["idle_time"])
+            elif spec.name == "MinVMs":
+                p["min_vms"] = int(spec.params["minimum"])
+            elif spec.name == "MaxVMs" and spec.params.get("maximum") is not None:
+                p["max_vms"] = int(spec.params["maximum"])
+        flavor = q.batchsubmit.params.get("flavor") or q.batchsubmit.params.get("instance_type")
+        if flavor:
+            p["flavor"] = str(flavor)
+        p["deploy_time"] = float(q.planner.boot_timeout)
+        return replace(cls(), **p)
+
+
+class ElastiqPolicy:
+    """elastiq's loop, in the simulated world: start ceil(waiting / jobs_per_vm) VMs once jobs
+    have waited ``waiting_jobs_time`` (less those still deploying), terminate VMs idle for
+    ``idle_time`` at once (no drain), and VMs not joined after ``deploy_time``."""
+
+    QUEUE = "elastiq"
+
+    def __init__(self, params: ElastiqParams, world: SimWorld) -> None:
+        self.p = params
+        self.world = world
+        self.vms: dict[str, float] = {}
+        self.waiting_since: float | None = None
+        self.counts = {"submitted": 0, "retired": 0, "unretired": 0, "reaped": 0}
+        self._seq = 0
+
+    def check(self) -> None:
+        now = self.world.loop.now
+        cloud = self.world.sim_cloud
+        view = self.world.pool.vm_view()
+        live = {i: t for i, t in self.vms.items() if cloud.alive(i)}
+        self.vms = live
+        deploying = [i for i in live if not view.get(i, (False, 0, 0.0))[0]]
+        stuck = [i for i in deploying if now - live[i] > self.p.deploy_time]
+        if stuck:
+            cloud.terminate(stuck)
+            self.counts["reaped"] += len(stuck)
+            for i in stuck:
+                del self.vms[i]
+        waiting = self.world.pool.census()["jobs_idle"]
+        if waiting > self.p.waiting_jobs_threshold:
+            self.waiting_since = self.waiting_since if self.waiting_since is not None else now
+            if now - self.waiting_since >= self.p.waiting_jobs_time:
+                want = math.ceil(waiting / self.p.jobs_per_vm) - (len(deploying) - len(stuck))
+                room = (self.p.max_vms - len(self.vms)) if self.p.max_vms is not None else want
+                self._start(min(want, room))
+        else:
+            self.waiting_since = None
+        if len(self.vms) < self.p.min_vms:
+            self._start(self.p.min_vms - len(self.vms))
+        idle = sorted(
+            (v[2], i)
+            for i in self.vms
+            if (v := view.get(i)) is not None
+            and v[0]
+            and not v[1]
+            and now - v[2] >= self.p.idle_time
+        )
+        spare = max(0, len(self.vms) - self.p.min_vms)
+        victims = [i for _, i in idle[:spare]]
+        if victims:
+            cloud.terminate(victims)
+            self.counts["retired"] += len(victims)
+            for i in victims:
+                del self.vms[i]
+
+    def _start(self, n: int) -> None:
+        if n <= 0:
+            return
+        tags = {TAG_QUEUE: self.QUEUE}
+        for _ in range(n):
+            self._seq += 1
+            ids = self.world.sim_cloud.launch(
+                LaunchSpec(image="elastiq-worker", flavor=self.p.flavor),
+                1,
+                {**tags, TAG_WORKER: f"elastiq-{self._seq}"},
+            )
+            for i in ids:
+                self.vms[i] = self.world.loop.now
+        self.counts["submitted"] += n
+
+
+def run_elastiq(
+    params: ElastiqParams,
+    trace: Trace,
+    settings: WorldSettings,
+    seed: int,
+    hours: float | None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """The same trace (every job a pool job) through the elastiq-style policy."""
+    clock = VirtualClock(START)
+    work = replace(trace, sites=frozenset(), activation_rate=None)
+    world = SimWorld(
+        clock, SimConfig(seed=seed, cloud=settings.cloud(), workload=work, pool=PoolConfig())
+    )
+    policy = ElastiqPolicy(params, world)
+    horizon = Horizon(trace, hours)
+    series: list[Sample] = []
+    next_sample = START
+    while True:
+        world.tick()
+        if horizon.over(world):
+            break
+        policy.check()
+        if clock.now() >= next_sample:
+            series.append(_sample(world, settings.price))
+            next_sample += SAMPLE_EVERY
+        if progress is not None:
+            progress("elastiq", horizon.fraction(world))
+        clock.sleep(params.check_every)
+    series.append(_sample(world, settings.price))
+    metrics = measure(world, trace, settings.price)
+    for key, value in policy.counts.items():
+        metrics[f"vms_{key}"] = value
+    metrics["orphans"] = 0
+    return RunResult("elastiq", metrics, series)
+
+
+# ---------------------------------------------------------------------------- oracle
+
+
+def oracle(trace: Trace, settings: WorldSettings, cores_per_vm: int) -> RunResult:
+    """The lower bound no policy in this world can beat, from the trace alone: every job
+    starts at its submit time (VMs were launched one join time earlier), VMs are packed as a
+    fluid (``cores_per_vm`` cores to a VM-hour) and ended the moment they empty. The only idle
+    time is each VM's boot, for the fewest VMs the peak needs. A discrete schedule would not
+    be a bound (one 1-core job on a 4-core VM costs a whole VM), hence the fluid."""
+    cpv = max(1, cores_per_vm)
+    jobs = trace.arrivals() if settings.activation_rate else list(trace.jobs)
+    events = sorted(
+        [(j.submit, j.cores) for j in jobs] + [(j.submit + j.duration, -j.cores) for j in jobs],
+        key=lambda e: (e[0], e[1]),
+    )
+    cores = peak = 0
+    for _, delta in events:
+        cores += delta
+        peak = max(peak, cores)
+    vms = math.ceil(peak / cpv)
+    busy_h = sum(j.duration * j.cores for j in jobs) / cpv / 3600.0
+    idle_h = vms * settings.mean_join_time() / 3600.0
+    end = max((j.submit + j.duration for j in jobs), default=0.0)
+    metrics: dict[str, Any] = {
+        "jobs": trace.total_jobs,
+        "completed": trace.total_jobs,
+        "wait_p50": 0.0,
+        "wait_p95": 0.0,
+        "wait_max": 0.0,
+        "makespan_h": end / 3600.0,
+        "vm_hours": busy_h + idle_h,
+        "idle_vm_hours": idle_h,
+        "cost": (busy_h + idle_h) * settings.price,
+        "vms_submitted": vms,
+        "vms_retired": vms,
+        "vms_unretired": 0,
+        "vms_reaped": 0,
+        "vms_lost": 0,
+        "jobs_evicted": 0,
+        "jobs_interrupted": 0,
+        "orphans": 0,
+        "request_latency_p50": None,
+        "request_latency_p99": None,
+    }
+    return RunResult("oracle", metrics)
+
+
+def cores_per_vm(queues: Sequence[QueueConfig], settings: WorldSettings) -> int:
+    """Cores of the first VM queue's flavour in the simulated cloud (its default: 4)."""
+    cloud = settings.cloud()
+    for q in queues:
+        if _makes_vms(q):
+            flavor = q.batchsubmit.params.get("flavor") or q.batchsubmit.params.get("instance_type")
+            return int(cloud.flavor_cpus.get(str(flavor), cloud.default_cpus))
+    return cloud.default_cpus
+
+
+# ---------------------------------------------------------------------------- report
+
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("wait_p50", "payload wait p50", "s"),
+    ("wait_p95", "payload wait p95", "s"),
+    ("wait_max", "payload wait max", "s"),
+    ("makespan_h", "makespan", "h"),
+    ("vm_hours", "VM-hours", "h"),
+    ("idle_vm_hours", "idle VM-hours", "h"),
+    ("cost", "cost", "$"),
+    ("vms_submitted", "VMs submitted", ""),
+    ("vms_retired", "VMs retired", ""),
+    ("vms_unretired", "VMs un-retired", ""),
+    ("vms_reaped", "VMs reaped", ""),
+    ("vms_lost", "VMs lost", ""),
+    ("jobs_evicted", "jobs evicted (must be 0)", ""),
+    ("jobs_interrupted", "jobs killed by interruptions", ""),
+    ("orphans", "orphan VMs (must be 0)", ""),
+    ("request_latency_p50", "idle job -> cloud request p50", "s"),
+    ("request_latency_p99", "idle job -> cloud request p99", "s"),
+    ("completed", "jobs completed", ""),
+)
+RATIO_KEYS = ("wait_p95", "makespan_h", "vm_hours", "idle_vm_hours", "cost")
+
+
+def ratio(value: Any, base: Any) -> float | None:
+    if not isinstance(value, int | float) or not isinstance(base, int | float) or base <= 0:
+        return None
+    return value / base
+
+
+def _fmt(value: Any, unit: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and unit in ("h", "$"):
+        return f"{value:.2f}"
+    if isinstance(value, float):
+        return f"{value:.0f}"
+    return str(value)
+
+
+def report_json(results: Sequence[RunResult], header: dict[str, Any]) -> dict[str, Any]:
+    base = next((r for r in results if r.name == "oracle"), None)
+    out: dict[str, Any] = {**header, "results": {}}
+    for r in results:
+        entry = {k: _round(v) for k, v in r.metrics.items()}
+        if base is not None and r is not base:
+            entry["ratio_to_oracle"] = {
+                k: _round(ratio(r.metrics.get(k), base.metrics.get(k))) for k in RATIO_KEYS
+            }
+        out["results"][r.name] = entry
+    return out
+
+
+def _round(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
+
+
+def report_table(results: Sequence[RunResult], header: Sequence[str]) -> str:
+    """Metrics down, policies across, then each policy's ratio to the oracle."""
+    base = next((r for r in results if r.name == "oracle"), None)
+    others = [r for r in results if r is not base]
+    cols = [r.name[:16] for r in results]
+    ratio_cols = [f"{r.name[:10]}/oracle" for r in others] if base is not None else []
+    width = max(len(label) for _, label, _ in ROWS) + 5
+    lines = list(header)
+    head = f"{'metric':<{width}}" + "".join(f"{c:>17}" for c in cols + ratio_cols)
+    lines += [head, "-" * len(head)]
+    for key, label, unit in ROWS:
+        name = f"{label} ({unit})" if unit else label
+        cells = [_fmt(r.metrics.get(key), unit) for r in results]
+        if base is not None:
+            for r in others:
+                q = ratio(r.metrics.get(key), base.metrics.get(key)) if key in RATIO_KEYS else None
+                cells.append(f"{q:.2f}x" if q is not None else "")
+        lines.append(f"{name:<{width}}" + "".join(f"{c:>17}" for c in cells))
+    return "\n".join(lines)
+
+
+def require_matplotlib() -> None:
+    """Fail before a long run, not after it, when ``--plot`` cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "--plot needs matplotlib: pip install 'pilotfactory[plot]' (the plot extra)"
+        ) from exc
+
+
+def plot(path: str, results: Sequence[RunResult]) -> None:
+    """Demand, workers by state and cumulative cost over time, one PNG."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results if r.series]
+    fig, axes = plt.subplots(2 + len(runs), 1, figsize=(10, 3 + 2.2 * (1 + len(runs))), sharex=True)
+    first = runs[0].series if runs else []
+    axes[0].plot([s.t for s in first], [s.waiting for s in first], color="black")
+    axes[0].set_ylabel("waiting jobs")
+    axes[0].set_title("demand")
+    for ax, r in zip(axes[1:-1], runs, strict=True):
+        t = [s.t for s in r.series]
+        ax.stackplot(
+            t,
+            [s.busy for s in r.series],
+            [s.idle for s in r.series],
+            [s.booting for s in r.series],
+            labels=["busy", "idle", "booting"],
+        )
+        ax.set_ylabel("VMs")
+        ax.set_title(f"{r.name}: workers by state")
+        ax.legend(loc="upper right")
+    for r in runs:
+        axes[-1].plot([s.t for s in r.series], [s.cost for s in r.series], label=r.name)
+    oracle_run = next((r for r in results if r.name == "oracle"), None)
+    if oracle_run is not None:
+        axes[-1].axhline(oracle_run.metrics["cost"], linestyle="--", color="grey", label="oracle")
+    axes[-1].set_ylabel("cumulative cost")
+    axes[-1].set_xlabel("hours")
+    axes[-1].legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class TerminalProgress:
+    """One stderr line redrawn in place, only on a terminal (never in --json or a pipe)."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._last = (-1, "")
+
+    def __call__(self, what: str, fraction: float) -> None:
+        if not self.enabled:
+            return
+        pct = min(100, int(fraction * 100))
+        if (pct, what) == self._last:
+            return
+        self._last = (pct, what)
+        bar = "#" * (pct // 5)
+        sys.stderr.write(f"\rsim {what[:20]:<20} [{bar:<20}] {pct:3d}%")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self._last[0] >= 0:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    """What ``pilotfactory sim`` was asked (the CLI's flags, parsed)."""
+
+    configs: tuple[tuple[str, FactoryConfig, tuple[QueueConfig, ...]], ...]
+    """(name, factory config, queues) per configuration: one, or two with ``--compare``."""
+    workload: str = "burst"
+    """A shape name, or a path to a CSV trace."""
+    scale: float = 1.0
+    cores: int = 1
+    seed: int = 1
+    hours: float | None = None
+    settings: WorldSettings = field(default_factory=WorldSettings)
+    baselines: bool = True
+
+
+def load_trace(req: SimRequest) -> Trace:
+    from pilotfactory.sim import traces
+
+    queues = [q for _, _, qs in req.configs for q in qs]
+    labels = list(dict.fromkeys(q.wmsqueue for q in queues))
+    if req.workload.endswith(".csv") or os.sep in req.workload:
+        return traces.load_csv(req.workload, labels[0] if labels else "SIM_QUEUE")
+    return traces.shape(
+        req.workload, labels or ["SIM_QUEUE"], seed=req.seed, scale=req.scale, cores=req.cores
+    )
+
+
+def run_request(
+    req: SimRequest, progress: Progress | None = None
+) -> tuple[list[RunResult], dict[str, Any]]:
+    """Every configuration, then the baselines, on one trace; results and the report header."""
+    trace = load_trace(req)
+    hours = req.hours
+    results = [
+        run_config(name, fcfg, qs, trace, req.settings, req.seed, hours, progress)
+        for name, fcfg, qs in req.configs
+    ]
+    first = req.configs[0][2]
+    cpv = cores_per_vm(first, req.settings)
+    if req.baselines:
+        results.append(
+            run_elastiq(ElastiqParams.like(first), trace, req.settings, req.seed, hours, progress)
+        )
+        results.append(oracle(trace, req.settings, cpv))
+    labels = sorted({j.label for j in trace.jobs})
+    watched = {q.wmsqueue for _, _, qs in req.configs for q in qs}
+    header = {
+        "workload": trace.name,
+        "jobs": trace.total_jobs,
+        "core_hours": round(trace.core_seconds() / 3600.0, 3),
+        "hours": hours,
+        "seed": req.seed,
+        "cores_per_vm": cpv,
+        "world": {
+            "boot_time": req.settings.boot_time,
+            "boot_jitter": req.settings.boot_jitter,
+            "boot_distribution": req.settings.boot_distribution,
+            "never_join": req.settings.never_join,
+            "interruptions_per_vm_hour": req.settings.interruption_rate,
+            "price_per_vm_hour": req.settings.price,
+            "activation_rate": req.settings.activation_rate,
+        },
+        "configs": {name: [q.name for q in qs] for name, _, qs in req.configs},
+        "unwatched_labels": [lb for lb in labels if lb not in watched],
+    }
+    return results, header
+
+
+def header_lines(h: dict[str, Any]) -> list[str]:
+    w = h["world"]
+    lines = [
+        f"workload {h['workload']}: {h['jobs']} jobs, {h['core_hours']:g} core-hours; "
+        + (
+            f"{h['hours']:g} simulated hours"
+            if h["hours"] is not None
+            else "each run until its last job ends + 2 h"
+        )
+        + f", seed {h['seed']}, {h['cores_per_vm']} cores per VM",
+        f"world: boot {w['boot_time']:g} s +- {w['boot_jitter']:g} ({w['boot_distribution']}), "
+        f"never join {w['never_join']:g}, {w['interruptions_per_vm_hour']:g} interruptions "
+        f"per VM-hour, ${w['price_per_vm_hour']:g} per VM-hour"
+        + (f", PanDA activates {w['activation_rate']:g}/min" if w["activation_rate"] else ""),
+    ]
+    for name, qs in h["configs"].items():
+        lines.append(f"{name}: {', '.join(qs)}")
+    if h["unwatched_labels"]:
+        lines.append(f"warning: no queue watches label(s) {', '.join(h['unwatched_labels'])}")
+    lines.append("")
+    return lines

@@ -66,6 +66,15 @@ def _makes_vms(q: QueueConfig) -> bool:
     return getattr(q.batchsubmit.cls, "WORKERS", "pilot") == "vm"
 
 
+def pool_config(queues: Sequence[QueueConfig]) -> PoolConfig:
+    """Pilots carry MATCH_APF_QUEUE = <queue name> and pull from the queue's site; without a VM
+    queue to run them, they get a few static worker nodes."""
+    return PoolConfig(
+        pilot_sites={q.name: q.wmsqueue for q in queues if q.wmsstatus.name == "Panda"},
+        static_nodes=0 if any(_makes_vms(q) for q in queues) else 8,
+    )
+
+
 def choose_workload(queues: Sequence[QueueConfig], name: str | Workload, seed: int) -> Workload:
     """Send the work where the configured queues look for it (a PanDA site or a pool label)."""
     if isinstance(name, Workload):
@@ -162,12 +171,7 @@ def simulate(
         clock,
         SimConfig(
             seed=seed,
-            # Pilots carry MATCH_APF_QUEUE = <queue name>; they pull from the queue's site.
-            # Without a VM queue to run them, pilots get a few static worker nodes.
-            pool=PoolConfig(
-                pilot_sites={q.name: q.wmsqueue for q in queues if q.wmsstatus.name == "Panda"},
-                static_nodes=0 if any(_makes_vms(q) for q in queues) else 8,
-            ),
+            pool=pool_config(queues),
             # Images built for pilotfactory set MAXJOBRETIREMENTTIME, so drain is safe.
             cloud=CloudConfig(default_retirement_time=86400.0),
             sites=sites,

@@ -27,7 +27,7 @@ from pilotfactory.factory.trace import CycleTrace
 from pilotfactory.sim.cloud import LIVE, CloudConfig
 from pilotfactory.sim.metrics import percentile
 from pilotfactory.sim.pool import PoolConfig
-from pilotfactory.sim.runner import START, _dummy_secrets, _makes_vms
+from pilotfactory.sim.runner import START, _dummy_secrets, _makes_vms, pool_config
 from pilotfactory.sim.traces import Trace
 from pilotfactory.sim.world import SimConfig, SimWorld
 
@@ -251,10 +251,7 @@ def run_config(
             clock,
             SimConfig(
                 seed=seed,
-                pool=PoolConfig(
-                    pilot_sites={q.name: q.wmsqueue for q in qs if q.wmsstatus.name == "Panda"},
-                    static_nodes=0 if any(_makes_vms(q) for q in qs) else 8,
-                ),
+                pool=pool_config(qs),
                 cloud=settings.cloud(),
                 sites={s: "online" for s in sites},
                 workload=work,

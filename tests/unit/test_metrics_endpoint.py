@@ -30,6 +30,7 @@ from pilotfactory.factory.ports import CondorUnreachable
 from pilotfactory.factory.text import redact_url
 from pilotfactory.plugins.wmsstatus.panda import PandaWMSStatus
 from tests.unit.fakecondor import FakeCondor, make_env
+from tests.unit.test_service import NOWHERE
 
 ROOT = Path(__file__).resolve().parents[2]
 AGE = "pilotfactory_status_snapshot_age_seconds"
@@ -349,23 +350,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-NOWHERE = """
-[NOWHERE]
-wmsstatusplugin = Condor
-wmsqueue = NOWHERE
-wmsstatus.condor.collectorhost = 127.0.0.1:9
-wmsstatus.condor.scheddhost = nowhere.invalid
-batchstatusplugin = Condor
-batchstatus.condor.collectorhost = 127.0.0.1:9
-batchstatus.condor.scheddhost = nowhere.invalid
-batchsubmitplugin = CondorLocal
-batchsubmit.condorlocal.executable = /bin/true
-batchsubmit.condorlocal.collectorhost = 127.0.0.1:9
-batchsubmit.condorlocal.scheddhost = nowhere.invalid
-schedplugin = Ready
-"""
 
 
 def daemon_conf(tmp_path: Path, port: int, extra: str = "") -> Path:

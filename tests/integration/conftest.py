@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from moto.server import ThreadedMotoServer
 
 from pilotfactory.factory.ports import CondorTarget
 
@@ -207,3 +209,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                     terminalreporter.write_sep("-", f"timeline {report.nodeid}")
                     for row in rows:
                         terminalreporter.write_line(row)
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Generator[str, None, None]:
+    """A moto EC2 server on loopback for one test module. moto's backends are global to the
+    process, so its state is reset afterwards: a module's leftovers (the scale test's 1,000
+    terminated instances) would otherwise slow every describe of the modules after it."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    yield url
+    requests.post(f"{url}/moto-api/reset", timeout=60).raise_for_status()
+    server.stop()

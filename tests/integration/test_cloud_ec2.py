@@ -13,7 +13,6 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import pytest
 from botocore.stub import Stubber
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends, spot_requests
-from moto.server import ThreadedMotoServer
 
 from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
@@ -47,15 +45,6 @@ def ec2(settings: dict[str, Any]) -> Ec2Account:
     account = account_of("ec2", settings)
     assert isinstance(account, Ec2Account)
     return account
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def key_files(tmp_path: Path, mode: int = 0o600) -> dict[str, str]:

@@ -19,7 +19,6 @@ from urllib.parse import parse_qs
 
 import pytest
 from botocore.awsrequest import AWSResponse
-from moto.server import ThreadedMotoServer
 
 from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 from pilotfactory.backends.world import RealWorld
@@ -30,15 +29,6 @@ from pilotfactory.plugins.batchsubmit.cloud import EC2Submit
 from pilotfactory.plugins.cloudaccount import account_of
 from tests.integration.test_cloud_ec2 import key_files
 from tests.unit.fakecondor import FakeCondor, FakeWorld, make_env
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 class MotoWorld(FakeWorld):

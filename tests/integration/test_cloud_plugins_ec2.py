@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-import pytest
-from moto.server import ThreadedMotoServer
 
 from pilotfactory.backends.world import RealWorld
 from pilotfactory.factory.info import RetireMode, WorkerState
@@ -22,15 +18,6 @@ from pilotfactory.plugins.batchsubmit.cloud import EC2Submit
 from pilotfactory.plugins.cloudaccount import account_of
 from tests.integration.test_cloud_ec2 import key_files
 from tests.unit.fakecondor import FakeCondor, FakeWorld, make_env
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 class MotoWorld(FakeWorld):

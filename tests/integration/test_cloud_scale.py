@@ -18,7 +18,6 @@ import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from typing import Any
 import pytest
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
-from moto.server import ThreadedMotoServer
 
 from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 from pilotfactory.backends.world import RealWorld
@@ -43,15 +41,6 @@ LABEL = "SCALE"
 
 class Killed(BaseException):
     """kill -9: no handler in the factory runs."""
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 class MotoWorld(FakeWorld):

@@ -10,21 +10,11 @@ import boto3
 import pytest
 from moto import settings as moto_settings
 from moto.core.authorization import ActionAuthenticatorMixin
-from moto.server import ThreadedMotoServer
 
 from pilotfactory.backends.world import RealWorld
 from pilotfactory.factory.probe import Finding, Need, Probe, Result
 from pilotfactory.plugins.batchstatus.cloud import EC2BatchStatus
 from tests.integration.test_cloud_ec2 import SECRET, key_files
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def probe(moto_url: str, tmp_path: Path) -> Probe:

@@ -78,6 +78,29 @@ TAG_ENDED = "pilotfactory:ended_at"
 """Set just before the factory terminates an instance: a terminated instance without it (and
 without a retire) was ended by someone else, and its worker is LOST."""
 
+# The worker VM contract (issue 18): what a VM carries about its own life.
+TAG_LEASE = "pilotfactory:lease_until"
+"""Epoch seconds the VM's dead-man's lease ends; set at launch, renewed by the daemon; past it
+(plus the grace) ``sweep`` terminates the instance even with no factory running."""
+TAG_DEADLINE = "pilotfactory:deadline"
+"""Epoch seconds the VM's life ends (launch + ``max_lifetime`` less its stagger); 0 = none."""
+TAG_FINGERPRINT = "pilotfactory:fingerprint"
+"""What the VM was launched as (image, flavours, template, contract settings): a VM whose
+fingerprint is not its queue's current one has drifted."""
+LEASE_ATTR = "PilotFactoryLeaseUntil"
+DEADLINE_ATTR = "PilotFactoryDeadline"
+INTERRUPTION_ATTR = "PilotFactoryInterruption"
+"""Set by the VM's startd cron when the provider announces an interruption (epoch seconds of
+the stated action time)."""
+INTERRUPTION_ACTION_ATTR = "PilotFactoryInterruptionAction"
+EXPECTED_RUNTIME_ATTR = "PilotFactoryExpectedRuntime"
+"""A job's own estimate of its run time in seconds (else ``MaxWallTimeMins``): a VM's START
+refuses a job that cannot finish before the VM's deadline."""
+LEASE_AD_TYPE = "PilotFactoryLease"
+"""``MyType`` of the collector ad the factory advertises per VM queue with a lease each cycle
+(``Name = "<factory>/<queue>"``, ``PilotFactoryLeaseUntil``); the VMs renew their lease from it."""
+FINGERPRINT_ATTR = "PilotFactoryFingerprint"
+
 # Grid-universe VMs (CondorEC2): the gridmanager copies these ec2_tag_* names onto the instance.
 GRID_TAG_FACTORY = "pilotfactory_factory"
 GRID_TAG_QUEUE = "pilotfactory_queue"

@@ -71,6 +71,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     retire_vms,
     unretire_vms,
 )
+from pilotfactory.plugins.batchsubmit.vmlife import LIFE_PARAMS
 from pilotfactory.plugins.cloudaccount import (
     TAG_PRICE,
     account_of,
@@ -466,6 +467,7 @@ class EC2Submit(CloudSubmit):
         SPOT_PRICE,
         SPOT_FALLBACK,
         *LAUNCH_PARAMS,
+        *LIFE_PARAMS,
     )
 
 
@@ -474,4 +476,4 @@ class OpenStackSubmit(CloudSubmit):
 
     NAME = "OpenStack"
     PROVIDER = "openstack"
-    PARAMS = (*OPENSTACK_PARAMS, *vm_params(), NETWORKS, *LAUNCH_PARAMS)
+    PARAMS = (*OPENSTACK_PARAMS, *vm_params(), NETWORKS, *LAUNCH_PARAMS, *LIFE_PARAMS)

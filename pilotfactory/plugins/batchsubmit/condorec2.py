@@ -31,6 +31,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     retire_vms,
     unretire_vms,
 )
+from pilotfactory.plugins.batchsubmit.vmlife import LIFE_PARAMS
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class CondorEC2Submit(CondorSubmitBase):
             secret=True,
         ),
         Param("peaceful", bool, None, "APF legacy key; the queue's retire_mode decides"),
+        *LIFE_PARAMS,
     )
 
     def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:

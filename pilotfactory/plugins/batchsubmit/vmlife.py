@@ -1,0 +1,138 @@
+"""The worker VM contract's settings and values (issue 18), shared by the VM side (the user
+data a VM is rendered with) and the factory side (tags, lease renewal, lifetime, drift).
+
+A VM's life is bounded three ways: a dead-man's lease (``lease``: the VM retires itself and
+powers off when the factory stops renewing it, and ``sweep`` terminates it ``lease_grace``
+later), a lifetime (``max_lifetime``, staggered per worker so a pool launched at once does not
+retire at once), and drift (a VM launched from another image, flavour or template than the
+queue's current one is replaced).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pilotfactory.factory.params import Param
+
+DEFAULT_METADATA_URL = "http://169.254.169.254"
+
+LEASE = Param(
+    "lease",
+    float,
+    0.0,
+    "dead-man's lease of each VM in seconds (0: none); renewed by the running daemon",
+    minimum=0,
+)
+LEASE_GRACE = Param(
+    "lease_grace",
+    float,
+    600.0,
+    "seconds past the lease before the VM powers off hard and sweep terminates it",
+    minimum=0,
+)
+MAX_LIFETIME = Param(
+    "max_lifetime", float, 0.0, "retire each VM after this many seconds (0: never)", minimum=0
+)
+LIFETIME_STAGGER = Param(
+    "lifetime_stagger",
+    float,
+    0.1,
+    "fraction of max_lifetime by which VMs' deadlines are spread (per worker, deterministic)",
+    minimum=0,
+    maximum=1,
+)
+METADATA_URL = Param(
+    "metadata_url", str, DEFAULT_METADATA_URL, "instance metadata base URL seen from the VM"
+)
+TOKEN_SIGNING_KEY = Param(
+    "token_signing_key",
+    str,
+    None,
+    "the pool's token signing key file: a short-lived, scoped token is minted per worker",
+    secret=True,
+)
+TOKEN_IDENTITY = Param(
+    "token_identity", str, None, "identity of the minted worker tokens (default: condor@<domain>)"
+)
+TOKEN_LIFETIME = Param(
+    "token_lifetime",
+    float,
+    None,
+    "seconds a minted token lives (default: lease + lease_grace, else 2 h)",
+    minimum=60,
+)
+
+LIFE_PARAMS: tuple[Param, ...] = (
+    LEASE,
+    LEASE_GRACE,
+    MAX_LIFETIME,
+    LIFETIME_STAGGER,
+    METADATA_URL,
+    TOKEN_SIGNING_KEY,
+    TOKEN_IDENTITY,
+    TOKEN_LIFETIME,
+)
+
+
+@dataclass(frozen=True)
+class VMContract:
+    """Everything one worker's user data is rendered from (the placeholders of a template)."""
+
+    worker_id: str
+    factory_id: str
+    queue: str
+    collector: str | None
+    label: str | None = None
+    lease_until: int = 0
+    lease_grace: int = 0
+    deadline: int = 0
+    token: str = ""
+    metadata_url: str = DEFAULT_METADATA_URL
+
+
+def stagger(worker_id: str) -> float:
+    """A number in [0, 1) fixed by the worker id: spreads deadlines without any state."""
+    digest = hashlib.sha256(worker_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
+class LaunchTimes:
+    lease_until: int
+    lease_grace: int
+    deadline: int
+
+
+def launch_times(params: Mapping[str, Any], worker_id: str, now: float) -> LaunchTimes:
+    """The lease end and the deadline a worker launched ``now`` carries (0 = none)."""
+    lease = float(LEASE.of(params) or 0)
+    grace = float(LEASE_GRACE.of(params) or 0)
+    life = float(MAX_LIFETIME.of(params) or 0)
+    spread = float(LIFETIME_STAGGER.of(params) or 0)
+    lease_until = int(now + lease) if lease > 0 else 0
+    deadline = int(now + life * (1 - spread * stagger(worker_id))) if life > 0 else 0
+    return LaunchTimes(lease_until, int(grace) if lease > 0 else 0, deadline)
+
+
+def token_lifetime(params: Mapping[str, Any]) -> int:
+    value = TOKEN_LIFETIME.of(params)
+    if value:
+        return int(value)
+    lease = float(LEASE.of(params) or 0)
+    return int(lease + float(LEASE_GRACE.of(params) or 0)) if lease > 0 else 7200
+
+
+def fingerprint(image: str, flavors: Iterable[str], template: str | None, **settings: Any) -> str:
+    """16 hex characters naming what a VM is launched as; any change marks older VMs drifted.
+    Per-worker values (ids, tokens, times) are not part of it."""
+    h = hashlib.sha256()
+    for part in (image, ",".join(flavors), template or ""):
+        h.update(part.encode())
+        h.update(b"\0")
+    for key in sorted(settings):
+        h.update(f"{key}={settings[key]!r}".encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]

@@ -281,6 +281,9 @@ class BatchQueueInfo:
     pool_startds: int | None = None
     """The circuit breaker's gauge (all queues): partitionable and static slot ads of startds
     the factory is not retiring, as the collector returned them this cycle."""
+    pool_left: int = 0
+    """Of last cycle's gauge, the ads of VMs the factory has begun retiring since: they left
+    the gauge on purpose, so the breaker takes them off its reference."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, WorkerSet):

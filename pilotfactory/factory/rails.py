@@ -62,7 +62,11 @@ class CircuitBreaker:
                 f"{len(vanished)} of {len(reference)} joined workers lost their startd and "
                 "master ads in one cycle"
             )
+        # The factory's own retires since last cycle leave the gauge on purpose: without taking
+        # them off, one cycle that retired most VMs froze every queue of the pool for 3 cycles.
         ads, last_ads = batch.pool_startds, self.pool_startds
+        if last_ads is not None:
+            last_ads = max(0, last_ads - batch.pool_left)
         if (
             ads is not None
             and last_ads is not None
@@ -71,7 +75,7 @@ class CircuitBreaker:
         ):
             why = (
                 f"the collector returned {ads} partitionable/static slot ads of workers not "
-                f"being retired, {last_ads} last cycle"
+                f"being retired, {last_ads} last cycle (less those retired since)"
             )
         if why:
             self.frozen_cycles += 1

@@ -265,9 +265,13 @@ class CloudBatchStatus(SnapshotStatus):
         known = {key for _, rec in live for key in rec.keys}
         unmatched = self.vms.unmatched(known, pool, self.env.factory_id, worker_keys_only=True)
         seen = {queue: len(ids) for queue, ids in by_queue.items() if queue}
-        snap = Snapshot(now, unmatched=unmatched, pool_startds=pool.ads, seen=seen)
+        snap = Snapshot(
+            now, unmatched=unmatched, pool_startds=pool.ads, pool_left=pool.left, seen=seen
+        )
         for queue, ws in workers.items():
-            snap.infos[queue] = BatchQueueInfo(queue, now, WorkerSet(ws), None, unmatched, pool.ads)
+            snap.infos[queue] = BatchQueueInfo(
+                queue, now, WorkerSet(ws), None, unmatched, pool.ads, pool.left
+            )
         log.debug("[%s] %d instance(s), %d queue(s)", self.NAME, len(live), len(workers))
         return snap
 

@@ -68,6 +68,7 @@ class Snapshot:
     infos: dict[str, BatchQueueInfo] = field(default_factory=dict)
     unmatched: tuple[str, ...] = ()
     pool_startds: int | None = None
+    pool_left: int = 0
     seen: Mapping[str, int] = field(default_factory=dict)
     """Jobs per queue label in the answer (all labels, configured or not)."""
     build: Callable[[str], BatchQueueInfo | None] | None = None
@@ -116,5 +117,11 @@ class SnapshotStatus(BatchStatusPlugin):
             return hit
         history = () if queue in self._windows else None
         return BatchQueueInfo(
-            queue, snap.time, WorkerSet(), history, snap.unmatched, snap.pool_startds
+            queue,
+            snap.time,
+            WorkerSet(),
+            history,
+            snap.unmatched,
+            snap.pool_startds,
+            snap.pool_left,
         )

@@ -258,6 +258,7 @@ class CondorBatchStatus(SnapshotStatus):
         past = by_queue(history) if history else {}
         unmatched = self.unmatched(jobs, extra)
         startds = extra.ads if isinstance(extra, Pool) else None
+        left = extra.left if isinstance(extra, Pool) else 0
 
         # Refers to no snapshot (a snapshot -> build -> snapshot cycle would keep a whole
         # cycle's ads alive until the cyclic collector ran).
@@ -267,10 +268,12 @@ class CondorBatchStatus(SnapshotStatus):
                 return None
             workers = self.workers_of(queue, mine, now, extra)
             records = self._history(queue, now, mine, past.get(queue, ()))
-            return BatchQueueInfo(queue, now, workers, records, unmatched, startds)
+            return BatchQueueInfo(queue, now, workers, records, unmatched, startds, left)
 
         seen = {queue: len(group) for queue, group in ads.items()}
-        snap = Snapshot(now, unmatched=unmatched, pool_startds=startds, seen=seen, build=build)
+        snap = Snapshot(
+            now, unmatched=unmatched, pool_startds=startds, pool_left=left, seen=seen, build=build
+        )
         log.debug("[%s] %d job(s), %d queue(s)", self.NAME, len(jobs), len(ads))
         return snap
 

@@ -86,6 +86,10 @@ class Pool:
     """The circuit breaker's gauge: partitionable and static slot ads of startds the factory is
     not retiring. Dynamic slots come and go with payload, and retiring VMs leave on purpose;
     neither says anything about the collector."""
+    left: int = 0
+    """Ads the previous gauge counted whose VMs are ``leaving`` now (see ``BatchQueueInfo``)."""
+    steady: dict[str, int] = field(default_factory=dict)
+    """The gauge by VM (first join key): what the next cycle's ``left`` is computed from."""
 
     @classmethod
     def build(
@@ -94,15 +98,19 @@ class Pool:
         masters: Sequence[Ad],
         attr: str,
         leaving: Collection[str] = (),
+        previous: Mapping[str, int] | None = None,
     ) -> Pool:
-        """``leaving``: join keys of the VMs the factory is retiring (not in the gauge)."""
+        """``leaving``: join keys of the VMs the factory is retiring (not in the gauge);
+        ``previous``: the last cycle's gauge by VM, to count what left it on purpose."""
         pool = cls()
         index = pool.slots
         steady = 0
+        by_vm = pool.steady
         for ad in slots:
             keys = _ad_keys(ad, attr)
-            if ad.get("SlotType") != "Dynamic" and not any(k in leaving for k in keys):
+            if keys and ad.get("SlotType") != "Dynamic" and not any(k in leaving for k in keys):
                 steady += 1
+                by_vm[keys[0]] = by_vm.get(keys[0], 0) + 1
             for key in keys:
                 group = index.get(key)
                 if group is None:
@@ -110,6 +118,8 @@ class Pool:
                 else:
                     group.append(ad)
         pool.ads = steady
+        if previous and leaving:
+            pool.left = sum(n for key, n in previous.items() if key in leaving)
         for ad in masters:
             for key in _ad_keys(ad, attr):
                 pool.masters[key] = ad
@@ -247,6 +257,7 @@ class StartdJoin:
         self.grace = grace
         self._last_joined: dict[str, float] = {}
         self._idle_from: dict[str, float] = {}
+        self._steady: dict[str, int] = {}
 
     @classmethod
     def from_params(cls, params: Any) -> StartdJoin:
@@ -270,7 +281,9 @@ class StartdJoin:
         for memory in (self._last_joined, self._idle_from):
             for gone in set(memory) - alive:
                 del memory[gone]
-        return Pool.build(slots, masters, self.join, leaving)
+        pool = Pool.build(slots, masters, self.join, leaving, self._steady)
+        self._steady = pool.steady
+        return pool
 
     def reread(self, port: CondorPort, records: Sequence[VMRecord]) -> Pool:
         """The slots of just these (running) VMs, in one constrained query; no masters."""

@@ -70,6 +70,24 @@ def test_pilot_breaker_watches_only_the_pool_gauge() -> None:
     assert vms.check(snap(ended, 8)) is not None  # the same picture, for VMs, is suspect
 
 
+def test_the_factorys_own_retires_do_not_freeze_the_pool() -> None:
+    """Found by the what-if runs of the ECM example: IdleShutdown retired 8 of 11 VMs in one
+    cycle, their slot ads left the gauge on purpose, and every queue of the pool froze reaping
+    for 3 cycles (idle VM-hours). What left on purpose comes off the reference; a collector
+    losing ads besides still freezes."""
+    breaker = CircuitBreaker(ratio=0.5, accept_after=3)
+    assert breaker.check(snap(JOINED4, 11)) is None
+    retired = BatchQueueInfo("q", 0.0, tuple(JOINED4), pool_startds=3, pool_left=8)
+    assert breaker.check(retired) is None
+    assert breaker.check(snap(JOINED4, 3)) is None
+    lost_too = BatchQueueInfo("q", 0.0, tuple(JOINED4), pool_startds=1, pool_left=0)
+    assert breaker.check(lost_too) is not None
+    breaker = CircuitBreaker(ratio=0.5, accept_after=3)
+    breaker.check(snap(JOINED4, 20))
+    partial = BatchQueueInfo("q", 0.0, tuple(JOINED4), pool_startds=4, pool_left=8)
+    assert breaker.check(partial) is not None  # 4 of the 12 that stayed: still suspect
+
+
 def test_breaker_keeps_its_reference_while_frozen() -> None:
     breaker = CircuitBreaker()
     breaker.check(snap(JOINED4, 8))

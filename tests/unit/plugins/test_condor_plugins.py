@@ -823,6 +823,29 @@ def test_the_breaker_gauge_counts_steady_slots_of_workers_not_being_retired():
     assert info is not None and info.pool_startds == 1  # vm1's pslot; vm2 is being retired
 
 
+def test_the_gauge_says_which_ads_left_it_on_purpose():
+    """A VM counted last cycle whose retire is recorded since: its ads are ``pool_left``, so
+    the breaker does not read the factory's own retire as a collector losing ads."""
+    startds = [
+        slot("vm1", "i-1", kind="Partitionable", Cpus=2),
+        slot("vm2", "i-2", kind="Partitionable", Cpus=4),
+    ]
+    jobs = [job(1, 2, **RUN), job(2, 2, JobStartDate=NOW - 500, EC2InstanceName="i-2")]
+    port = FakeCondor(jobs=jobs, startds=startds, masters=[])
+    plugin, _ = batch(CondorEC2BatchStatus, port)
+    plugin.refresh()
+    first = plugin.info(Q)
+    assert first is not None and (first.pool_startds, first.pool_left) == (2, 0)
+    port.jobs[1] = {**port.jobs[1], "PilotFactoryRetireRequested": NOW - 5}
+    port.startds = [startds[0]]  # its startd left at once (peaceful on an idle VM)
+    plugin.refresh()
+    second = plugin.info(Q)
+    assert second is not None and (second.pool_startds, second.pool_left) == (1, 1)
+    plugin.refresh()
+    third = plugin.info(Q)
+    assert third is not None and third.pool_left == 0  # said once
+
+
 def test_requirements_split_into_top_level_terms():
     from pilotfactory.plugins.wmsstatus.condor import conjuncts
 

@@ -58,6 +58,7 @@ from pilotfactory.plugins.cloudaccount import (
     EC2_PARAMS,
     FACTORY_LIMIT_PARAMS,
     OPENSTACK_PARAMS,
+    TAG_LAUNCHED_AS,
     TAG_PRICE,
     Census,
     account_of,
@@ -105,6 +106,7 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
         unretired_at=unretired,
         retire_mode=RetireMode.parse(tags.get(TAG_RETIRE_MODE)),
         hold_reason=_cause(inst, phase),
+        launched_as=clip(tags[TAG_LAUNCHED_AS], 200) if tags.get(TAG_LAUNCHED_AS) else None,
     )
 
 

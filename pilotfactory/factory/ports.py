@@ -293,6 +293,8 @@ class Instance:
     tags: Mapping[str, str] = field(default_factory=dict)
     spot_request_id: str | None = None
     fault: str | None = None
+    placed: str | None = None
+    """What the provider says the instance is, where it says it (EC2: type, zone, market)."""
 
 
 @runtime_checkable

@@ -508,6 +508,9 @@ class Ec2Cloud(CloudPort):
         if state != "running" and reason.get("Code") and reason["Code"] not in _NORMAL_SHUTDOWN:
             fault = clip(f"{reason['Code']}: {reason.get('Message', '')}")
         spot_id = raw.get("SpotInstanceRequestId") or (request or {}).get("SpotInstanceRequestId")
+        where = (raw.get("Placement") or {}).get("AvailabilityZone")
+        market = "spot" if raw.get("InstanceLifecycle") == "spot" or spot_id else "on-demand"
+        placed = " ".join(str(w) for w in (raw.get("InstanceType"), where, market) if w)
         return Instance(
             id=raw["InstanceId"],
             state=state,
@@ -515,6 +518,7 @@ class Ec2Cloud(CloudPort):
             tags=_tag_dict(raw.get("Tags")),
             spot_request_id=spot_id,
             fault=fault,
+            placed=clip(placed, 120) if raw.get("InstanceType") else None,
         )
 
     @staticmethod

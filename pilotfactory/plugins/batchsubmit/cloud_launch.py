@@ -12,6 +12,16 @@ before the call. A launch whose outcome is unknown (timeout, 5xx) stays an open 
 before the worker is launched again, the queue's instances are listed and a worker found there
 is not launched twice; otherwise it is retried with the same choice and token, which EC2 honours
 server-side (``ClientToken``) even where a list lags.
+
+EC2 Fleet (``launch_via = fleet``): still one worker per call, so each keeps its own id, tags,
+token and user data. A fleet takes no user data of its own, so each launch makes a launch
+template named by its token (the worker's user data), runs an ``instant`` fleet of capacity 1 on
+it, and deletes it; a template a crash left is swept before the plugin's first fleet launch.
+The options of one call are the market's choices not backing off: spot ones chosen by AWS
+(``price-capacity-optimized``), then, with ``on_demand_fallback``, an on-demand fleet in the
+queue's order (``prioritized``): EC2 Fleet itself never turns spot into on-demand. The token
+covers the options too (EC2 refuses a token reused with other parameters), and an open intent
+retries its own options.
 """
 
 from __future__ import annotations

@@ -334,3 +334,19 @@ def test_malformed_choice_back_off_restores_nothing() -> None:
     good.refused(Choice("a"), NOW, "capacity", "no a")
     again = ChoiceBackoff.parse(json.loads(json.dumps(good.to_json())))
     assert again == good.states
+
+
+def test_a_reload_keeps_refused_choices_while_the_submit_section_is_the_same(
+    tmp_path: Path,
+) -> None:
+    port = FakeCondor()
+    cloud = PickyCloud(port.calls)
+    cloud.refuse[("a", None)] = CAP
+    old = start(tmp_path, cloud, port, NOW, "a, b").queues["ECM"]
+    old.submitter.submit(1)
+    same = start(tmp_path, cloud, port, NOW, "a, b").queues["ECM"]
+    other = start(tmp_path, cloud, port, NOW, "a, c").queues["ECM"]
+    same.carry_over(old, NOW)
+    other.carry_over(old, NOW)
+    assert list(same.submitter.choice_backoff.states) == ["a/-/-"]
+    assert other.submitter.choice_backoff.states == {}

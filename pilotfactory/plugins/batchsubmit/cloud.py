@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from pilotfactory.factory.contract import (
     TAG_ENDED,
@@ -453,10 +453,7 @@ class CloudSubmit(BatchSubmitPlugin):
             except CloudError as exc:
                 kind = error_class(exc)
                 if kind in STOP:
-                    self.intents.pop(wid, None)
-                    why = f"{kind} error on {label}: {exc}"
-                    self.stopped = (now + float(self.params.get("stop_retry") or 3600.0), why)
-                    raise SubmitError(f"queue {q}: stopped: {why}") from exc
+                    self.stop(wid, f"{kind} error on {label}: {exc}", now, exc)
                 if kind in FALL_THROUGH:
                     self.intents.pop(wid, None)
                     for c in usable:
@@ -480,10 +477,7 @@ class CloudSubmit(BatchSubmitPlugin):
                 if not named and not res.instance_ids:
                     named = usable  # a refusal that names no option: the whole call's
                 if kind in STOP and not res.instance_ids:
-                    self.intents.pop(wid, None)
-                    why = f"{kind} error on {label}: {err}"
-                    self.stopped = (now + float(self.params.get("stop_retry") or 3600.0), why)
-                    raise SubmitError(f"queue {q}: stopped: {why}") from err
+                    self.stop(wid, f"{kind} error on {label}: {err}", now, err)
                 for c in named:
                     st = self.choice_backoff.refused(c, now, kind, str(err))
                     refused.append(f"{c.label}: {st.reason}")
@@ -502,6 +496,12 @@ class CloudSubmit(BatchSubmitPlugin):
             self.fleet_launched(wid, res, by_option)
             return True
         return False
+
+    def stop(self, wid: str, why: str, now: float, exc: Exception) -> NoReturn:
+        """Credentials refused or an invalid request: the queue stops until ``stop_retry``."""
+        self.intents.pop(wid, None)
+        self.stopped = (now + float(self.params.get("stop_retry") or 3600.0), why)
+        raise SubmitError(f"queue {self.queue.queue}: stopped: {why}") from exc
 
     def fleet_launched(
         self, wid: str, res: FleetResult, by_option: dict[FleetOption, Choice]

@@ -32,10 +32,11 @@ from pilotfactory.cli import format_workers
 from pilotfactory.factory.config import default_factory_config, load_queues
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_WORKER
 from pilotfactory.factory.factory import Factory
+from pilotfactory.factory.plugin import SubmitError
 from pilotfactory.factory.trace import workers_view
 from pilotfactory.plugins.cloudaccount import TAG_LAUNCHED_AS, TAG_PRICE, account_of
 from tests.integration.test_cloud_ec2 import key_files
-from tests.integration.test_cloud_launch_ec2 import _Raw, instances, queue
+from tests.integration.test_cloud_launch_ec2 import _Raw, ec2_error, instances, queue
 from tests.integration.test_cloud_scale import Killed, MotoWorld, Pool, account_keys, census
 from tests.unit.fakecondor import FakeCondor, make_env
 
@@ -203,7 +204,7 @@ def test_invalid_fleet_request_stops_the_queue(moto_url: str, tmp_path: Path) ->
     sub, cloud = fleet_queue(moto_url, tmp_path, flavor=TYPES, spot_price=0.05)
     hook = FleetCapacity({t.strip(): "InvalidParameterValue" for t in TYPES.split(",")})
     cloud.client.meta.events.register_first("before-send.ec2.CreateFleet", hook)
-    with pytest.raises(Exception, match="stopped: invalid error on fleet spot"):
+    with pytest.raises(SubmitError, match="stopped: invalid error on fleet spot"):
         sub.submit(2)
     assert len(hook.requests) == 1 and instances(cloud, sub.env.factory_id) == []
     assert templates(cloud, sub.env.factory_id) == []
@@ -299,3 +300,33 @@ def test_kill_9_after_the_fleet_answered_never_doubles_a_worker(
             calls.update(p.calls)
     print(f"\n[fleet kill] {cycles} cycles, killed {kills}x; calls " +
           ", ".join(f"{op} {n}" for op, n in sorted(calls.items())))  # fmt: skip
+
+
+def test_lost_fleet_answer_is_looked_up_not_launched_twice(moto_url: str, tmp_path: Path) -> None:
+    """The fleet reaches moto, its answer is lost (a 500 after the fact): the next submit
+    lists the queue, finds the worker, launches only the new ones, and deletes the template
+    the lost launch kept for its retry."""
+    sub, cloud = fleet_queue(moto_url, tmp_path, flavor=TYPES, spot_price=0.05)
+    state = {"lose": 1}
+
+    def lose_answer(request: Any = None, **_: Any) -> AWSResponse | None:
+        if not state["lose"]:
+            return None
+        state["lose"] -= 1
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        body = request.body if isinstance(request.body, bytes) else str(request.body).encode()
+        forwarded = urllib.request.Request(request.url, body, headers, method="POST")
+        with urllib.request.urlopen(forwarded, timeout=10) as reply:
+            assert reply.status == 200
+        return ec2_error(500, "InternalError", "answer lost")
+
+    cloud.client.meta.events.register_first("before-send.ec2.CreateFleet", lose_answer)
+    with pytest.raises(SubmitError, match="unknown outcome"):
+        sub.submit(1)
+    (wid,) = sub.intents
+    assert len(instances(cloud, sub.env.factory_id)) == 1
+    assert len(templates(cloud, sub.env.factory_id)) == 1  # kept: a retry would need it
+    new = sub.submit(2)
+    workers = [tag(i, TAG_WORKER) for i in instances(cloud, sub.env.factory_id)]
+    assert wid not in new and sorted(workers) == sorted([wid, *new]) and len(set(workers)) == 3
+    assert templates(cloud, sub.env.factory_id) == [] and not sub.intents

@@ -332,6 +332,8 @@ class CloudSubmit(BatchSubmitPlugin):
             if wid in present:
                 log.info("[%s] worker %s of an unknown launch exists; not launched again", q, wid)
                 del self.intents[wid]
+                if intent.group:  # a fleet launch: its template is no longer needed
+                    self._sweep_due = True
             elif len(out) < count:
                 out.append((wid, dict(intent.tags), intent.choice))
         return out

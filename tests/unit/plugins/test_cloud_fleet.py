@@ -194,6 +194,7 @@ def test_unknown_outcome_is_looked_up_then_retried_with_its_own_options_and_toke
     assert wid not in ids and not plugin.intents
     workers = [i.tags[TAG_WORKER] for i in cloud.instances.values()]
     assert len(workers) == len(set(workers)) == 2
+    assert cloud.swept == [set(), set()]  # settled: its kept template is swept
     # not found: the retry sends the same options and the same token, template kept
     cloud.lost = 1
     with pytest.raises(SubmitError):

@@ -522,6 +522,7 @@ def format_workers(view: dict[str, Any]) -> str:
             f"    {printable(r['id'], 80):<24} {r['state']:<9} "
             f"startd={printable(r.get('startd') or '-', 80)} slots={r.get('slots') or '-'} "
             f"instance={printable(r.get('instance') or '-', 40)} since {_when(r['since'])}"
+            + (f" as={printable(r['launched_as'], 200)}" if r.get("launched_as") else "")
             + (" protected" if r.get("protected") else "")
             + (f"  <- {printable(r['this_cycle'], 300)}" if r.get("this_cycle") else "")
         )
@@ -530,6 +531,7 @@ def format_workers(view: dict[str, Any]) -> str:
         lines.append(
             f"    {printable(r['id'], 80):<24} {r['state']:<9} "
             f"instance={printable(r.get('instance') or '-', 40)} since {_when(r['since'])}"
+            + (f" as={printable(r['launched_as'], 200)}" if r.get("launched_as") else "")
             + (f"  ({printable(r['why'], 300)})" if r.get("why") else "")
             + (f"  <- {printable(r['this_cycle'], 300)}" if r.get("this_cycle") else "")
         )

@@ -146,6 +146,9 @@ class Worker:
     """Pilots: the slot the job runs in, as the schedd reports it."""
     keep: bool = False
     """VMs: a slot (or the job running in it) asks that the VM not be retired."""
+    launched_as: str | None = None
+    """Direct-cloud VMs: what was launched (instance type, zone or network, market, price per
+    hour where known), from the instance's ``launched_as`` tag."""
     retire_visible: bool | None = None
     """Joined VMs: whether the startd shows a retire under way (a slot Draining, Drained or
     Retiring). A recorded retire the startd does not show was never sent (the factory died

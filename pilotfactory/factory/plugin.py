@@ -275,6 +275,15 @@ class BatchSubmitPlugin(Plugin):
         """Submit ``count`` new workers as one transaction; returns their ids."""
         raise NotImplementedError
 
+    def saved_state(self) -> dict[str, Any] | None:
+        """What the plugin learned that a restart must not forget (JSON), or None; the state
+        file keeps it, and restores it while the queue's submit section is unchanged."""
+        return None
+
+    def restore_state(self, data: Any) -> None:
+        """Take back ``saved_state``'s data; raise ValueError, naming what is malformed,
+        before changing anything."""
+
     def preview(self) -> str:
         """What submitting one worker would send (a submit description, a launch request and
         its user data), as text, without sending it or creating anything: ``pilotfactory

@@ -15,7 +15,7 @@ PanDA: job statistics and site status as plain mappings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -293,6 +293,8 @@ class Instance:
     tags: Mapping[str, str] = field(default_factory=dict)
     spot_request_id: str | None = None
     fault: str | None = None
+    placed: str | None = None
+    """What the provider says the instance is, where it says it (EC2: type, zone, market)."""
 
 
 @runtime_checkable
@@ -313,6 +315,59 @@ class CloudPort(Protocol):
         """The account's instance quota and use (authenticated calls, so a refused credential
         raises ``CloudAuthError``); None when the provider does not say."""
         ...
+
+
+@dataclass(frozen=True)
+class FleetOption:
+    """One way an EC2 Fleet may fill a request (an override): instance type, and zone or
+    subnet."""
+
+    flavor: str
+    zone: str | None = None
+    subnet: str | None = None
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    """What one instant fleet call did: the instance it launched (none when every option was
+    refused), on which option and market, and the refusals it reported per option (``None``
+    when an error names no option)."""
+
+    instance_ids: tuple[str, ...] = ()
+    option: FleetOption | None = None
+    spot: bool = False
+    errors: tuple[tuple[FleetOption | None, CloudError], ...] = ()
+    template_left: bool = False
+    """The launch's template could not be deleted: the next sweep deletes it."""
+
+
+@runtime_checkable
+class FleetPort(Protocol):
+    """A cloud port that launches through EC2 Fleet (``Type = instant``): one worker per call,
+    so its tags, user data and client token are its own."""
+
+    def launch_fleet(
+        self,
+        spec: LaunchSpec,
+        options: Sequence[FleetOption],
+        spot: bool,
+        tags: Mapping[str, str],
+    ) -> FleetResult:
+        """Launch one instance on the best of ``options`` (spot: price-capacity-optimized,
+        bid ``spec.spot_price``; on-demand: lowest price); ``spec.client_token`` is the
+        fleet's ``ClientToken``. Raises the port's errors when the call itself fails."""
+        ...
+
+    def sweep_templates(self, tags: Mapping[str, str], keep: Collection[str]) -> int:
+        """Delete the launch templates tagged ``tags`` that no open launch needs (names not in
+        ``keep``): those a crash left between template and fleet. Returns how many."""
+        ...
+
+
+def fleet_template_name(client_token: str) -> str:
+    """The launch template of one fleet launch: named by its token, so a retry (same token)
+    finds the template it made, and an open launch's template is known without a call."""
+    return f"pf-{client_token[:60]}"
 
 
 # ---------------------------------------------------------------------------- PanDA

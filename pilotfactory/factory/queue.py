@@ -145,6 +145,7 @@ class Queue:
                 kept.failure_limit = new.failure_limit
                 kept.endings = deque(kept.endings, maxlen=max(1, new.failure_limit))
             self.backoff = kept
+            self.submitter.restore_state(old.submitter.saved_state() or {})
         elif old.backoff.until > (now or 0.0) or old.backoff.endings:
             fresh.append("submit back-off and failure window (its submit section changed)")
         self.executor = self._executor()

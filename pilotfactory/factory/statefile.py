@@ -12,8 +12,9 @@ here, atomically, after every cycle.
 
 A state file is advice, never a reason not to start: an unreadable, foreign or malformed one is
 logged (naming the file and what is wrong) and the factory starts without it. Entries are
-restored under the same rules as a reload (``Queue.carry_over``): the back-off only while the
-queue's submit section is the same, the breaker only while its submit and status sections are
+restored under the same rules as a reload (``Queue.carry_over``): the back-off (the queue's, and
+what its submit plugin keeps: a cloud queue's per-choice back-off) only while the queue's
+submit section is the same, the breaker only while its submit and status sections are
 the same and the reference is recent.
 """
 
@@ -54,7 +55,9 @@ def spec_key(spec: PluginSpec) -> str:
 
 def queue_state(q: Queue) -> dict[str, Any]:
     b, br, m = q.backoff, q.breaker, q.memory
+    plugin = q.submitter.saved_state()
     return {
+        **({"plugin": plugin} if plugin else {}),
         "submit": spec_key(q.cfg.batchsubmit),
         "status": spec_key(q.cfg.batchstatus),
         "counters": dict(q.counters),
@@ -194,10 +197,16 @@ def restore(q: Queue, entry: Any, written: float, now: float) -> list[str]:
     if isinstance(frozen, bool) or not isinstance(frozen, int):
         raise ValueError("breaker.frozen_cycles is not a count")
 
+    same_submit = entry.get("submit") == spec_key(q.cfg.batchsubmit)
+    plugin = entry.get("plugin")
+    if same_submit and plugin is not None:  # parses all of it before it changes anything
+        q.submitter.restore_state(plugin)
+
     restored = ["counters", "retire confirmations"]
+    if same_submit and plugin is not None:
+        restored.append("submit plugin state (per-choice back-off)")
     q.counters.update(new_counters)
     q.memory = new_memory
-    same_submit = entry.get("submit") == spec_key(q.cfg.batchsubmit)
     if same_submit:
         b = q.backoff
         b.until, b.delay = back["until"], back["delay"]

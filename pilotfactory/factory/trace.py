@@ -224,6 +224,8 @@ def workers_view(trace: CycleTrace, limit: int = 50) -> dict[str, Any]:
             "since": w.since,
             "instance": w.instance_id,
         }
+        if w.launched_as:
+            out["launched_as"] = w.launched_as
         if w.state in JOINED_STATES:
             out["startd"] = w.machine or w.remote_host
             out["slots"] = f"{w.slots_busy}/{w.slots_total}" if w.slots_total else None

@@ -136,6 +136,9 @@ def account_probe(provider: str, namespace: str, params: Mapping[str, Any], worl
 TAG_PRICE = "pilotfactory:price"
 """Price per hour an instance was bought at (the queue's ``prices``, or the spot bid), so a
 budget can sum what the factory spends from the instances alone, whichever queue bought them."""
+TAG_LAUNCHED_AS = "pilotfactory:launched_as"
+"""What the instance was launched on (type, zone or network, market, price), written with the
+launch; an EC2 Fleet's answer corrects it to the option the fleet chose."""
 
 FACTORY_LIMIT_PARAMS: tuple[Param, ...] = (
     Param(

@@ -9,6 +9,7 @@ built from the same config, as a restarted daemon would be. The pool side is the
 port: every running instance's startd joins (a slot ad and a master ad naming its worker), and
 a startd told to retire peacefully leaves (its slot ad goes, its master stays until the VM is
 terminated). Figures (calls by operation, wall time) are printed; ``-s`` shows them.
+``PF_SCALE_LAUNCH_VIA=fleet`` launches each VM through EC2 Fleet instead of RunInstances.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from tests.integration.test_cloud_ec2 import key_files
 from tests.unit.fakecondor import FakeCondor, FakeWorld, make_env
 
 VMS = int(os.environ.get("PF_SCALE_VMS", "1000"))
+VIA = os.environ.get("PF_SCALE_LAUNCH_VIA", "run_instances")  # or fleet: one EC2 Fleet a VM
+LAUNCH_OP = {"run_instances": "RunInstances", "fleet": "CreateFleet"}[VIA]
 LABEL = "SCALE"
 
 
@@ -89,6 +92,7 @@ batchstatusplugin = EC2
 batchsubmitplugin = EC2
 batchsubmit.ec2.image = {image}
 batchsubmit.ec2.flavor = t3.micro
+batchsubmit.ec2.launch_via = {via}
 {account}
 """
 
@@ -171,7 +175,7 @@ def test_scale_to_1000_and_back_to_0_killed_twice(
     probe = world.cloud(account_of("ec2", settings))
     image = probe.client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     conf = tmp_path / "queues.conf"
-    text = QUEUES.format(label=LABEL, image=image, account=account_keys(settings))
+    text = QUEUES.format(label=LABEL, image=image, via=VIA, account=account_keys(settings))
     conf.write_text(textwrap.dedent(text))
     res = load_queues([str(conf)])
     assert res.errors == [], res.problems
@@ -208,7 +212,7 @@ def test_scale_to_1000_and_back_to_0_killed_twice(
     port.jobs = [
         {"ClusterId": 1, "ProcId": k, "JobStatus": 1, "MATCH_APF_QUEUE": LABEL} for k in range(VMS)
     ]
-    kill["RunInstances"] = max(1, VMS * 2 // 5)
+    kill[LAUNCH_OP] = max(1, VMS * 2 // 5)
     up_cycles = 0
     live: dict[str, str] = {}
     while len(live) < VMS or len(port.startds) < VMS:
@@ -239,8 +243,8 @@ def test_scale_to_1000_and_back_to_0_killed_twice(
             calls.update(p.calls)
     with capsys.disabled():
         print(
-            f"\n[cloud scale] {VMS} VMs up in {up_cycles} cycles ({up_time:.1f}s), down to 0 in "
-            f"{down_cycles} cycles; wall {wall:.1f}s; killed {kills}x; instances left 0, "
-            f"duplicates 0; calls {sum(calls.values())}: "
+            f"\n[cloud scale, {VIA}] {VMS} VMs up in {up_cycles} cycles ({up_time:.1f}s), "
+            f"down to 0 in {down_cycles} cycles; wall {wall:.1f}s; killed {kills}x; "
+            f"instances left 0, duplicates 0; calls {sum(calls.values())}: "
             + ", ".join(f"{op} {n}" for op, n in sorted(calls.items()))
         )

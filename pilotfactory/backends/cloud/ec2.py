@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -42,8 +42,11 @@ from pilotfactory.factory.ports import (
     CloudThrottledError,
     CloudUnavailable,
     Ec2Account,
+    FleetOption,
+    FleetResult,
     Instance,
     LaunchSpec,
+    fleet_template_name,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ DEFAULT_REGION = "us-east-1"
 CAPACITY_CODES = frozenset({
     "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
     "InsufficientReservedInstanceCapacity", "SpotMaxPriceTooLow", "Unsupported",
-    "InsufficientFreeAddressesInSubnet",
+    "InsufficientFreeAddressesInSubnet", "UnfulfillableCapacity", "InsufficientCapacityOnHost",
 })
 THROTTLE_CODES = frozenset({
     "RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
@@ -75,6 +78,9 @@ _SPOT_WAITING = frozenset({"pending-evaluation", "pending-fulfillment"})
 _NORMAL_SHUTDOWN = frozenset({"Client.UserInitiatedShutdown", "Client.InstanceInitiatedShutdown"})
 _CHUNK = 500
 _PAGE = 1000  # the most one Describe* page may hold: a list of 1,000 VMs is one call
+_TEMPLATE_PAGE = 200  # DescribeLaunchTemplates' largest page
+_TEMPLATE_EXISTS = "InvalidLaunchTemplateName.AlreadyExistsException"
+_TEMPLATE_GONE = ("InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound")
 
 
 def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
@@ -112,6 +118,122 @@ def error_of(code: str, status: int | None, text: str) -> CloudError:
     if (status is not None and status >= 500) or code in ("InternalError", "InternalFailure"):
         return CloudUnavailable(text)
     return CloudError(text)
+
+
+def fleet_template_data(spec: LaunchSpec, placement: Mapping[str, Any]) -> dict[str, Any]:
+    """The launch template of one fleet launch: what RunInstances would get, less what the
+    fleet's overrides choose (type, zone, subnet), plus the worker's own user data (base64,
+    as launch templates take it)."""
+    data = {
+        k: v for k, v in placement.items() if k not in ("InstanceType", "SubnetId", "Placement")
+    }
+    if spec.user_data:
+        data["UserData"] = base64.b64encode(spec.user_data.encode()).decode("ascii")
+    return data
+
+
+def fleet_request(
+    spec: LaunchSpec,
+    options: Sequence[FleetOption],
+    spot: bool,
+    tags: Mapping[str, str],
+    template: str,
+    placement: Mapping[str, Any],
+) -> dict[str, Any]:
+    """CreateFleet of one worker: ``instant`` (one synchronous answer, nothing left to
+    maintain), capacity 1, one override per option. Spot chooses by price and capacity
+    (``price-capacity-optimized``) and bids ``spot_price`` on each override; on-demand keeps
+    the queue's order (``prioritized``). A ``subnet_id`` / ``availability_zone`` of
+    ``launch_options`` applies to options that name neither."""
+    if not options:
+        raise ValueError("a fleet launch needs at least one option")
+    default_zone = (placement.get("Placement") or {}).get("AvailabilityZone")
+    default_subnet = placement.get("SubnetId")
+    overrides = []
+    for rank, opt in enumerate(options):
+        o: dict[str, Any] = {"InstanceType": opt.flavor}
+        subnet = opt.subnet or (None if opt.zone else default_subnet)
+        zone = opt.zone or (None if opt.subnet else default_zone)
+        if subnet:
+            o["SubnetId"] = subnet
+        if zone:
+            o["AvailabilityZone"] = zone
+        if spot and spec.spot_price is not None:
+            o["MaxPrice"] = f"{spec.spot_price:.6f}"
+        elif not spot:
+            o["Priority"] = float(rank)
+        overrides.append(o)
+    market = "spot" if spot else "on-demand"
+    capacity: dict[str, Any] = {"TotalTargetCapacity": 1, "DefaultTargetCapacityType": market}
+    capacity["SpotTargetCapacity" if spot else "OnDemandTargetCapacity"] = 1
+    req: dict[str, Any] = {
+        "Type": "instant",
+        "ClientToken": spec.client_token,
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {
+                    "LaunchTemplateName": template,
+                    "Version": "$Latest",
+                },
+                "Overrides": overrides,
+            }
+        ],
+        "TargetCapacitySpecification": capacity,
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": _tag_list(tags)}],
+    }
+    if spot:
+        req["SpotOptions"] = {
+            "AllocationStrategy": "price-capacity-optimized",
+            "InstanceInterruptionBehavior": "terminate",
+        }
+    else:
+        req["OnDemandOptions"] = {"AllocationStrategy": "prioritized"}
+    return req
+
+
+def _option_of(
+    overrides: Mapping[str, Any] | None, options: Sequence[FleetOption]
+) -> FleetOption | None:
+    """The option an answer's override names: same type, and the same subnet / zone where
+    both say one."""
+    if not overrides or not overrides.get("InstanceType"):
+        return None
+    found = [o for o in options if o.flavor == overrides["InstanceType"]]
+    for key, attr in (("SubnetId", "subnet"), ("AvailabilityZone", "zone")):
+        value = overrides.get(key)
+        if value and any(getattr(o, attr) == value for o in found):
+            found = [o for o in found if getattr(o, attr) in (value, None)]
+    return found[0] if found else None
+
+
+def fleet_outcome(
+    reply: Mapping[str, Any], options: Sequence[FleetOption], spot: bool, where: str
+) -> FleetResult:
+    """An instant fleet's answer: the instance launched and its option and market, and each
+    refusal in ``Errors`` as the port's error (classed like RunInstances' codes), tied to the
+    option it names."""
+    errors: list[tuple[FleetOption | None, CloudError]] = []
+    for err in reply.get("Errors") or ():
+        code = clip(str(err.get("ErrorCode") or ""), 80)
+        over = (err.get("LaunchTemplateAndOverrides") or {}).get("Overrides")
+        opt = _option_of(over, options)
+        named = f" on {opt.flavor}/{opt.subnet or opt.zone or '-'}" if opt else ""
+        text = f"{where}{named}: {code or 'error'}: {clip(str(err.get('ErrorMessage') or ''))}"
+        errors.append((opt, error_of(code, None, text)))
+    for item in reply.get("Instances") or ():
+        ids = tuple(str(i) for i in item.get("InstanceIds") or ())
+        if not ids:
+            continue
+        over = dict((item.get("LaunchTemplateAndOverrides") or {}).get("Overrides") or {})
+        over.setdefault("InstanceType", item.get("InstanceType"))
+        opt = _option_of(over, options) or FleetOption(
+            str(item.get("InstanceType") or options[0].flavor),
+            over.get("AvailabilityZone"),
+            over.get("SubnetId"),
+        )
+        lifecycle = item.get("Lifecycle")
+        return FleetResult(ids, opt, lifecycle == "spot" if lifecycle else spot, tuple(errors))
+    return FleetResult(errors=tuple(errors))
 
 
 class Ec2Cloud(CloudPort):
@@ -252,6 +374,90 @@ class Ec2Cloud(CloudPort):
                 log.warning("tagging new spot instances failed (list will retry): %s", exc)
         return ids
 
+    def launch_fleet(
+        self,
+        spec: LaunchSpec,
+        options: Sequence[FleetOption],
+        spot: bool,
+        tags: Mapping[str, str],
+    ) -> FleetResult:
+        """One worker through EC2 Fleet: CreateLaunchTemplate (the worker's user data; a
+        fleet takes none of its own), CreateFleet (``instant``), DeleteLaunchTemplate. The
+        template is named by the client token, so a retry reuses it; it is kept while the
+        fleet's outcome is unknown (the retry needs it) and swept later if a delete fails."""
+        placement = self._placement(spec)
+        if spot and spec.spot_price is not None and spec.spot_price <= 0:
+            raise CloudError(f"spot_price {spec.spot_price!r} must be > 0")
+        if not spec.client_token:
+            raise CloudError("a fleet launch needs its client token (ClientToken)")
+        name = fleet_template_name(spec.client_token)
+        req = fleet_request(spec, options, spot, tags, name, placement)
+        self._create_template(name, fleet_template_data(spec, placement), tags, spec)
+        try:
+            with self._calling("CreateFleet"):
+                reply = self.client.create_fleet(**req)
+        except CloudError as exc:
+            if not isinstance(exc, CloudUnavailable) and type(exc) is not CloudError:
+                self._delete_template(name)  # refused: nothing to retry with it
+            raise
+        result = fleet_outcome(reply, options, spot, f"EC2 {self.endpoint} CreateFleet")
+        if not self._delete_template(name):
+            result = FleetResult(
+                result.instance_ids, result.option, result.spot, result.errors, True
+            )
+        return result
+
+    def _create_template(
+        self, name: str, data: Mapping[str, Any], tags: Mapping[str, str], spec: LaunchSpec
+    ) -> None:
+        """Tagged like the worker (the sweep finds it by the factory's tags); one left by an
+        earlier try of the same launch (same name) is used as it is."""
+        token = {"ClientToken": spec.client_token} if spec.client_token else {}
+        try:
+            with self._calling("CreateLaunchTemplate"):
+                self.client.create_launch_template(
+                    **token,
+                    LaunchTemplateName=name,
+                    LaunchTemplateData=dict(data),
+                    TagSpecifications=[
+                        {"ResourceType": "launch-template", "Tags": _tag_list(tags)}
+                    ],
+                )
+        except CloudInvalidRequest as exc:
+            if _TEMPLATE_EXISTS not in str(exc):
+                raise
+
+    def _delete_template(self, name: str) -> bool:
+        """True when it is gone (or was already); a failure is logged, never raised: the
+        launch's outcome is what matters, the template is swept later."""
+        try:
+            with self._calling("DeleteLaunchTemplate"):
+                self.client.delete_launch_template(LaunchTemplateName=name)
+        except CloudError as exc:
+            if any(code in str(exc) for code in _TEMPLATE_GONE):
+                return True
+            log.warning("launch template %s not deleted (swept later): %s", name, exc)
+            return False
+        return True
+
+    def sweep_templates(self, tags: Mapping[str, str], keep: Collection[str]) -> int:
+        """Delete this factory's launch templates (by its tags, ``pf-`` names only) that no
+        open launch needs."""
+        if not tags.get(TAG_FACTORY):
+            raise ValueError(f"sweep_templates() needs the {TAG_FACTORY} tag")
+        filters = [{"Name": f"tag:{k}", "Values": [str(v)]} for k, v in tags.items()]
+        names: list[str] = []
+        with self._calling("DescribeLaunchTemplates"):
+            pages = self.client.get_paginator("describe_launch_templates")
+            for page in pages.paginate(
+                Filters=filters, PaginationConfig={"PageSize": _TEMPLATE_PAGE}
+            ):
+                for t in page.get("LaunchTemplates", []):
+                    name = str(t.get("LaunchTemplateName") or "")
+                    if name.startswith("pf-") and name not in keep:
+                        names.append(name)
+        return sum(self._delete_template(n) for n in names)
+
     def _instances(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         with self._calling("DescribeInstances"):
@@ -302,6 +508,9 @@ class Ec2Cloud(CloudPort):
         if state != "running" and reason.get("Code") and reason["Code"] not in _NORMAL_SHUTDOWN:
             fault = clip(f"{reason['Code']}: {reason.get('Message', '')}")
         spot_id = raw.get("SpotInstanceRequestId") or (request or {}).get("SpotInstanceRequestId")
+        where = (raw.get("Placement") or {}).get("AvailabilityZone")
+        market = "spot" if raw.get("InstanceLifecycle") == "spot" or spot_id else "on-demand"
+        placed = " ".join(str(w) for w in (raw.get("InstanceType"), where, market) if w)
         return Instance(
             id=raw["InstanceId"],
             state=state,
@@ -309,6 +518,7 @@ class Ec2Cloud(CloudPort):
             tags=_tag_dict(raw.get("Tags")),
             spot_request_id=spot_id,
             fault=fault,
+            placed=clip(placed, 120) if raw.get("InstanceType") else None,
         )
 
     @staticmethod

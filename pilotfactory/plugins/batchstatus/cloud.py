@@ -58,6 +58,7 @@ from pilotfactory.plugins.cloudaccount import (
     EC2_PARAMS,
     FACTORY_LIMIT_PARAMS,
     OPENSTACK_PARAMS,
+    TAG_LAUNCHED_AS,
     TAG_PRICE,
     Census,
     account_of,
@@ -105,7 +106,18 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
         unretired_at=unretired,
         retire_mode=RetireMode.parse(tags.get(TAG_RETIRE_MODE)),
         hold_reason=_cause(inst, phase),
+        launched_as=_launched_as(inst),
     )
+
+
+def _launched_as(inst: Instance) -> str | None:
+    """The ``launched_as`` tag; a fleet launch whose answer was never recorded (the tag still
+    names the fleet's options) is described by what the provider says the instance is."""
+    text = inst.tags.get(TAG_LAUNCHED_AS)
+    if (not text or text.startswith("fleet ")) and inst.placed:
+        price = inst.tags.get(TAG_PRICE)
+        text = inst.placed + (f" <={price}/h" if price and text else "")
+    return clip(text, 200) if text else None
 
 
 def _price(text: str | None) -> float:

@@ -53,6 +53,8 @@ class VMRecord(NamedTuple):
     unretired_at: float | None = None
     retire_mode: RetireMode | None = None
     hold_reason: str | None = None
+    launched_as: str | None = None
+    """Cloud instances: what was launched (the ``launched_as`` tag)."""
 
     @property
     def active_retire(self) -> float | None:
@@ -227,6 +229,7 @@ def join_worker(
         master_seen=obs.master_seen if joined else None,
         keep=joined and any(s.get(KEEP_ATTR) is True for s in slots),
         retire_visible=any(map(_retiring_slot, slots)) if slots else None,
+        launched_as=rec.launched_as,
     )
 
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from pilotfactory.factory.contract import (
     TAG_ENDED,
@@ -40,11 +40,16 @@ from pilotfactory.factory.ports import (
     CloudPort,
     CloudUnavailable,
     CondorPort,
+    FleetOption,
+    FleetPort,
+    FleetResult,
     LaunchSpec,
     World,
     error_class,
+    fleet_template_name,
 )
 from pilotfactory.factory.probe import Probe, collector_probe
+from pilotfactory.factory.text import clip
 from pilotfactory.plugins.batchsubmit.cloud_common import (
     EC2_PARAMS,
     OPENSTACK_PARAMS,
@@ -54,6 +59,7 @@ from pilotfactory.plugins.batchsubmit.cloud_common import (
 )
 from pilotfactory.plugins.batchsubmit.cloud_launch import (
     FALL_THROUGH,
+    FLEET_PARAMS,
     LAUNCH_PARAMS,
     NETWORKS,
     SPOT_FALLBACK,
@@ -63,6 +69,9 @@ from pilotfactory.plugins.batchsubmit.cloud_launch import (
     Intent,
     choices,
     client_token,
+    fleet_token,
+    launched_as,
+    market_groups,
     over_budget,
     split_flavors,
 )
@@ -73,6 +82,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
 )
 from pilotfactory.plugins.batchsubmit.vmlife import LIFE_PARAMS
 from pilotfactory.plugins.cloudaccount import (
+    TAG_LAUNCHED_AS,
     TAG_PRICE,
     account_of,
     account_probe,
@@ -103,6 +113,16 @@ class CloudSubmit(BatchSubmitPlugin):
         )
         self.intents: dict[str, Intent] = {}
         self.stopped: tuple[float, str] | None = None  # (until, why): auth or invalid request
+
+    def saved_state(self) -> dict[str, Any] | None:
+        """The per-choice back-off: a restart must not retry a refused type or zone at once."""
+        states = self.choice_backoff.to_json()
+        return {"choice_backoff": states} if states else None
+
+    def restore_state(self, data: Any) -> None:
+        if not isinstance(data, Mapping):
+            raise ValueError("the submit plugin's state is not an object")
+        self.choice_backoff.states = ChoiceBackoff.parse(data.get("choice_backoff", {}))
 
     @classmethod
     def preflight(cls, params: Mapping[str, Any], world: World) -> list[Probe]:
@@ -161,10 +181,18 @@ class CloudSubmit(BatchSubmitPlugin):
         """The queue's launch choices in the order tried (``cloud_launch.choices``)."""
         p = self.params
         prices = {str(k): float(v) for k, v in (p.get("prices") or {}).items()}
+        zones = list(p.get("availability_zones") or ()) or None
+        nets = list(p.get("networks") or p.get("subnets") or ()) or None
+        if zones and p.get("subnets"):  # a subnet lies in one zone: the product is void
+            kind = f"batchsubmit.{self.NAME.lower()}"
+            raise SubmitError(
+                f"queue {self.queue.queue}: set {kind}.subnets or {kind}.availability_zones, "
+                "not both (each subnet is in one zone)"
+            )
         return choices(
             split_flavors(p.get("flavor")),
-            list(p.get("availability_zones") or ()) or None,
-            list(p.get("networks") or ()) or None,
+            zones,
+            nets,
             spec.spot_price is not None,
             bool(p.get("on_demand_fallback")),
             str(p.get("choice_order") or "listed"),
@@ -177,7 +205,7 @@ class CloudSubmit(BatchSubmitPlugin):
         if choice.zone:
             extra["availability_zone"] = choice.zone
         if choice.network:
-            extra["network_id"] = choice.network
+            extra["subnet_id" if self.PROVIDER == "ec2" else "network_id"] = choice.network
         price = spec.spot_price if choice.spot else None
         return replace(spec, flavor=choice.flavor, spot_price=price, extra=extra)
 
@@ -304,6 +332,8 @@ class CloudSubmit(BatchSubmitPlugin):
             if wid in present:
                 log.info("[%s] worker %s of an unknown launch exists; not launched again", q, wid)
                 del self.intents[wid]
+                if intent.group:  # a fleet launch: its template is no longer needed
+                    self._sweep_due = True
             elif len(out) < count:
                 out.append((wid, dict(intent.tags), intent.choice))
         return out
@@ -321,6 +351,10 @@ class CloudSubmit(BatchSubmitPlugin):
     ) -> bool:
         """One worker through the choices (an open intent only through its own); True when
         launched, False when every choice is backing off or refused it."""
+        if self.params.get("launch_via") == "fleet":
+            intent = self.intents.get(wid) if pinned is not None else None
+            group = list(intent.group) if intent is not None and intent.group else None
+            return self.launch_fleet_one(spec, template, wid, tags, group, order, now, refused)
         q = self.queue.queue
         user_data = self.user_data(template, wid)
         for choice in [pinned] if pinned is not None else order:
@@ -335,6 +369,7 @@ class CloudSubmit(BatchSubmitPlugin):
             price = self.price(choice)
             if price is not None:
                 tags = {**tags, TAG_PRICE: f"{price:g}"}
+            tags = {**tags, TAG_LAUNCHED_AS: self.launch_text(choice, price)}
             try:
                 ids = self.cloud.launch(one, 1, tags)
             except CloudError as exc:
@@ -363,6 +398,164 @@ class CloudSubmit(BatchSubmitPlugin):
             log.debug("[%s] launched worker %s as %s on %s", q, wid, ", ".join(ids), choice.label)
             return True
         return False
+
+    def launch_fleet_one(
+        self,
+        spec: LaunchSpec,
+        template: str | None,
+        wid: str,
+        tags: dict[str, str],
+        pinned: list[Choice] | None,
+        order: list[Choice],
+        now: float,
+        refused: list[str],
+    ) -> bool:
+        """One worker through EC2 Fleet (``launch_via = fleet``): one instant fleet call per
+        market (spot, then the on-demand fallback) over its choices not backing off, with the
+        worker's own token, tags and user data. Each refusal the fleet reports in ``Errors``
+        backs off the choice it names, with its class; a fleet that launched nothing falls
+        through to the next market. An open intent retries only its own options."""
+        q = self.queue.queue
+        port = self.cloud
+        if not isinstance(port, FleetPort):
+            raise SubmitError(
+                f"queue {q}: launch_via = fleet needs EC2 Fleet, which "
+                f"{type(port).__name__} does not offer"
+            )
+        self.sweep_templates(port)
+        user_data = self.user_data(template, wid)
+        for group in [pinned] if pinned else market_groups(order):
+            usable = []
+            for c in group:
+                if not pinned and (why := self.choice_backoff.blocked(c, now)):
+                    refused.append(why)
+                elif why := self.spend_block(c):
+                    refused.append(f"{c.label}: {why}")
+                else:
+                    usable.append(c)
+            if not usable:
+                continue
+            spot = usable[0].spot
+            market = "spot" if spot else "on-demand"
+            token = fleet_token(self.env.factory_id, q, wid, usable)
+            one = replace(
+                spec,
+                spot_price=spec.spot_price if spot else None,
+                user_data=user_data,
+                client_token=token,
+            )
+            prices = [p for c in usable if (p := self.price(c)) is not None]
+            flavors = ", ".join(dict.fromkeys(c.flavor for c in usable))
+            sent = {**tags, TAG_LAUNCHED_AS: clip(f"fleet {market} over {flavors}", 250)}
+            if prices:  # the dearest option until the answer says which: budgets never undercount
+                sent[TAG_PRICE] = f"{max(prices):g}"
+            label = f"fleet {market} ({len(usable)} options)"
+            try:
+                res = port.launch_fleet(one, [c.option for c in usable], spot, sent)
+            except CloudError as exc:
+                kind = error_class(exc)
+                if kind in STOP:
+                    self.stop(wid, f"{kind} error on {label}: {exc}", now, exc)
+                if kind in FALL_THROUGH:
+                    self.intents.pop(wid, None)
+                    for c in usable:
+                        st = self.choice_backoff.refused(c, now, kind, str(exc))
+                    refused.append(f"{label}: {st.reason}")
+                    log.warning("[%s] %s refused (%s); next choice", q, label, kind)
+                    if pinned:
+                        return False
+                    continue
+                self.intents[wid] = Intent(
+                    wid, usable[0], tuple(tags.items()), token, tuple(usable)
+                )
+                unknown = "unknown outcome" if isinstance(exc, CloudUnavailable) else kind
+                raise SubmitError(f"queue {q}: launch of {wid} ({unknown}): {exc}") from exc
+            if res.template_left:
+                self._sweep_due = True
+            by_option = {c.option: c for c in usable}
+            for opt, err in res.errors:
+                kind = error_class(err)
+                named = [by_option[opt]] if opt in by_option else []
+                if not named and not res.instance_ids:
+                    named = usable  # a refusal that names no option: the whole call's
+                if kind in STOP and not res.instance_ids:
+                    self.stop(wid, f"{kind} error on {label}: {err}", now, err)
+                for c in named:
+                    st = self.choice_backoff.refused(c, now, kind, str(err))
+                    refused.append(f"{c.label}: {st.reason}")
+                if named:
+                    log.warning("[%s] fleet refused %s (%s)", q, ", ".join(c.label for c in named),
+                                kind)  # fmt: skip
+            if not res.instance_ids:
+                self.intents.pop(wid, None)  # a definite answer: nothing was launched
+                if not res.errors:
+                    for c in usable:
+                        st = self.choice_backoff.refused(c, now, "capacity", "fleet launched none")
+                    refused.append(f"{label}: {st.reason}")
+                if pinned:
+                    return False
+                continue
+            self.fleet_launched(wid, res, by_option)
+            return True
+        return False
+
+    def stop(self, wid: str, why: str, now: float, exc: Exception) -> NoReturn:
+        """Credentials refused or an invalid request: the queue stops until ``stop_retry``."""
+        self.intents.pop(wid, None)
+        self.stopped = (now + float(self.params.get("stop_retry") or 3600.0), why)
+        raise SubmitError(f"queue {self.queue.queue}: stopped: {why}") from exc
+
+    def fleet_launched(
+        self, wid: str, res: FleetResult, by_option: dict[FleetOption, Choice]
+    ) -> None:
+        """Record what the fleet chose: its tags corrected to that option and its price (a
+        failure leaves the launch's: the options and the dearest price), counted once."""
+        q = self.queue.queue
+        opt = res.option or FleetOption("?")
+        chosen = by_option.get(opt) or Choice(opt.flavor, opt.zone, opt.subnet, res.spot)
+        if chosen.spot != res.spot:
+            chosen = replace(chosen, spot=res.spot)
+        price = self.price(chosen)
+        exact = {TAG_LAUNCHED_AS: self.launch_text(chosen, price)}
+        if price is not None:
+            exact[TAG_PRICE] = f"{price:g}"
+        try:
+            self.cloud.set_tags(list(res.instance_ids), exact)
+        except CloudError as exc:
+            log.warning("[%s] %s launched on %s; its tags keep the options: %s", q, wid,
+                        chosen.label, exc)  # fmt: skip
+        self.intents.pop(wid, None)
+        self.choice_backoff.launched(chosen)
+        self.count_launch(price or 0.0)
+        log.debug("[%s] launched worker %s as %s by fleet on %s", q, wid,
+                  ", ".join(res.instance_ids), chosen.label)  # fmt: skip
+
+    _sweep_due = True
+    """Launch templates a crash (or a failed delete) left behind are swept once per plugin
+    before its first fleet launch, and again after a delete failed."""
+
+    def sweep_templates(self, port: FleetPort) -> None:
+        if not self._sweep_due:
+            return
+        keep = {fleet_template_name(i.token) for i in self.intents.values() if i.group}
+        try:
+            n = port.sweep_templates(
+                {TAG_FACTORY: self.env.factory_id, TAG_QUEUE: self.queue.queue}, keep
+            )
+        except CloudError as exc:
+            log.warning("[%s] launch templates not swept (next launch tries again): %s",
+                        self.queue.queue, exc)  # fmt: skip
+            return
+        self._sweep_due = False
+        if n:
+            log.info("[%s] deleted %d launch template(s) left by an earlier launch",
+                     self.queue.queue, n)  # fmt: skip
+
+    def launch_text(self, choice: Choice, price: float | None) -> str:
+        """The ``launched_as`` tag of a choice (a spot price without a ``prices`` entry is the
+        bid)."""
+        bid = choice.spot and choice.flavor not in (self.params.get("prices") or {})
+        return launched_as(choice, price, bid, market=self.PROVIDER == "ec2")
 
     def price(self, choice: Choice) -> float | None:
         """Price per hour of a choice: the queue's ``prices`` for its flavor, else (spot) the
@@ -467,6 +660,7 @@ class EC2Submit(CloudSubmit):
         SPOT_PRICE,
         SPOT_FALLBACK,
         *LAUNCH_PARAMS,
+        *FLEET_PARAMS,
         *LIFE_PARAMS,
     )
 

@@ -12,14 +12,27 @@ before the call. A launch whose outcome is unknown (timeout, 5xx) stays an open 
 before the worker is launched again, the queue's instances are listed and a worker found there
 is not launched twice; otherwise it is retried with the same choice and token, which EC2 honours
 server-side (``ClientToken``) even where a list lags.
+
+EC2 Fleet (``launch_via = fleet``): still one worker per call, so each keeps its own id, tags,
+token and user data. A fleet takes no user data of its own, so each launch makes a launch
+template named by its token (the worker's user data), runs an ``instant`` fleet of capacity 1 on
+it, and deletes it; a template a crash left is swept before the plugin's first fleet launch.
+The options of one call are the market's choices not backing off: spot ones chosen by AWS
+(``price-capacity-optimized``), then, with ``on_demand_fallback``, an on-demand fleet in the
+queue's order (``prioritized``): EC2 Fleet itself never turns spot into on-demand. The token
+covers the options too (EC2 refuses a token reused with other parameters), and an open intent
+retries its own options.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pilotfactory.factory.params import Param
+from pilotfactory.factory.ports import FleetOption
 from pilotfactory.factory.rails import next_delay
 from pilotfactory.factory.text import clip
 
@@ -41,6 +54,13 @@ SPOT_FALLBACK = Param(
     "on_demand_fallback", bool, False, "spot queue: launch on-demand when spot is refused"
 )
 NETWORKS = Param("networks", list, None, "networks tried in order (unset: the account's)")
+FLEET_PARAMS: tuple[Param, ...] = (
+    Param("launch_via", str, "run_instances",
+          "run_instances (one choice a call), or fleet: EC2 Fleet (instant) over the choices",
+          (), ("run_instances", "fleet")),
+    Param("subnets", list, None, "subnets tried in order, each in its own zone (a fleet's "
+          "options); set these or availability_zones"),
+)  # fmt: skip
 
 FALL_THROUGH = frozenset({"capacity", "quota", "throttled"})
 """Refusals that say nothing about the other choices: try the next one now."""
@@ -61,6 +81,41 @@ class Choice:
     def label(self) -> str:
         parts = [self.flavor, self.zone or "-", self.network or "-"]
         return "/".join(parts) + ("/spot" if self.spot else "")
+
+    @property
+    def option(self) -> FleetOption:
+        """As an EC2 Fleet override (on EC2 the network is a subnet)."""
+        return FleetOption(self.flavor, self.zone, self.network)
+
+
+def launched_as(choice: Choice, price: float | None, bid: bool, market: bool = True) -> str:
+    """What a worker was launched on, for its tag and ``status --workers``: type, zone or
+    network, market, and the price per hour where known (a spot bid is the most it costs)."""
+    parts = [choice.flavor, *[w for w in (choice.zone, choice.network) if w]]
+    if market:
+        parts.append("spot" if choice.spot else "on-demand")
+    if price is not None:
+        parts.append(f"<={price:g}/h (bid)" if bid else f"{price:g}/h")
+    return " ".join(parts)
+
+
+def market_groups(order: Sequence[Choice]) -> list[list[Choice]]:
+    """The choices of one fleet call each: runs of one market in the order tried (a spot
+    queue's spot choices, then its on-demand fallback)."""
+    groups: list[list[Choice]] = []
+    for c in order:
+        if groups and groups[-1][0].spot == c.spot:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return groups
+
+
+def fleet_token(factory_id: str, queue: str, worker: str, group: Sequence[Choice]) -> str:
+    """A fleet launch's token names its options too: EC2 refuses a token reused with other
+    parameters (IdempotentParameterMismatch), and a retry sends the same options."""
+    seed = "|".join([factory_id, queue, worker, "fleet", *(c.label for c in group)])
+    return hashlib.sha256(seed.encode()).hexdigest()
 
 
 def split_flavors(value: object) -> list[str]:
@@ -133,6 +188,26 @@ class ChoiceBackoff:
     def launched(self, choice: Choice) -> None:
         self.states.pop(choice.label, None)
 
+    def to_json(self) -> dict[str, list[Any]]:
+        """For the state file: a restart keeps refused choices backing off."""
+        return {k: [st.until, st.delay, st.reason] for k, st in sorted(self.states.items())}
+
+    @staticmethod
+    def parse(data: Any) -> dict[str, ChoiceState]:
+        """States from ``to_json``; ValueError naming what is malformed (nothing is kept)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("choice_backoff is not an object")
+        out: dict[str, ChoiceState] = {}
+        for label, v in data.items():
+            ok = isinstance(v, list) and len(v) == 3 and isinstance(v[2], str)
+            nums = ok and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v[:2])
+            if not (isinstance(label, str) and nums):
+                raise ValueError(
+                    f"choice_backoff.{clip(str(label), 80)} is not [until, delay, why]"
+                )
+            out[label] = ChoiceState(float(v[0]), float(v[1]), clip(v[2], 300))
+        return out
+
 
 @dataclass(frozen=True)
 class Intent:
@@ -142,6 +217,8 @@ class Intent:
     choice: Choice
     tags: tuple[tuple[str, str], ...]
     token: str
+    group: tuple[Choice, ...] = ()
+    """A fleet launch's options (its template is named by ``token``)."""
 
 
 def over_budget(

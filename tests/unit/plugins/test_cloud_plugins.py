@@ -38,6 +38,7 @@ from pilotfactory.plugins.batchstatus.cloud import (
     OpenStackBatchStatus,
 )
 from pilotfactory.plugins.batchsubmit.cloud import CloudSubmit, EC2Submit, OpenStackSubmit
+from pilotfactory.plugins.cloudaccount import TAG_LAUNCHED_AS
 from tests.unit.fakecondor import FakeCondor, FakeWorld, make_env
 
 S = WorkerState
@@ -282,6 +283,7 @@ def test_submit_one_launch_per_worker_with_its_own_tags_and_user_data():
             TAG_QUEUE: Q,
             TAG_WORKER: wid,
             TAG_LAUNCHED: str(int(NOW)),
+            TAG_LAUNCHED_AS: "m1.large",
         }
         assert (spec.flavor, spec.key_name, spec.security_groups) == (
             "m1.large",

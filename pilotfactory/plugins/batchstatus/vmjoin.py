@@ -89,9 +89,10 @@ class Pool:
     not retiring. Dynamic slots come and go with payload, and retiring VMs leave on purpose;
     neither says anything about the collector."""
     left: int = 0
-    """Ads the previous gauge counted whose VMs are ``leaving`` now (see ``BatchQueueInfo``)."""
+    """Ads the previous gauge counted of VMs then idle that are ``leaving`` now and still have
+    their master ad (see ``BatchQueueInfo``)."""
     steady: dict[str, int] = field(default_factory=dict)
-    """The gauge by VM (first join key): what the next cycle's ``left`` is computed from."""
+    """The gauge by idle VM (first join key): what the next cycle's ``left`` is computed from."""
 
     @classmethod
     def build(
@@ -108,8 +109,11 @@ class Pool:
         index = pool.slots
         steady = 0
         by_vm = pool.steady
+        busy: set[str] = set()
         for ad in slots:
             keys = _ad_keys(ad, attr)
+            if keys and ad.get("State") == "Claimed":
+                busy.add(keys[0])
             if keys and ad.get("SlotType") != "Dynamic" and not any(k in leaving for k in keys):
                 steady += 1
                 by_vm[keys[0]] = by_vm.get(keys[0], 0) + 1
@@ -119,12 +123,20 @@ class Pool:
                     index[key] = [ad]
                 else:
                     group.append(ad)
+        for key in busy:
+            by_vm.pop(key, None)
         pool.ads = steady
-        if previous and leaving:
-            pool.left = sum(n for key, n in previous.items() if key in leaving)
         for ad in masters:
             for key in _ad_keys(ad, attr):
                 pool.masters[key] = ad
+        if previous and leaving:
+            # Only an idle VM (no claimed slot last cycle) whose master still advertises left
+            # on purpose: a peaceful retire ends its startd at once. A busy one's startd stays
+            # until its jobs end, so its slots vanishing the cycle after its retire is a
+            # collector losing ads (simulated in test_collector_losing_ads_freezes_reaping).
+            pool.left = sum(
+                n for key, n in previous.items() if key in leaving and key in pool.masters
+            )
         return pool
 
     def lookup(self, rec: VMRecord) -> tuple[list[Ad], Ad | None]:

@@ -824,22 +824,31 @@ def test_the_breaker_gauge_counts_steady_slots_of_workers_not_being_retired():
 
 
 def test_the_gauge_says_which_ads_left_it_on_purpose():
-    """A VM counted last cycle whose retire is recorded since: its ads are ``pool_left``, so
-    the breaker does not read the factory's own retire as a collector losing ads."""
+    """A VM counted last cycle whose retire is recorded since, and whose master still
+    advertises: its ads are ``pool_left``, so the breaker does not read the factory's own retire
+    as a collector losing ads. Without its master it is no such VM (a collector that lost ads)."""
     startds = [
         slot("vm1", "i-1", kind="Partitionable", Cpus=2),
         slot("vm2", "i-2", kind="Partitionable", Cpus=4),
+        slot("vm3", "i-3", kind="Partitionable", Cpus=4),
     ]
-    jobs = [job(1, 2, **RUN), job(2, 2, JobStartDate=NOW - 500, EC2InstanceName="i-2")]
-    port = FakeCondor(jobs=jobs, startds=startds, masters=[])
+    masters = [{"Name": m, "Machine": m, "EC2InstanceID": i} for m, i in (("vm2", "i-2"),)]
+    jobs = [
+        job(1, 2, **RUN),
+        job(2, 2, JobStartDate=NOW - 500, EC2InstanceName="i-2"),
+        job(3, 2, JobStartDate=NOW - 500, EC2InstanceName="i-3"),
+    ]
+    port = FakeCondor(jobs=jobs, startds=startds, masters=masters)
     plugin, _ = batch(CondorEC2BatchStatus, port)
     plugin.refresh()
     first = plugin.info(Q)
-    assert first is not None and (first.pool_startds, first.pool_left) == (2, 0)
-    port.jobs[1] = {**port.jobs[1], "PilotFactoryRetireRequested": NOW - 5}
-    port.startds = [startds[0]]  # its startd left at once (peaceful on an idle VM)
+    assert first is not None and (first.pool_startds, first.pool_left) == (3, 0)
+    for i in (1, 2):
+        port.jobs[i] = {**port.jobs[i], "PilotFactoryRetireRequested": NOW - 5}
+    port.startds = [startds[0]]  # their startds left at once (peaceful on idle VMs)
     plugin.refresh()
     second = plugin.info(Q)
+    # vm2 kept its master (retired on purpose); vm3 has none left (lost, not a retire)
     assert second is not None and (second.pool_startds, second.pool_left) == (1, 1)
     plugin.refresh()
     third = plugin.info(Q)

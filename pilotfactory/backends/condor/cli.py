@@ -261,6 +261,17 @@ class CliCondor:
         argv = ["condor_status", *self._pool_args(), "-collector", "-json", "-attributes", "Name"]
         self._run(argv, default=CondorUnreachable)
 
+    def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
+        """All ads in one file, separated by blank lines: one ``condor_advertise`` call."""
+        if not ads:
+            return
+        text = "\n".join(_to_classad(ad).printOld() for ad in ads)
+        with tempfile.TemporaryDirectory(prefix="pilotfactory-advertise-") as tmp:
+            path = os.path.join(tmp, "ads")
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            self._run(["condor_advertise", *self._pool_args(), "UPDATE_AD_GENERIC", path])
+
     # -- schedd actions ----------------------------------------------------------------------
 
     def submit(self, description: Mapping[str, str], count: int) -> SubmitResult:
@@ -351,3 +362,6 @@ class CliCondor:
 
     def cancel_drain(self, machine: str) -> None:
         self._admin(["condor_drain", *self._pool_args(), "-cancel", machine])
+
+    def vacate(self, machine: str, reason: str) -> None:
+        self._admin(["condor_drain", *self._pool_args(), "-quick", "-reason", reason, machine])

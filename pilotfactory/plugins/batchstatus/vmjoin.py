@@ -13,7 +13,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from pilotfactory.factory.contract import KEEP_ATTR, classad_string
+from pilotfactory.factory.contract import (
+    DEADLINE_ATTR,
+    FINGERPRINT_ATTR,
+    INTERRUPTION_ATTR,
+    KEEP_ATTR,
+    classad_string,
+)
 from pilotfactory.factory.info import RetireMode, Worker, WorkerState
 from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.ports import CondorPort
@@ -53,6 +59,11 @@ class VMRecord(NamedTuple):
     unretired_at: float | None = None
     retire_mode: RetireMode | None = None
     hold_reason: str | None = None
+    lease_until: float | None = None
+    deadline: float | None = None
+    fingerprint: str | None = None
+    interrupted_at: float | None = None
+    """When the factory recorded vacating this VM for an interruption notice."""
 
     @property
     def active_retire(self) -> float | None:
@@ -149,6 +160,19 @@ def _slot_counts(slots: Sequence[Ad]) -> tuple[int, int]:
     return (cpus if partitionable else len(slots)), claimed
 
 
+def _epoch(value: Any) -> float | None:
+    """A positive epoch number from an ad (outside text: anything else is None)."""
+    if type(value) in (int, float) and 0 < value < 1e11:
+        return float(value)
+    return None
+
+
+def interruption(slots: Sequence[Ad]) -> float | None:
+    """The provider's stated action time of an interruption notice on any of the slots."""
+    times = [t for s in slots if (t := _epoch(s.get(INTERRUPTION_ATTR))) is not None]
+    return min(times) if times else None
+
+
 def observe(
     rec: VMRecord, slots: Sequence[Ad], master: Ad | None, last_joined: float | None = None
 ) -> VMObservation:
@@ -174,6 +198,8 @@ def observe(
         rec.active_retire,
         rec.unretired_at,
         last_joined,
+        rec.phase is Phase.RUNNING
+        and (rec.interrupted_at is not None or interruption(slots) is not None),
     )
 
 
@@ -199,6 +225,13 @@ def join_worker(
         since = idle_from
     machine = (slots[0] if slots else master or {}).get("Machine") if joined else None
     retire_times = [s["MaxJobRetirementTime"] for s in slots if "MaxJobRetirementTime" in s]
+    deadline = rec.deadline
+    fingerprint = rec.fingerprint
+    if slots:  # the VM's own word when the request side does not say (grid jobs)
+        first = slots[0]
+        deadline = deadline or _epoch(first.get(DEADLINE_ATTR))
+        fp = first.get(FINGERPRINT_ATTR)
+        fingerprint = fingerprint or (fp if type(fp) is str else None)
     return Worker(
         rec.id,
         queue,
@@ -217,6 +250,11 @@ def join_worker(
         master_seen=obs.master_seen if joined else None,
         keep=joined and any(s.get(KEEP_ATTR) is True for s in slots),
         retire_visible=any(map(_retiring_slot, slots)) if slots else None,
+        interruption=(interruption(slots) or rec.interrupted_at) if obs.interrupted else None,
+        vacated=rec.interrupted_at is not None,
+        deadline=deadline or None,
+        fingerprint=fingerprint,
+        lease_until=rec.lease_until or None,
     )
 
 
@@ -256,7 +294,7 @@ class StartdJoin:
         attrs = (
             "Name", "Machine", "State", "Activity", "SlotType", "Cpus", "EnteredCurrentActivity",
             "MaxJobRetirementTime", "Draining", WORKER_ATTR, "PilotFactoryId", KEEP_ATTR,
-            self.join,
+            INTERRUPTION_ATTR, DEADLINE_ATTR, FINGERPRINT_ATTR, self.join,
         )  # fmt: skip
         return port.query_startds({}, attrs, constraint)
 

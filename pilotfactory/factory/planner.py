@@ -653,6 +653,11 @@ def _scale_down(
             )
             idle = [w for w in idle if w.id not in spared]
             busy = [w for w in busy if w.id not in spared]
+        if leaving:  # a roll under way: drifted VMs go first, busy ones before idle current
+            first = [w for w in idle + busy if w.id in leaving]
+            idle = [w for w in idle if w.id not in leaving]
+            busy = [w for w in busy if w.id not in leaving]
+            idle = first + idle
         ordered += [(w, ActionKind.RETIRE) for w in idle + busy]
     ordered = [(w, k) for w, k in ordered if w.id not in reaped]
     take = ordered[: -inp.n]
@@ -704,7 +709,10 @@ def _scale_down(
     if cancel:
         actions.append(Action(ActionKind.CANCEL, cancel, reason=f"n={inp.n}: not running yet"))
     if retire:
-        actions.extend(_retire_actions(inp, retire, notes))
+        reason = None
+        if life is not None and any(life.is_leaving(w) for w in retire):
+            reason = f"n={inp.n}; drift: drifted VMs go first"
+        actions.extend(_retire_actions(inp, retire, notes, reason))
     # Counters survive only for workers still candidates and not acted on.
     acted = {w.id for w, _ in confirmed}
     kept = {k: v for k, v in counters.items() if k not in acted}

@@ -35,8 +35,8 @@ DEFAULT_GRACE = 600.0
 """``lease_grace``'s default: the grace of an instance whose queue is not configured and whose
 launch predates the grace tag."""
 LIVE_STATES = frozenset({"pending", "running", "stopping", "stopped", "error"})
-"""States an instance still costs (or may come back) in; terminated and shutting-down ones
-are done."""
+"""States an instance still costs (or may come back) in (the ports say ``stopping`` for
+stopped and shut-off ones too); one the factory has marked ended is shutting down already."""
 
 
 def _number(text: str | None) -> float | None:
@@ -77,6 +77,8 @@ def due(
     for inst in instances:
         tags = inst.tags
         if tags.get(TAG_FACTORY) != factory_id or inst.state not in LIVE_STATES:
+            continue
+        if tags.get(TAG_ENDED):  # ended by the factory already (shutting down)
             continue
         lease = _number(tags.get(TAG_LEASE))
         if lease is None:

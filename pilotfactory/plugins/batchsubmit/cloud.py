@@ -381,10 +381,13 @@ class CloudSubmit(BatchSubmitPlugin):
         WorkerState.BOOTING,
         WorkerState.IDLE,
         WorkerState.BUSY,
+        WorkerState.RETIRING,
         WorkerState.UNKNOWN,
     )
-    """The workers whose lease the daemon renews: the ones it still wants (not retiring,
-    retired, interrupted, held or lost)."""
+    """The workers whose lease the daemon renews: the ones it still wants, retiring ones
+    included (a peaceful retire lets the last job finish, and the queue's lease ad keeps the
+    VM itself alive meanwhile; a tag left to run out would have the daemon's own sweep
+    terminate it with the job running); not retired, interrupted, held or lost ones."""
 
     def maintain(self, workers: Sequence[Worker], now: float) -> list[str]:
         """Renew the lease of every wanted worker once any of them has less than half its

@@ -162,16 +162,26 @@ STATE_TABLE = [
         S.INTERRUPTED,
         NOW - 300,
     ),
-    ("running", RET, [slot("vm1", PilotFactoryWorker=WID, PilotFactoryInterruption=int(NOW))],
-     S.INTERRUPTED, NOW - 300),  # fmt: skip
+    (
+        "running",
+        RET,
+        [slot("vm1", PilotFactoryWorker=WID, PilotFactoryInterruption=int(NOW))],
+        S.INTERRUPTED,
+        NOW - 300,
+    ),  # fmt: skip
     # the notice recorded when it was vacated: still interrupted once the startd is gone ...
     ("running", {TAG_INTERRUPTED: str(int(NOW - 20))}, [], S.INTERRUPTED, NOW - 300),
     # ... and its end by the provider is no failure (not LOST)
     ("terminated", {TAG_INTERRUPTED: str(int(NOW - 20))}, [], None, None),
     ("stopped", {TAG_INTERRUPTED: str(int(NOW - 20))}, [], None, None),
     # a notice attribute that is no time is outside text, not a notice
-    ("running", {}, [slot("vm1", PilotFactoryWorker=WID, PilotFactoryInterruption="soon")],
-     S.IDLE, NOW),  # fmt: skip
+    (
+        "running",
+        {},
+        [slot("vm1", PilotFactoryWorker=WID, PilotFactoryInterruption="soon")],
+        S.IDLE,
+        NOW,
+    ),  # fmt: skip
 ]
 
 

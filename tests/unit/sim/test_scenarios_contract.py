@@ -1,0 +1,170 @@
+"""The worker VM contract (issue 18), factory side, on the simulated pool and cloud: a spot
+notice (vacated, replaced within one cycle, never a failure), a template change rolling the
+pool (zero evictions, supply never below the target), leases renewed in one write and
+advertised in one ad per queue, and no VM outliving its lease once the factory stops."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from pilotfactory.factory.clock import VirtualClock
+from pilotfactory.factory.config import default_factory_config, load_queues
+from pilotfactory.factory.contract import TAG_FINGERPRINT, TAG_INTERRUPTED, TAG_LEASE, TAG_QUEUE
+from pilotfactory.factory.factory import Factory
+from pilotfactory.factory.info import WorkerState
+from pilotfactory.factory.planner import ActionKind
+from pilotfactory.factory.trace import CycleTrace
+from pilotfactory.plugins.sweep import sweep_all
+from pilotfactory.sim.cloud import CloudConfig
+from pilotfactory.sim.pool import PoolConfig
+from pilotfactory.sim.world import SimConfig, SimWorld
+
+Q = "POOL"
+TARGET = 6
+STEP = 60.0
+QUEUES = """
+[{q}]
+wmsstatusplugin = Condor
+wmsqueue = {q}
+batchstatusplugin = EC2
+batchsubmitplugin = EC2
+schedplugin = JobsPerVM, MinVMs, MaxVMs
+sched.jobspervm.jobs = 1
+sched.minvms.minimum = {n}
+sched.maxvms.maximum = {n}
+apfqueue.sleep = 60
+retire_confirm_cycles = 2
+max_retire_per_cycle = 2
+batchsubmit.ec2.image = {image}
+batchsubmit.ec2.flavor = m1.small
+batchsubmit.ec2.lease = 1800
+batchsubmit.ec2.lease_grace = 300
+"""
+
+
+def queues(tmp_path: Path, image: str = "img-v1", n: int = TARGET) -> list:
+    conf = tmp_path / f"queues-{image}.conf"
+    conf.write_text(QUEUES.format(q=Q, n=n, image=image))
+    res = load_queues([str(conf)])
+    assert res.errors == [], res.problems
+    return res.queues
+
+
+def world_and_factory(tmp_path: Path, notice: float = 0.0) -> tuple[SimWorld, Factory]:
+    clock = VirtualClock()
+    world = SimWorld(
+        clock,
+        SimConfig(
+            seed=3,
+            pool=PoolConfig(static_nodes=0),
+            cloud=CloudConfig(default_retirement_time=86400.0, interruption_notice=notice),
+        ),
+    )
+    fcfg = replace(default_factory_config(), factory_id="lease", raw={"baseLogDir": str(tmp_path)})
+    return world, Factory(fcfg, queues(tmp_path), world, clock)
+
+
+def run(world: SimWorld, factory: Factory, seconds: float, seen: list[CycleTrace]) -> None:
+    end = world.clock.now() + seconds
+    while world.clock.now() < end:
+        world.tick()
+        seen.extend(factory.cycle())
+        world.advance(STEP)
+
+
+def staying(factory: Factory) -> int:
+    info = factory.queues[Q].batch_source.info(Q)
+    assert info is not None
+    return info.count(WorkerState.IDLE, WorkerState.BUSY)
+
+
+def test_spot_notice_vacates_and_replaces_within_one_cycle_never_a_failure(
+    tmp_path: Path,
+) -> None:
+    world, factory = world_and_factory(tmp_path, notice=120.0)
+    world.pool.add_payload_jobs(Q, [20_000.0] * 12)  # more work than VMs: all stay busy
+    traces: list[CycleTrace] = []
+    run(world, factory, 900, traces)
+    assert staying(factory) == TARGET
+    victim = next(r for r in world.sim_cloud.instances() if r.state == "running")
+    world.sim_cloud.interrupt(victim, after=120.0)  # the notice is on its startd at once
+    traces.clear()
+    world.advance(5.0)
+    (t,) = factory.cycle(force=True)  # the next cycle
+    kinds = {a.kind: a for a in t.planned}
+    # the same cycle: vacated, and its replacement bought (it is no supply any more)
+    assert [w.instance_id for w in kinds[ActionKind.VACATE].workers] == [victim.instance_id]
+    assert kinds[ActionKind.SUBMIT].count == 1
+    assert "vacated 1 (spot interruption)" in t.results
+    assert victim.tags.get(TAG_INTERRUPTED)
+    # the payload went back to the queue at once (not at the provider's kill)
+    assert (
+        world.metrics.payload_interrupted[Q] == 1
+        and sum(world.metrics.payload_killed.values()) == 0
+    )
+    world.advance(STEP)
+    run(world, factory, 1800, traces)
+    assert victim.state == "terminated"  # the provider ended it
+    q = factory.queues[Q]
+    assert all(not failure for failure, _ in q.backoff.endings)  # no failure counted
+    for tr in traces:
+        assert not any(a.failure for a in tr.planned), tr.planned
+        assert not any(w.state is WorkerState.LOST for w in (tr.batch.workers if tr.batch else ()))
+    assert staying(factory) == TARGET
+    assert q.counters["vacated"] == 1 and q.counters["submitted"] == TARGET + 1
+
+
+def test_a_new_image_rolls_the_pool_with_zero_evictions_and_supply_kept(tmp_path: Path) -> None:
+    world, factory = world_and_factory(tmp_path)
+    world.pool.add_payload_jobs(Q, [3000.0] * 60)  # long jobs, more than the VMs take
+    traces: list[CycleTrace] = []
+    run(world, factory, 900, traces)
+    assert staying(factory) == TARGET
+    old = factory.queues[Q].submitter.fingerprint()
+    assert factory.reload(queues(tmp_path, image="img-v2"))
+    new = factory.queues[Q].submitter.fingerprint()
+    assert new != old
+    low, peak = [], 0
+    traces.clear()
+    end = world.clock.now() + 4 * 3600
+    while world.clock.now() < end:
+        world.tick()
+        traces.extend(factory.cycle())
+        low.append(staying(factory))
+        peak = max(peak, world.sim_cloud.census().by_queue.get(Q, 0))
+        world.advance(STEP)
+    live = [r for r in world.sim_cloud.instances() if r.state in ("pending", "running")]
+    assert len(live) == TARGET
+    assert all(r.spec.image == "img-v2" and r.tags[TAG_FINGERPRINT] == new for r in live)
+    assert min(low) >= TARGET, low  # joined, staying VMs never below what the chain wants
+    assert peak <= TARGET + 2  # the surge stays within the disruption budget
+    assert sum(world.metrics.payload_killed.values()) == 0  # zero evictions
+    retires = [a for t in traces for a in t.planned if a.kind is ActionKind.RETIRE]
+    assert retires and all("drift" in a.reason for a in retires)
+    assert max(len(a.workers) for a in retires) <= 2  # the disruption budget
+    assert not any(a.failure for t in traces for a in t.planned)
+
+
+def test_leases_renewed_in_one_write_and_advertised_then_swept_when_the_factory_stops(
+    tmp_path: Path,
+) -> None:
+    world, factory = world_and_factory(tmp_path)
+    world.pool.add_payload_jobs(Q, [100_000.0] * 12)
+    traces: list[CycleTrace] = []
+    run(world, factory, 3 * 3600, traces)  # twelve half-leases
+    ad = world.pool.generic_ads[f"lease/{Q}"]
+    assert ad["MyType"] == "PilotFactoryLease" and ad["PilotFactoryLeaseUntil"] > world.clock.now()
+    assert world.metrics.queries["advertise"] == len(traces)  # one per cycle, never per VM
+    renewals = [r for t in traces for r in t.results if r.startswith("renewed")]
+    # one write per half lease (and a cycle) for the whole queue: not per VM, not per cycle
+    assert 10 <= len(renewals) <= 12 < len(traces) / 10, renewals
+    assert world.metrics.queries["cloud_set_tags"] == len(renewals)
+    now = world.clock.now()
+    mine = [r for r in world.sim_cloud.instances() if r.tags.get(TAG_QUEUE) == Q]
+    assert all(float(r.tags[TAG_LEASE]) > now for r in mine if r.state == "running")
+    # the factory stops; an hour later sweep (no daemon) finds every lease passed + grace
+    world.advance(1800 + 300 + 60)
+    results = sweep_all([q.cfg for q in factory.queues.values()], world, "lease", world.clock.now())
+    assert [len(r.terminated) for r in results] == [TARGET]
+    assert all(r.state != "running" for r in world.sim_cloud.instances())

@@ -168,7 +168,7 @@ STATE_TABLE = [
         [slot("vm1", PilotFactoryWorker=WID, PilotFactoryInterruption=int(NOW))],
         S.INTERRUPTED,
         NOW - 300,
-    ),  # fmt: skip
+    ),
     # the notice recorded when it was vacated: still interrupted once the startd is gone ...
     ("running", {TAG_INTERRUPTED: str(int(NOW - 20))}, [], S.INTERRUPTED, NOW - 300),
     # ... and its end by the provider is no failure (not LOST)
@@ -181,7 +181,7 @@ STATE_TABLE = [
         [slot("vm1", PilotFactoryWorker=WID, PilotFactoryInterruption="soon")],
         S.IDLE,
         NOW,
-    ),  # fmt: skip
+    ),
 ]
 
 

@@ -138,7 +138,11 @@ def test_a_new_image_rolls_the_pool_with_zero_evictions_and_supply_kept(tmp_path
     assert len(live) == TARGET
     assert all(r.spec.image == "img-v2" and r.tags[TAG_FINGERPRINT] == new for r in live)
     assert min(low) >= TARGET, low  # joined, staying VMs never below what the chain wants
-    assert peak <= TARGET + 2  # the surge stays within the disruption budget
+    # the surge buys at most the budget a cycle; a drained VM stays until its job ends, so
+    # with jobs longer than the roll the pool peaks at twice its size, never more
+    assert peak <= 2 * TARGET
+    buys = [a.count for t in traces for a in t.planned if a.kind is ActionKind.SUBMIT]
+    assert max(buys) <= 2
     assert sum(world.metrics.payload_killed.values()) == 0  # zero evictions
     retires = [a for t in traces for a in t.planned if a.kind is ActionKind.RETIRE]
     assert retires and all("drift" in a.reason for a in retires)

@@ -31,7 +31,7 @@ from pilotfactory.factory.plugin import (
     StatusSource,
     WMSStatusPlugin,
 )
-from pilotfactory.factory.ports import World
+from pilotfactory.factory.ports import CondorTarget, World
 from pilotfactory.factory.queue import Queue, bounded
 from pilotfactory.factory.trace import CycleTrace
 
@@ -348,8 +348,9 @@ class Factory:
             except Exception as exc:
                 log.warning("queue %s: no lease ad: %s", q.name, exc)
                 continue
-            if found is not None:
-                by_target.setdefault(found[0], []).append(found[1])
+            if found is not None:  # one call per collector, whatever the schedds
+                target = CondorTarget(collector=found[0].collector)
+                by_target.setdefault(target, []).append(found[1])
         for target, ads in by_target.items():
             try:
                 self.env.world.condor(target).advertise(ads)

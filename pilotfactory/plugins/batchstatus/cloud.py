@@ -254,7 +254,12 @@ class CloudBatchStatus(SnapshotStatus):
         listed: list[Instance] = []
         live = self._instances({TAG_FACTORY: self.env.factory_id}, now, listed)
         self._listed = listed
-        leaving = {k for _, rec in live if rec.active_retire is not None for k in rec.keys}
+        leaving = {
+            k
+            for _, rec in live
+            if rec.active_retire is not None or rec.interrupted_at is not None
+            for k in rec.keys
+        }
         pool = self.vms.read(self.port, (rec.id for _, rec in live), leaving)
         workers: dict[str, list[Worker]] = {}
         unlabelled: list[Worker] = []

@@ -172,3 +172,33 @@ def test_leases_renewed_in_one_write_and_advertised_then_swept_when_the_factory_
     results = sweep_all([q.cfg for q in factory.queues.values()], world, "lease", world.clock.now())
     assert [len(r.terminated) for r in results] == [TARGET]
     assert all(r.state != "running" for r in world.sim_cloud.instances())
+
+
+def test_one_advertise_per_collector_per_cycle_for_all_its_queues(tmp_path: Path) -> None:
+    clock = VirtualClock()
+    world = SimWorld(clock, SimConfig(seed=1, pool=PoolConfig(static_nodes=0)))
+    text = "".join(
+        QUEUES.format(q=name, n=1, image="img") + f"batchsubmit.ec2.collectorhost = {cm}\n"
+        for name, cm in (("A", "cm1"), ("B", "cm1"), ("C", "cm2"))
+    )
+    conf = tmp_path / "queues.conf"
+    no_lease = QUEUES.format(q="D", n=1, image="img").replace("batchsubmit.ec2.lease = 1800\n", "")
+    conf.write_text(text + no_lease)
+    res = load_queues([str(conf)])
+    assert res.errors == [], res.problems
+    fcfg = replace(default_factory_config(), factory_id="lease", raw={"baseLogDir": str(tmp_path)})
+    factory = Factory(fcfg, res.queues, world, clock)
+    calls: list[list[str]] = []
+    real = world.pool.advertise
+
+    def advertise(ads: list[dict[str, object]]) -> None:
+        calls.append([str(a["Name"]) for a in ads])
+        real(ads)
+
+    world.pool.advertise = advertise  # type: ignore[method-assign,assignment]
+    for _ in range(3):
+        world.tick()
+        factory.cycle()
+        world.advance(STEP)
+    # per cycle: cm1 gets A and B in one call, cm2 gets C; D has no lease and no ad
+    assert sorted(map(sorted, calls)) == sorted([["lease/A", "lease/B"], ["lease/C"]] * 3)

@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 
 from pilotfactory.factory.contract import (
     DEADLINE_ATTR,
-    FINGERPRINT_ATTR,
     INTERRUPTION_ATTR,
     KEEP_ATTR,
     classad_string,
@@ -225,13 +224,9 @@ def join_worker(
         since = idle_from
     machine = (slots[0] if slots else master or {}).get("Machine") if joined else None
     retire_times = [s["MaxJobRetirementTime"] for s in slots if "MaxJobRetirementTime" in s]
-    deadline = rec.deadline
-    fingerprint = rec.fingerprint
-    if slots:  # the VM's own word when the request side does not say (grid jobs)
-        first = slots[0]
-        deadline = deadline or _epoch(first.get(DEADLINE_ATTR))
-        fp = first.get(FINGERPRINT_ATTR)
-        fingerprint = fingerprint or (fp if type(fp) is str else None)
+    # the VM's own deadline when the request side does not say (grid jobs); the fingerprint
+    # only ever from the factory's own record (tag, job ad): a VM cannot talk itself current
+    deadline = rec.deadline or (_epoch(slots[0].get(DEADLINE_ATTR)) if slots else None)
     return Worker(
         rec.id,
         queue,
@@ -253,7 +248,7 @@ def join_worker(
         interruption=(interruption(slots) or rec.interrupted_at) if obs.interrupted else None,
         vacated=rec.interrupted_at is not None,
         deadline=deadline or None,
-        fingerprint=fingerprint,
+        fingerprint=rec.fingerprint,
         lease_until=rec.lease_until or None,
     )
 
@@ -294,7 +289,7 @@ class StartdJoin:
         attrs = (
             "Name", "Machine", "State", "Activity", "SlotType", "Cpus", "EnteredCurrentActivity",
             "MaxJobRetirementTime", "Draining", WORKER_ATTR, "PilotFactoryId", KEEP_ATTR,
-            INTERRUPTION_ATTR, DEADLINE_ATTR, FINGERPRINT_ATTR, self.join,
+            INTERRUPTION_ATTR, DEADLINE_ATTR, self.join,
         )  # fmt: skip
         return port.query_startds({}, attrs, constraint)
 

@@ -398,11 +398,19 @@ class CloudSubmit(BatchSubmitPlugin):
             return []
         ws = workers if isinstance(workers, WorkerSet) else WorkerSet(workers)
         wanted = [w for w in ws.in_states(*self.WANTED) if w.instance_id]
-        if not any(w.lease_until is None or w.lease_until - now < lease / 2 for w in wanted):
+        due = [w for w in wanted if w.lease_until is None or w.lease_until - now < lease / 2]
+        if not due:
             return []
+        if self.ALIGN_RENEWALS:
+            due = wanted
         until = str(int(now + lease))
-        self.record(wanted, {TAG_LEASE: until}, "lease renewal")
-        return [f"renewed the lease of {len(wanted)} to {until}"]
+        self.record(due, {TAG_LEASE: until}, "lease renewal")
+        return [f"renewed the lease of {len(due)} to {until}"]
+
+    ALIGN_RENEWALS: ClassVar[bool] = True
+    """Renew every kept worker once one is due: one call for the queue when the provider tags
+    many instances in one call (EC2). Where each instance is its own call (Nova), only the due
+    ones are renewed, so the calls spread over the cycles as the VMs' launches did."""
 
     def lease_ad(self, now: float) -> tuple[CondorTarget, dict[str, Any]] | None:
         lease = float(LEASE.of(self.params) or 0)
@@ -604,4 +612,5 @@ class OpenStackSubmit(CloudSubmit):
 
     NAME = "OpenStack"
     PROVIDER = "openstack"
+    ALIGN_RENEWALS = False  # one metadata call per server: spread, not bunched
     PARAMS = (*OPENSTACK_PARAMS, *vm_params(), NETWORKS, *LAUNCH_PARAMS, *LIFE_PARAMS)

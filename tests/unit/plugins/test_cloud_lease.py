@@ -65,7 +65,7 @@ def vm(wid: str, state: WorkerState, lease: float | None, machine: str = "vm1") 
 
 def test_renewal_is_one_write_for_every_wanted_worker_once_one_is_due() -> None:
     port, _cloud, env, _ = setup()
-    plugin = submit(env, lease=3600)
+    plugin = submit(env, cls=EC2Submit, lease=3600)
     fresh = [vm("a", S.BUSY, NOW + 3000), vm("b", S.IDLE, NOW + 2000)]
     assert plugin.maintain(fresh, NOW) == []  # more than half left on each: nothing written
     ws = [
@@ -81,7 +81,13 @@ def test_renewal_is_one_write_for_every_wanted_worker_once_one_is_due() -> None:
     want = ["i-a", "i-b", "i-c", "i-d"]  # not the retired, interrupted ones: they run out
     assert writes == [("set_tags", want, {TAG_LEASE: str(int(NOW + 3600))})]
     assert line == f"renewed the lease of 4 to {int(NOW + 3600)}"
-    assert submit(env).maintain(ws, NOW) == []  # no lease: never written
+    assert submit(env, cls=EC2Submit).maintain(ws, NOW) == []  # no lease: never written
+    # OpenStack (one call per server): only the due ones, so the calls spread over cycles
+    port.calls.clear()
+    assert submit(env, lease=3600).maintain(ws, NOW) == [
+        f"renewed the lease of 3 to {int(NOW + 3600)}"
+    ]
+    assert [sorted(c[1]) for c in port.calls] == [["i-b", "i-c", "i-d"]]
 
 
 def test_lease_ad() -> None:

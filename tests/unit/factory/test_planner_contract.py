@@ -251,3 +251,28 @@ def test_the_roll_never_drops_supply_below_the_target() -> None:
     assert all(x.fingerprint == NEW for x in workers)
     assert sum(1 for x in workers if x.state in (I, U)) == target
     assert len(workers) == target
+
+
+def test_status_workers_says_spot_interruption_lifetime_and_drift() -> None:
+    from pilotfactory.cli import format_workers
+    from pilotfactory.factory.info import BatchQueueInfo
+    from pilotfactory.factory.trace import CycleTrace, workers_view
+
+    workers = (
+        w("x", X, interruption=NOW + 90, machine="vm9"),
+        w("old", U, busy=1, deadline=NOW - 1, machine="vm1"),
+        w("d", I, fingerprint=OLD, machine="vm2"),
+        w("c", I, fingerprint=NEW, machine="vm3"),
+    )
+    settings = replace(S, max_retire_per_cycle="5")
+    result = plan(PlanInput(0, workers, NOW, settings, fingerprint=NEW))
+    trace = CycleTrace(queue="q", time=NOW, batch=BatchQueueInfo("q", NOW, workers))
+    trace.planned = list(result.actions)
+    view = workers_view(trace)
+    rows = {r["id"]: r for r in view["joined"] + view["unjoined"]}
+    assert rows["x"]["why"].startswith("spot interruption: the provider ends it at")
+    assert rows["x"]["this_cycle"] == "vacate: spot interruption"
+    assert rows["old"]["this_cycle"] == "retire (drain): lifetime"
+    assert rows["d"]["this_cycle"] == "retire (drain): drift"
+    text = format_workers(view)
+    assert "spot interruption" in text and ": drift" in text and ": lifetime" in text

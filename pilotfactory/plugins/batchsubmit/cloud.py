@@ -47,6 +47,7 @@ from pilotfactory.factory.info import RetireMode, Worker, WorkerKind, WorkerSet,
 from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, RetireGroup, SubmitError
 from pilotfactory.factory.ports import (
     CloudError,
+    CloudInvalidRequest,
     CloudPort,
     CloudUnavailable,
     CondorError,
@@ -404,7 +405,22 @@ class CloudSubmit(BatchSubmitPlugin):
         if self.ALIGN_RENEWALS:
             due = wanted
         until = str(int(now + lease))
-        self.record(due, {TAG_LEASE: until}, "lease renewal")
+        try:
+            self.record(due, {TAG_LEASE: until}, "lease renewal")
+        except SubmitError as exc:
+            if len(due) == 1 or not isinstance(exc.__cause__, CloudInvalidRequest):
+                raise
+            # One id the provider refuses (an instance gone since the refresh) must not leave
+            # every other lease to run out, and the sweep to end them: one by one, this once.
+            failed = []
+            for w in due:
+                try:
+                    self.record([w], {TAG_LEASE: until}, "lease renewal")
+                except SubmitError as one:
+                    failed.append(w.instance_id or w.id)
+                    log.warning("[%s] %s", self.queue.queue, one)
+            done = f"renewed the lease of {len(due) - len(failed)} to {until} one by one"
+            return [done + (f"; refused for {', '.join(failed[:10])}" if failed else "")]
         return [f"renewed the lease of {len(due)} to {until}"]
 
     ALIGN_RENEWALS: ClassVar[bool] = True

@@ -19,7 +19,12 @@ from pilotfactory.factory.contract import (
 )
 from pilotfactory.factory.info import Worker, WorkerState
 from pilotfactory.factory.plugin import SubmitError
-from pilotfactory.factory.ports import CondorRejected, Instance
+from pilotfactory.factory.ports import (
+    CloudInvalidRequest,
+    CloudUnavailable,
+    CondorRejected,
+    Instance,
+)
 from pilotfactory.plugins.batchsubmit.cloud import EC2Submit
 from pilotfactory.plugins.batchsubmit.vmlife import launch_times
 from tests.unit.plugins.test_cloud_plugins import NOW, WID, Q, setup, slot, status, submit
@@ -177,3 +182,42 @@ def test_ec2_plugin_has_the_contract_too() -> None:
     plugin = submit(env, cls=EC2Submit, lease=60)
     tags = plugin.tags("w", NOW)
     assert tags[TAG_LEASE] == str(int(NOW + 60)) and tags[TAG_FACTORY] == "f1"
+
+
+def test_one_refused_id_does_not_stop_the_other_renewals() -> None:
+    """EC2 refuses a whole CreateTags for one unknown id: the renewal falls back to one call
+    per worker, so the other leases do not run out (and get swept)."""
+    port, cloud, env, _ = setup()
+    real = cloud.set_tags
+
+    def set_tags(ids: list[str], tags: dict[str, str]) -> None:
+        if "i-gone" in ids:
+            cloud.calls.append(("set_tags", list(ids), dict(tags)))
+            raise CloudInvalidRequest("InvalidInstanceID.NotFound: i-gone")
+        real(ids, tags)
+
+    cloud.set_tags = set_tags  # type: ignore[method-assign]
+    plugin = submit(env, cls=EC2Submit, lease=3600)
+    ws = [vm("a", S.BUSY, None), vm("gone", S.IDLE, None), vm("b", S.IDLE, None)]
+    (line,) = plugin.maintain(ws, NOW)
+    assert line == f"renewed the lease of 2 to {int(NOW + 3600)} one by one; refused for i-gone"
+    ids = [c[1] for c in port.calls if c[0] == "set_tags"]
+    assert sorted(ids[0]) == ["i-a", "i-b", "i-gone"] and sorted(ids[1:]) == [
+        ["i-a"],
+        ["i-b"],
+        ["i-gone"],
+    ]
+
+    def down(ids: list[str], tags: dict[str, str]) -> None:
+        cloud.calls.append(("set_tags", list(ids), dict(tags)))
+        raise CloudUnavailable("HTTP 503")
+
+    cloud.set_tags = down  # type: ignore[method-assign]
+    before = len(port.calls)
+    try:  # the provider down: no call per VM, the failure is the cycle's result line
+        plugin.maintain(ws, NOW)
+    except SubmitError:
+        pass
+    else:
+        raise AssertionError("a renewal that failed must be raised")
+    assert len(port.calls) == before + 1

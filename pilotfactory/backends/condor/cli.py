@@ -128,6 +128,11 @@ def _to_classad(obj: Mapping[str, Any]) -> classad2.ClassAd:
     return ad
 
 
+def render_ads(ads: Sequence[Mapping[str, Any]]) -> str:
+    """Ads in the old ClassAd syntax, separated by one blank line each (``-multiple``)."""
+    return "\n".join(_to_classad(ad).printOld().rstrip("\n") + "\n" for ad in ads)
+
+
 def _job_constraint(job_ids: Sequence[str]) -> str:
     terms = []
     for job_id in job_ids:
@@ -262,15 +267,16 @@ class CliCondor:
         self._run(argv, default=CondorUnreachable)
 
     def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
-        """All ads in one file, separated by blank lines: one ``condor_advertise`` call."""
+        """All ads in one file: one ``condor_advertise -multiple`` call (without
+        ``-multiple`` the tool ignores the blank lines and sends one merged ad)."""
         if not ads:
             return
-        text = "\n".join(_to_classad(ad).printOld() for ad in ads)
         with tempfile.TemporaryDirectory(prefix="pilotfactory-advertise-") as tmp:
             path = os.path.join(tmp, "ads")
             with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            self._run(["condor_advertise", *self._pool_args(), "UPDATE_AD_GENERIC", path])
+                fh.write(render_ads(ads))
+            argv = ["condor_advertise", *self._pool_args(), "-multiple", "UPDATE_AD_GENERIC", path]
+            self._run(argv)
 
     # -- schedd actions ----------------------------------------------------------------------
 

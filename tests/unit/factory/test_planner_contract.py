@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pilotfactory.factory.info import SUPPLY, RetireMode, Worker, WorkerState
 from pilotfactory.factory.planner import (
@@ -276,3 +278,46 @@ def test_status_workers_says_spot_interruption_lifetime_and_drift() -> None:
     assert rows["d"]["this_cycle"] == "retire (drain): drift"
     text = format_workers(view)
     assert "spot interruption" in text and ": drift" in text and ": lifetime" in text
+
+
+contract_picks = st.lists(
+    st.tuples(
+        st.sampled_from(list(WorkerState)),
+        st.integers(0, 3),  # busy slots
+        st.sampled_from([None, NOW - 5, NOW + 500]),  # deadline
+        st.sampled_from([None, OLD, NEW]),  # fingerprint
+        st.sampled_from([None, NOW + 60, NOW - 1000]),  # interruption
+        st.booleans(),  # vacated
+    ),
+    max_size=25,
+)
+
+
+@given(n=st.integers(-20, 20), picks=contract_picks, budget=st.sampled_from([None, "1", "3"]))
+@settings(max_examples=300, deadline=None)
+def test_contract_invariants(n: int, picks: list[tuple], budget: str | None) -> None:
+    workers = [
+        w(f"w{k}", s_, busy=b, deadline=d, fingerprint=f, interruption=i, vacated=v)
+        for k, (s_, b, d, f, i, v) in enumerate(picks)
+    ]
+    settings_ = replace(S, max_retire_per_cycle=budget, retire_mode=RetireMode.KILL)
+    res = plan(PlanInput(n, tuple(workers), NOW, settings_, fingerprint=NEW))
+    touched = [x.id for a in res.actions for x in a.workers]
+    assert len(touched) == len(set(touched)), "at most one action per worker per cycle"
+    cap = max(1, -(-len(workers) // 10)) if budget is None else int(budget)
+    gentle = 0
+    for a in res.actions:
+        for x in a.workers:
+            if a.kind is ActionKind.VACATE:
+                assert x.state is X and not x.vacated
+            if a.kind is ActionKind.REAP and x.state is X:
+                assert not a.failure and x.vacated
+            if a.kind is ActionKind.UNRETIRE:
+                leaving = (x.deadline is not None and NOW >= x.deadline) or x.fingerprint == OLD
+                assert not leaving, "a VM that must go is never brought back"
+        if a.kind is ActionKind.RETIRE and a.reason.startswith(("lifetime", "drift")):
+            assert a.mode is not RetireMode.KILL, "lifetime and drift never evict"
+            gentle += len(a.workers)
+    assert gentle <= cap
+    bought = sum(a.count for a in res.actions if a.kind is ActionKind.SUBMIT)
+    assert bought <= max(0, n) + cap

@@ -202,3 +202,46 @@ def test_one_advertise_per_collector_per_cycle_for_all_its_queues(tmp_path: Path
         world.advance(STEP)
     # per cycle: cm1 gets A and B in one call, cm2 gets C; D has no lease and no ad
     assert sorted(map(sorted, calls)) == sorted([["lease/A", "lease/B"], ["lease/C"]] * 3)
+
+
+def test_max_lifetime_retires_staggered_peacefully(tmp_path: Path) -> None:
+    """max_lifetime with its stagger: the pool launched at once is not retired at once; each
+    VM past its deadline is retired (drained, its job finishes: zero evictions) and replaced."""
+    clock = VirtualClock()
+    world = SimWorld(
+        clock,
+        SimConfig(
+            seed=5,
+            pool=PoolConfig(static_nodes=0),
+            cloud=CloudConfig(default_retirement_time=86400.0),
+        ),
+    )
+    conf = tmp_path / "queues.conf"
+    conf.write_text(
+        QUEUES.format(q=Q, n=TARGET, image="img").replace(
+            "max_retire_per_cycle = 2", "max_retire_per_cycle = 6"
+        )
+        + "batchsubmit.ec2.max_lifetime = 3600\nbatchsubmit.ec2.lifetime_stagger = 0.5\n"
+    )
+    res = load_queues([str(conf)])
+    assert res.errors == [], res.problems
+    fcfg = replace(default_factory_config(), factory_id="life", raw={"baseLogDir": str(tmp_path)})
+    factory = Factory(fcfg, res.queues, world, clock)
+    world.pool.add_payload_jobs(Q, [600.0] * 200)
+    traces: list[CycleTrace] = []
+    run(world, factory, 3 * 3600, traces)
+    lifetime = [(t.time, a) for t in traces for a in t.planned if a.reason.startswith("lifetime")]
+    # the six launched together retire over several cycles (the budget would allow one)
+    retired = sorted(((t, wk) for t, a in lifetime for wk in a.workers), key=lambda x: x[0])
+    assert len(retired) >= TARGET
+    assert len({t for t, _ in retired[:TARGET]}) >= 3
+    assert all(a.mode is not None and a.mode.value == "drain" for _, a in lifetime)
+    assert sum(world.metrics.payload_killed.values()) == 0
+    for t, wk in retired:
+        assert wk.deadline is not None and t >= wk.deadline
+        assert wk.submitted_at is not None and wk.deadline - wk.submitted_at <= 3600 + 1
+    # each one replaced by the chain (lifetime buys no surge: a replacement boots after)
+    info = factory.queues[Q].batch_source.info(Q)
+    assert info is not None
+    S_ = WorkerState
+    assert info.count(S_.PENDING, S_.BOOTING, S_.IDLE, S_.BUSY) == TARGET

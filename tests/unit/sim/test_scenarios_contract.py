@@ -245,3 +245,35 @@ def test_max_lifetime_retires_staggered_peacefully(tmp_path: Path) -> None:
     assert info is not None
     S_ = WorkerState
     assert info.count(S_.PENDING, S_.BOOTING, S_.IDLE, S_.BUSY) == TARGET
+
+
+def test_condorec2_spot_notice_vacated_and_replaced_never_a_failure(tmp_path: Path) -> None:
+    """The grid-universe path: the notice on the VM's slots, the record in its job ad, the
+    gridmanager's job ending when the provider ends the instance: no failure, one replacement."""
+    from pilotfactory.sim.workload import Burst, Workload
+    from tests.unit.sim.test_scenarios import queues as grid_queues
+    from tests.unit.sim.test_scenarios import run as grid_run
+    from tests.unit.sim.test_scenarios import world_and_factory as grid_world
+
+    qs = grid_queues(tmp_path, chain="JobsPerVM, MaxVMs")
+    wl = Workload((Burst(0.0, 16, label="LABEL", duration=(40_000.0, 40_000.0)),))
+    world, factory, clock = grid_world(tmp_path, qs, wl, interruption_notice=120.0)
+    grid_run(world, factory, clock, 30)
+    assert world.metrics.instances_launched.total() == 4
+    victim = next(r for r in world.sim_cloud.instances() if r.state == "running")
+    world.sim_cloud.interrupt(victim, after=120.0)
+    clock.sleep(5)
+    world.tick()
+    (t,) = factory.cycle(force=True)
+    (vacate,) = [a for a in t.planned if a.kind is ActionKind.VACATE]
+    assert [w.instance_id for w in vacate.workers] == [victim.instance_id]
+    assert "vacated 1 (spot interruption)" in t.results
+    job = world.pool.job(victim.owner_job or "")
+    assert job is not None and job.get("PilotFactoryInterruptedAt")
+    assert job.get("PilotFactoryFingerprint") == factory.queues["VMS"].submitter.fingerprint()
+    traces = [t, *grid_run(world, factory, clock, 30)]
+    assert sum(a.count for tr in traces for a in tr.planned if a.kind is ActionKind.SUBMIT) == 1
+    assert not any(a.failure for tr in traces for a in tr.planned)
+    assert all(not failure for failure, _ in factory.queues["VMS"].backoff.endings)
+    assert world.metrics.instances_launched.total() == 5
+    assert sum(world.metrics.payload_killed.values()) == 0

@@ -10,6 +10,7 @@ batch status plugin must tell "retired by us" from "vanished" after a restart.
 from __future__ import annotations
 
 import logging
+import os
 import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -166,18 +167,24 @@ class CondorEC2Submit(CondorSubmitBase):
     # ------------------------------------------------------------------ the VM contract
     # (issue 18, factory side; kept apart from the user data rendering above)
 
+    _ud_cache: tuple[tuple[int, int], str] | None = None
+
     def fingerprint(self) -> str | None:
         """The image, instance type, user data and collector the grid jobs launch with."""
         p = self.params
         if not p.get("ami_id") or not p.get("instance_type"):
             return None
         text = p.get("user_data") or ""
-        if p.get("user_data_file"):
+        path = p.get("user_data_file")
+        if path:  # read again only when it changed (asked every cycle)
             try:
-                with open(p["user_data_file"], encoding="utf-8") as fh:
-                    text = fh.read()
+                st = os.stat(path)
+                if self._ud_cache is None or self._ud_cache[0] != (st.st_mtime_ns, st.st_size):
+                    with open(path, encoding="utf-8") as fh:
+                        self._ud_cache = ((st.st_mtime_ns, st.st_size), fh.read())
             except OSError:
                 return None
+            text = self._ud_cache[1]
         return fingerprint(
             str(p["ami_id"]),
             [str(p["instance_type"])],

@@ -880,3 +880,15 @@ def test_ec2_jobs_carry_the_fingerprint_and_read_it_back(tmp_path):
     assert [c[0] for c in port.calls[-2:]] == ["edit", "vacate"]
     assert port.calls[-2][1:3] == (["3.0"], "PilotFactoryInterruptedAt")
     assert port.calls[-1][1] == "vm3"
+
+
+def test_ec2_fingerprint_follows_the_user_data_file(tmp_path):
+    ud = tmp_path / "ud.sh"
+    ud.write_text("#!/bin/sh\necho one\n")
+    plugin = ec2(tmp_path, FakeCondor(), user_data_file=str(ud))
+    first = plugin.fingerprint()
+    assert first == plugin.fingerprint()
+    ud.write_text("#!/bin/sh\necho two, longer\n")
+    assert plugin.fingerprint() not in (None, first)
+    ud.unlink()
+    assert plugin.fingerprint() is None

@@ -128,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=50, help="with --workers: rows per group (50)")
 
+    p = sub.add_parser(
+        "sweep",
+        help="terminate this factory's instances whose lease (plus grace) has passed, on every "
+        "cloud account the queues use; no daemon needed",
+    )
+    _common(p)
+    p.add_argument("--dry-run", action="store_true", help="list what is due; terminate nothing")
+    p.add_argument("--json", action="store_true", help="one JSON object: accounts, due, done")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="grace past the lease for instances whose queue is not configured and carry no "
+        "grace tag (600)",
+    )
+
     p = sub.add_parser("demo", help="run the factory against the embedded simulated pool and cloud")
     p.add_argument("-q", "--queues-conf", metavar="FILE", action="append")
     p.add_argument("-c", "--factory-conf", metavar="FILE")
@@ -603,6 +620,67 @@ def cmd_show(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_sweep(args: argparse.Namespace, world: Any = None) -> int:
+    """The dead-man's lease from outside (issue 18): list every instance tagged with this
+    factory id on every account the queues reach (instances of queues no longer configured
+    included) and terminate those past lease + grace. 0: nothing due or all done; 1: an
+    account could not be listed or an instance terminated; 2: usage or configuration."""
+    from pilotfactory.plugins.sweep import sweep_all
+
+    if args.grace < 0 or args.grace != args.grace:
+        raise ConfigError("--grace must be a number of seconds >= 0")
+    loaded = load_all(args)
+    for line in loaded.problems:
+        print(line, file=sys.stderr)
+    if loaded.errors and not loaded.result.queues:
+        return EXIT_USAGE
+    if world is None:
+        from pilotfactory.backends.world import RealWorld
+
+        world = RealWorld(loaded.fcfg.condor_backend)
+    fid = loaded.fcfg.factory_id
+    now = time.time()
+    results = sweep_all(loaded.result.queues, world, fid, now, args.grace, args.dry_run)
+    failed = any(r.error for r in results)
+    if args.json:
+        out = {
+            "factory": fid,
+            "dry_run": args.dry_run,
+            "accounts": [
+                {
+                    "account": r.account,
+                    "listed": r.listed,
+                    "due": [
+                        {
+                            "instance": d.instance_id,
+                            "queue": d.queue,
+                            "lease_until": d.lease_until,
+                            "grace": d.grace,
+                        }
+                        for d in r.due
+                    ],
+                    "terminated": r.terminated,
+                    "error": r.error,
+                }
+                for r in results
+            ],
+        }
+        print(json.dumps(out, indent=1))
+    else:
+        if not results:
+            print(f"factory {fid}: no queue reaches a cloud account; nothing to sweep")
+        for r in results:
+            head = f"{printable(r.account)}: {r.listed} instance(s) of factory {fid}"
+            print(f"{head}, {len(r.due)} past lease + grace")
+            verb = "would terminate" if args.dry_run else "terminated"
+            for d in r.due:
+                done = args.dry_run or d.instance_id in r.terminated
+                print(f"  {verb if done else 'NOT terminated'} {printable(d.text(now))}")
+            if r.error:
+                print(f"  FAILED: {printable(r.error, 2000)}")
+    return EXIT_CONFIG if failed else EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.daemon:
         return daemon_status(args)
@@ -855,6 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "show": cmd_show,
         "run": cmd_run,
         "status": cmd_status,
+        "sweep": cmd_sweep,
         "demo": cmd_demo,
         "sim": cmd_sim,
     }

@@ -100,6 +100,15 @@ LEASE_AD_TYPE = "PilotFactoryLease"
 """``MyType`` of the collector ad the factory advertises per VM queue with a lease each cycle
 (``Name = "<factory>/<queue>"``, ``PilotFactoryLeaseUntil``); the VMs renew their lease from it."""
 FINGERPRINT_ATTR = "PilotFactoryFingerprint"
+# Factory side's own additions to the contract (issue 18; not read by the VM).
+TAG_LEASE_GRACE = "pilotfactory:lease_grace"
+"""Seconds past ``pilotfactory:lease_until`` before ``sweep`` terminates the instance: tagged at
+launch, so a sweep judges an instance of a queue no longer configured by its own grace."""
+TAG_INTERRUPTED = "pilotfactory:interrupted_at"
+"""Set when the factory vacates a VM the provider announced it will interrupt: its end (by the
+provider) is then no failure of the queue (not LOST)."""
+INTERRUPTED_AT = "PilotFactoryInterruptedAt"
+"""The same record in a grid-universe VM's job ad."""
 
 # Grid-universe VMs (CondorEC2): the gridmanager copies these ec2_tag_* names onto the instance.
 GRID_TAG_FACTORY = "pilotfactory_factory"

@@ -132,6 +132,19 @@ class Executor:
             if action.kind is ActionKind.SUBMIT:
                 self.backoff.back_off(now, msg, self.queue)
 
+    def maintain(self, trace: CycleTrace, now: float) -> None:
+        """The submit plugin's upkeep of the queue's workers (lease renewals); a failure is
+        a result line, never the cycle's end."""
+        if trace.batch is None:
+            return
+        try:
+            trace.results.extend(self.submitter.maintain(trace.batch.workers, now))
+        except Exception as exc:
+            msg = f"maintain failed: {type(exc).__name__}: {clip(str(exc))}"
+            trace.results.append(msg)
+            self.counters["errors"] += 1
+            log.error("queue %s: %s", self.queue, msg)
+
     def retire(self, actions: Sequence[Action], trace: CycleTrace) -> None:
         """One ``retire_groups`` call for the cycle's retires (drain and peaceful ones), so
         the plugin can record them in one write."""
@@ -183,6 +196,10 @@ class Executor:
             sub.unretire(action.workers)
             self.counters["unretired"] += n
             trace.results.append(f"unretired {n}")
+        elif action.kind is ActionKind.VACATE:
+            sub.vacate(action.workers)
+            self.counters["vacated"] = self.counters.get("vacated", 0) + n
+            trace.results.append(f"vacated {n} (spot interruption)")
         elif action.kind is ActionKind.CANCEL:
             sub.cancel(action.workers)
             self.counters["cancelled"] += n

@@ -31,7 +31,7 @@ from pilotfactory.factory.plugin import (
     StatusSource,
     WMSStatusPlugin,
 )
-from pilotfactory.factory.ports import World
+from pilotfactory.factory.ports import CondorTarget, World
 from pilotfactory.factory.queue import Queue, bounded
 from pilotfactory.factory.trace import CycleTrace
 
@@ -215,6 +215,8 @@ class Factory:
         for q, trace in zip(due, decided, strict=True):
             current, error = rechecked.get(id(q.batch_source), ({}, None))
             traces.append(q.act(trace, current, error))
+        if not self.dry_run:
+            self._advertise_leases(due, self.clock.now())
         end = self.clock.now()
         for q in due:
             q.schedule(now, end)
@@ -333,6 +335,32 @@ class Factory:
             for src in sources:
                 out[id(src)] = answer
         return out
+
+    def _advertise_leases(self, due: Sequence[Queue], now: float) -> None:
+        """The lease ads of the queues that ran (issue 18), one advertise per collector for
+        all its queues; a queue removed or a factory stopped advertises nothing and the
+        collector expires the ad. A failure is logged: the VMs fall back to their tagged
+        lease, and sweep is the backstop."""
+        by_target: dict[Any, list[dict[str, Any]]] = {}
+        for q in due:
+            try:
+                found = q.submitter.lease_ad(now)
+            except Exception as exc:
+                log.warning("queue %s: no lease ad: %s", q.name, exc)
+                continue
+            if found is not None:  # one call per collector, whatever the schedds
+                target = CondorTarget(collector=found[0].collector)
+                by_target.setdefault(target, []).append(found[1])
+        for target, ads in by_target.items():
+            try:
+                self.env.world.condor(target).advertise(ads)
+            except Exception as exc:
+                log.warning(
+                    "advertising %d lease ad(s) to %s failed: %s",
+                    len(ads),
+                    target.collector or "the local collector",
+                    exc,
+                )
 
     def _report_unconfigured(self, refreshed: Sequence[SourceState]) -> None:
         """Workers labelled with a queue this factory no longer has (a queue removed from

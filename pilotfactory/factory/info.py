@@ -74,6 +74,10 @@ class WorkerState(enum.Enum):
     """Completed or removed."""
     UNKNOWN = "unknown"
     """State could not be read this cycle. Counted as present, never as gone."""
+    INTERRUPTED = "interrupted"
+    """VMs: the provider announced it will end the VM (a spot interruption notice). Its
+    capacity is gone already (no supply, so its replacement is bought at once), it is vacated
+    and its end is no failure."""
 
 
 # Which states count as supply (the worker exists or is on its way) and which as failure.
@@ -88,6 +92,7 @@ class WorkerState(enum.Enum):
 #   LOST      no      -             yes
 #   DONE      no      -             no
 #   UNKNOWN   yes     running       no
+#   INTERRUPTED no    -             no (the provider's doing; vacated, then reaped)
 SUPPLY: frozenset[WorkerState] = frozenset(
     {
         WorkerState.PENDING,
@@ -153,6 +158,17 @@ class Worker:
     """Joined VMs: whether the startd shows a retire under way (a slot Draining, Drained or
     Retiring). A recorded retire the startd does not show was never sent (the factory died
     between record and act) or was lost; the planner sends it again."""
+    interruption: float | None = None
+    """VMs: the provider's stated action time of an interruption notice (epoch seconds; the
+    slots' ``PilotFactoryInterruption``), or when the factory recorded it."""
+    vacated: bool = False
+    """VMs: the factory recorded (tag / job ad) that it vacated this interrupted VM."""
+    deadline: float | None = None
+    """VMs: end of life (``max_lifetime`` with its stagger); None: none."""
+    fingerprint: str | None = None
+    """VMs: what it was launched as; another than the queue's current one means drifted."""
+    lease_until: float | None = None
+    """VMs: the dead-man's lease as tagged (renewed by the daemon); None: no lease."""
 
 
 class JobRecord(NamedTuple):

@@ -9,6 +9,12 @@ Every cycle: reap retired workers, booting ones past ``boot_timeout``, held ones
 request, a grid job the gridmanager cannot act on: pending forever otherwise, counted as coming
 supply); the cause a status plugin reports for a pending request is a note every cycle.
 
+The worker VM contract (issue 18), VMs only: an INTERRUPTED VM (the provider's notice) is
+vacated at once and reaped, never as a failure, once the provider's time has passed; a VM past
+its deadline is retired ("lifetime"); a VM whose fingerprint is not the queue's current one is
+drifted and replaced surge-first: a replacement is bought, and the drifted VM is retired
+("drift") only once a current VM is there idle to take its place, so supply never drops.
+
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import enum
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pilotfactory.factory.contract import KEEP_ATTR
@@ -159,6 +165,7 @@ class PlannerSettings:
 
 class ActionKind(enum.Enum):
     UNRETIRE = "unretire"
+    VACATE = "vacate"
     SUBMIT = "submit"
     CANCEL = "cancel"
     RETIRE = "retire"
@@ -206,6 +213,8 @@ class PlanInput:
     """Circuit breaker: why retire and reap are frozen this cycle (None: not frozen)."""
     submit_blocked: str | None = None
     """Back-off: why no new workers may be submitted this cycle."""
+    fingerprint: str | None = None
+    """The queue's current VM fingerprint (None: unknown, nothing is judged drifted)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, WorkerSet):
@@ -256,18 +265,61 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
     held: list[HeldBack] = []
     last_up = memory.last_scale_up
 
-    # ---- reaping, every cycle
+    # ---- reaping, every cycle; vacating interrupted VMs even when frozen (the notice is the
+    # provider's positive word, not a missing ad)
     notes.extend(stuck_notes(inp))
+    actions.extend(_vacates(inp))
     if inp.freeze:
         notes.append(f"retire and reap frozen: {inp.freeze}")
     else:
         actions.extend(_reaps(inp))
-    reaped = {w.id for a in actions for w in a.workers}
+    reaped = {w.id for a in actions if a.kind is ActionKind.REAP for w in a.workers}
+
+    life = Life.of(inp, reaped)
+    n = inp.n
+    if n < 0 and life.surge_on_way:
+        # the chain counts the replacements bought for drifted VMs as excess: they are not
+        n = min(0, n + life.surge_on_way)
+        notes.append(
+            f"n={inp.n}->{n}: {life.surge_on_way} replacement(s) of drifted VMs on the way"
+        )
+    cap_left = life.cap
+    if life.expired and not inp.freeze:
+        expired = life.expired[:cap_left]
+        if len(expired) < len(life.expired):
+            notes.append(
+                f"lifetime: {len(life.expired) - len(expired)} more past their deadline wait "
+                "for the disruption budget"
+            )
+        actions.extend(_gentle_retires(inp, tuple(expired), "lifetime: past max_lifetime", notes))
+        cap_left -= len(expired)
+        reaped |= {w.id for w in expired}
+        n = min(0, n + len(expired)) if n < 0 else n
 
     counters: dict[str, int] = {}
     take_away = "retire" if inp.worker_kind is WorkerKind.VM else "cancel"
-    if inp.n > 0:
-        last_up = inp.now
+    surge = 0
+    if n >= 0 and life.drifted and not inp.freeze:
+        k = min(len(life.drifted), cap_left, life.spare)
+        if k:
+            actions.extend(
+                _gentle_retires(
+                    inp,
+                    tuple(life.drifted[:k]),
+                    f"drift: fingerprint is not the queue's {inp.fingerprint}; a current VM "
+                    "took its place",
+                    notes,
+                )
+            )
+        surge = max(0, min(life.cap, len(life.drifted) - k) - life.on_way - (life.spare - k))
+        if len(life.drifted) > k:
+            notes.append(
+                f"drift: {len(life.drifted) - k} drifted VM(s) wait for a replacement "
+                f"({life.on_way} on the way, {surge} more bought)"
+            )
+    if n > 0 or surge > 0:
+        if n > 0:
+            last_up = inp.now
         retiring = [
             w
             for w in inp.workers.in_states(WorkerState.RETIRING)
@@ -276,40 +328,44 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
         # Most recently asked to retire first: it has the most work left and is furthest from
         # exiting, so un-retiring it is the surest.
         retiring.sort(key=lambda w: -(w.retire_requested_at or w.since))
-        unretire = retiring[: inp.n]
+        unretire = [w for w in retiring if not life.is_leaving(w)][: max(0, n)]
         if unretire:
             actions.append(
                 Action(ActionKind.UNRETIRE, tuple(unretire), reason="cheaper than a new worker")
             )
-        rest = inp.n - len(unretire)
+        rest = max(0, n) - len(unretire) + surge
         if rest > 0:
             submit, why = _submit_count(inp, rest)
             if why:
                 notes.append(why)
                 held.append(HeldBack("buy", why, rest - submit))
             if submit > 0:
-                actions.append(Action(ActionKind.SUBMIT, count=submit, reason=f"n={inp.n}"))
-    elif inp.n < 0:
+                reason = f"n={n}" if surge == 0 else f"n={n}, drift surge {surge}"
+                actions.append(Action(ActionKind.SUBMIT, count=submit, reason=reason))
+    elif n < 0:
         if inp.freeze:
-            notes.append(f"n={inp.n} not acted on: frozen")
-            held.append(HeldBack(take_away, f"circuit breaker: {inp.freeze}", -inp.n))
+            notes.append(f"n={n} not acted on: frozen")
+            held.append(HeldBack(take_away, f"circuit breaker: {inp.freeze}", -n))
         elif (
             s.scale_down_delay > 0
             and last_up is not None
             and inp.now - last_up < s.scale_down_delay
         ):
             wait = s.scale_down_delay - (inp.now - last_up)
-            notes.append(f"n={inp.n} held back: scale_down_delay, {wait:.0f}s to go")
+            notes.append(f"n={n} held back: scale_down_delay, {wait:.0f}s to go")
             held.append(
                 HeldBack(
                     take_away,
                     f"scale_down_delay={s.scale_down_delay:g}s since the last scale-up, "
                     f"{wait:.0f}s to go",
-                    -inp.n,
+                    -n,
                 )
             )
         else:
-            actions_down, counters, down_notes = _scale_down(inp, memory, reaped, held)
+            down = replace(inp, n=n) if n != inp.n else inp
+            actions_down, counters, down_notes = _scale_down(
+                down, memory, reaped, held, life, cap_left
+            )
             actions.extend(actions_down)
             notes.extend(down_notes)
     if not inp.freeze:  # last: an un-retire this cycle wins over a second send
@@ -321,18 +377,122 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
     )
 
 
+INTERRUPT_REAP_AFTER = 300.0
+"""Seconds past the provider's stated time an interrupted VM may still be listed (a stop or
+hibernate, a late provider) before the factory terminates it itself (no failure)."""
+SURGE_DEFAULT = 0.1
+"""Without ``max_retire_per_cycle``, a drift surge buys at most this share of the queue at
+once (at least one VM)."""
+
+
+@dataclass(frozen=True)
+class Life:
+    """The worker VM contract's view of a queue's joined VMs this cycle (issue 18)."""
+
+    expired: tuple[Worker, ...] = ()
+    """Joined, staying, past their deadline; most overdue first."""
+    drifted: tuple[Worker, ...] = ()
+    """Joined, staying, launched as something else than the queue's current fingerprint;
+    idle ones first (longest idle), then busy ones with the fewest busy slots."""
+    on_way: int = 0
+    """Pending and booting VMs (new launches are current): replacements under way."""
+    spare: int = 0
+    """Idle current VMs not already standing in for a drifted one that is retiring."""
+    cap: int = 0
+    """Disruption budget of this cycle for lifetime and drift retires, and the surge size."""
+    now: float = 0.0
+    current: str | None = None
+
+    @property
+    def surge_on_way(self) -> int:
+        return min(self.on_way, len(self.drifted))
+
+    def is_leaving(self, w: Worker) -> bool:
+        """Un-retiring it would bring back a VM that must go anyway (past its deadline, or
+        drifted)."""
+        if w.deadline is not None and self.now >= w.deadline:
+            return True
+        return self.current is not None and w.fingerprint not in (None, self.current)
+
+    @classmethod
+    def of(cls, inp: PlanInput, reaped: set[str]) -> Life:
+        if inp.worker_kind is not WorkerKind.VM:
+            return cls()
+        s, now, current = inp.settings, inp.now, inp.fingerprint
+        staying = inp.workers.in_states(WorkerState.IDLE, WorkerState.BUSY)
+        if not any(w.deadline or w.fingerprint for w in staying):
+            # no VM carries the contract: nothing to judge (the common case)
+            return cls(now=now, current=current)
+        expired: list[Worker] = []
+        drifted: list[Worker] = []
+        spare = 0
+        for w in staying:
+            if w.id in reaped or (w.keep and now - w.since < s.keep_max):
+                continue
+            if w.deadline is not None and now >= w.deadline:
+                expired.append(w)
+            elif current is not None and w.fingerprint is not None and w.fingerprint != current:
+                drifted.append(w)
+            elif w.state is WorkerState.IDLE:
+                spare += 1
+        standing_in = sum(
+            1
+            for w in inp.workers.in_states(WorkerState.RETIRING)
+            if current is not None and w.fingerprint is not None and w.fingerprint != current
+        )
+        expired.sort(key=lambda w: w.deadline or 0.0)
+        drifted.sort(key=lambda w: (w.state is not WorkerState.IDLE, w.slots_busy, w.since))
+        size = len(inp.workers)
+        cap = retire_cap(s.max_retire_per_cycle, size)
+        if cap is None:
+            cap = max(1, math.ceil(size * SURGE_DEFAULT))
+        on_way = inp.workers.count(WorkerState.PENDING, WorkerState.BOOTING)
+        return cls(
+            tuple(expired), tuple(drifted), on_way, max(0, spare - standing_in), cap, now, current
+        )
+
+
+def _gentle_retires(
+    inp: PlanInput, workers: tuple[Worker, ...], reason: str, notes: list[str]
+) -> list[Action]:
+    """Lifetime and drift retires never evict: a drain where it is safe, else peaceful, even
+    in a queue whose ``retire_mode`` is kill."""
+    if not workers:
+        return []
+    s = inp.settings
+    mode = RetireMode.PEACEFUL if s.retire_mode is RetireMode.PEACEFUL else RetireMode.DRAIN
+    return _retire_actions(
+        replace(inp, settings=replace(s, retire_mode=mode)), workers, notes, reason
+    )
+
+
+def _vacates(inp: PlanInput) -> list[Action]:
+    """Interrupted VMs not vacated yet: their payload goes back to the queue now, while the
+    provider's notice lasts."""
+    if inp.worker_kind is not WorkerKind.VM:
+        return []
+    todo = tuple(w for w in inp.workers.in_states(WorkerState.INTERRUPTED) if not w.vacated)
+    if not todo:
+        return []
+    return [Action(ActionKind.VACATE, todo, reason="spot interruption: the provider's notice")]
+
+
 def _reaps(inp: PlanInput) -> list[Action]:
     s = inp.settings
     retired: list[Worker] = []
     lost: list[Worker] = []
     held: list[Worker] = []
     stuck: list[Worker] = []
+    ended: list[Worker] = []
     states = [WorkerState.RETIRED, WorkerState.LOST, WorkerState.BOOTING, WorkerState.HELD]
     vms = inp.worker_kind is WorkerKind.VM  # an idle pilot waits for a slot: not stuck
     if vms:
-        states.append(WorkerState.PENDING)
+        states += [WorkerState.PENDING, WorkerState.INTERRUPTED]
     for w in inp.workers.in_states(*states):
-        if w.state is WorkerState.RETIRED:
+        if w.state is WorkerState.INTERRUPTED:
+            if w.vacated and inp.now - (w.interruption or w.since) > INTERRUPT_REAP_AFTER:
+                ended.append(w)
+        elif w.state is WorkerState.RETIRED:
             retired.append(w)
         elif w.state is WorkerState.LOST or (
             w.state is WorkerState.BOOTING and inp.now - w.since > s.boot_timeout
@@ -345,6 +505,15 @@ def _reaps(inp: PlanInput) -> list[Action]:
     out: list[Action] = []
     if retired:
         out.append(Action(ActionKind.REAP, tuple(retired), reason="retired"))
+    if ended:
+        out.append(
+            Action(
+                ActionKind.REAP,
+                tuple(ended),
+                reason=f"spot interruption: still there {INTERRUPT_REAP_AFTER:g}s past the "
+                "provider's time",
+            )
+        )
     if lost:
         out.append(
             Action(
@@ -442,7 +611,12 @@ def _submit_count(inp: PlanInput, want: int) -> tuple[int, str | None]:
 
 
 def _scale_down(
-    inp: PlanInput, memory: PlannerMemory, reaped: set[str], held_back: list[HeldBack]
+    inp: PlanInput,
+    memory: PlannerMemory,
+    reaped: set[str],
+    held_back: list[HeldBack],
+    life: Life | None = None,
+    cap_left: int | None = None,
 ) -> tuple[list[Action], dict[str, int], list[str]]:
     s = inp.settings
     notes: list[str] = []
@@ -454,11 +628,13 @@ def _scale_down(
     pending.sort(key=_newest_first)
     ordered: list[tuple[Worker, ActionKind]] = [(w, ActionKind.CANCEL) for w in held + pending]
     if inp.worker_kind is WorkerKind.VM or kill_mode:
+        leaving = {w.id for w in life.drifted} if life else set()
         idle = list(inp.workers.in_states(WorkerState.IDLE))
-        idle.sort(key=lambda w: w.since)  # longest idle first
+        # drifted VMs first (they are to be replaced anyway), then longest idle first
+        idle.sort(key=lambda w: (w.id not in leaving, w.since))
         busy = list(inp.workers.in_states(WorkerState.BUSY))
         if inp.worker_kind is WorkerKind.VM:
-            busy.sort(key=lambda w: (w.slots_busy, w.since))
+            busy.sort(key=lambda w: (w.id not in leaving, w.slots_busy, w.since))
         else:
             busy.sort(key=_newest_first)  # pilots in kill mode: newest first
         spared = {w.id for w in idle + busy if w.keep and inp.now - w.since < s.keep_max}
@@ -477,6 +653,11 @@ def _scale_down(
             )
             idle = [w for w in idle if w.id not in spared]
             busy = [w for w in busy if w.id not in spared]
+        if leaving:  # a roll under way: drifted VMs go first, busy ones before idle current
+            first = [w for w in idle + busy if w.id in leaving]
+            idle = [w for w in idle if w.id not in leaving]
+            busy = [w for w in busy if w.id not in leaving]
+            idle = first + idle
         ordered += [(w, ActionKind.RETIRE) for w in idle + busy]
     ordered = [(w, k) for w, k in ordered if w.id not in reaped]
     take = ordered[: -inp.n]
@@ -506,6 +687,8 @@ def _scale_down(
             )
         )
     cap = retire_cap(s.max_retire_per_cycle, len(inp.workers))
+    if cap is not None and cap_left is not None and life is not None and life.expired:
+        cap = max(0, min(cap, cap_left))  # the lifetime retires of this cycle spent the rest
     if cap is not None and len(confirmed) > cap:
         notes.append(f"disruption budget: {len(confirmed)}->{cap} (max_retire_per_cycle)")
         over = [w.id for w, _ in confirmed[cap:]]
@@ -526,20 +709,25 @@ def _scale_down(
     if cancel:
         actions.append(Action(ActionKind.CANCEL, cancel, reason=f"n={inp.n}: not running yet"))
     if retire:
-        actions.extend(_retire_actions(inp, retire, notes))
+        reason = None
+        if life is not None and any(life.is_leaving(w) for w in retire):
+            reason = f"n={inp.n}; drift: drifted VMs go first"
+        actions.extend(_retire_actions(inp, retire, notes, reason))
     # Counters survive only for workers still candidates and not acted on.
     acted = {w.id for w, _ in confirmed}
     kept = {k: v for k, v in counters.items() if k not in acted}
     return actions, kept, notes
 
 
-def _retire_actions(inp: PlanInput, workers: tuple[Worker, ...], notes: list[str]) -> list[Action]:
+def _retire_actions(
+    inp: PlanInput, workers: tuple[Worker, ...], notes: list[str], reason: str | None = None
+) -> list[Action]:
     """The mode actually sent, per worker: a drain where the startd's MaxJobRetirementTime
     covers ``expected_job_length``, else peaceful (a graceful drain on a startd whose retirement
     time is 0 evicts its jobs at once). Decided here, so the trace records what was sent."""
     s = inp.settings
     mode = s.retire_mode or DEFAULT_RETIRE_MODE[inp.worker_kind]
-    reason = f"n={inp.n}"
+    reason = reason or f"n={inp.n}"
     if mode is not RetireMode.DRAIN or inp.worker_kind is not WorkerKind.VM:
         return [Action(ActionKind.RETIRE, workers, mode=mode, reason=reason)]
     need = s.expected_job_length

@@ -22,7 +22,7 @@ from pilotfactory.factory.info import (
     WorkerKind,
 )
 from pilotfactory.factory.params import DURATION_MAX, Param
-from pilotfactory.factory.ports import World
+from pilotfactory.factory.ports import CondorTarget, World
 from pilotfactory.factory.probe import Probe
 from pilotfactory.factory.reads import SharedReads
 
@@ -313,6 +313,28 @@ class BatchSubmitPlugin(Plugin):
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         raise NotImplementedError
+
+    def vacate(self, workers: Sequence[Worker]) -> None:
+        """VMs the provider is about to end (a spot notice): record it, then send their
+        payload back to the queue now (``CondorPort.vacate``)."""
+        raise NotImplementedError(f"{self.NAME} cannot vacate")
+
+    def fingerprint(self) -> str | None:
+        """What a VM launched now would be (``vmlife.fingerprint``): VMs launched as something
+        else have drifted. None: the plugin does not say (nothing is judged drifted)."""
+        return None
+
+    def maintain(self, workers: Sequence[Worker], now: float) -> list[str]:
+        """Once per cycle after the actions: keep what the factory's VMs carry up to date
+        (renew the leases of the workers it still wants); returns what it did, for the trace.
+        By default nothing."""
+        return []
+
+    def lease_ad(self, now: float) -> tuple[CondorTarget, dict[str, Any]] | None:
+        """The collector and the lease ad this queue's VMs renew their lease from (issue
+        18), or None when the queue has no lease; the factory advertises every queue's ads
+        to one collector in one call."""
+        return None
 
     def own(self, workers: Sequence[Worker]) -> list[Worker]:
         """Only this queue's workers (label check): nothing else is ever touched."""

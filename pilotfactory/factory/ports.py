@@ -151,6 +151,12 @@ class CondorPort(Protocol):
         """Cancel a drain: running jobs untouched, slots take new jobs at once."""
         ...
 
+    def vacate(self, machine: str, reason: str) -> None:
+        """Quick drain (``condor_drain -quick``): every running job is vacated now, within its
+        MaxVacateTime, ignoring MaxJobRetirementTime, and goes back to idle; no slot takes a
+        new job. For a VM the provider is about to end (a spot notice)."""
+        ...
+
     def ping_schedd(self) -> None:
         """Reach the schedd (located through the collector) with the cheapest authenticated
         query there is (one attribute of at most one job); raise a ``CondorError`` if not."""
@@ -159,6 +165,11 @@ class CondorPort(Protocol):
     def ping_collector(self) -> None:
         """Reach the collector with one small query (its own ad); raise a ``CondorError``
         if not."""
+        ...
+
+    def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
+        """Send generic ads (each with ``MyType`` and ``Name``) to the collector in one update
+        (``UPDATE_AD_GENERIC``): the factory's lease ads."""
         ...
 
 

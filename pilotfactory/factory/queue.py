@@ -89,7 +89,7 @@ class Queue:
         """This queue's entry of the state file, encoded once per run (statefile.py)."""
         self.counters: dict[str, int] = dict.fromkeys(
             ("cycles", "submitted", "unretired", "cancelled", "retired", "reaped", "killed",
-             "errors", "failclosed", "skipped"), 0,
+             "errors", "failclosed", "skipped", "vacated"), 0,
         )  # fmt: skip
         self.executor = self._executor()
 
@@ -249,6 +249,7 @@ class Queue:
                             f"re-check failed, no retire/reap this cycle: {bounded(recheck_error)}"
                         )
                     self.executor.execute(trace, trace.time, current)
+                    self.executor.maintain(trace, trace.time)
             except Exception as exc:
                 self._failed(trace, exc)
             finally:
@@ -327,6 +328,7 @@ class Queue:
                 worker_kind=self.worker_kind,
                 freeze=self.breaker.check(batch, self.name),
                 submit_blocked=self.backoff.blocked(now, batch.workers, self.name),
+                fingerprint=self._fingerprint(),
             ),
             self.memory,
         )
@@ -336,6 +338,17 @@ class Queue:
         trace.notes.extend(result.notes)
         if trace.dry_run:
             trace.notes.append("dry run: nothing done")
+
+    def _fingerprint(self) -> str | None:
+        """The queue's current VM fingerprint; one that cannot be made (a template file gone)
+        judges nothing drifted this cycle (the submit says why)."""
+        if self.worker_kind is not WorkerKind.VM:
+            return None
+        try:
+            return self.submitter.fingerprint()
+        except Exception as exc:
+            log.debug("queue %s: no fingerprint: %s", self.name, exc)
+            return None
 
     def _log(self, trace: CycleTrace) -> None:
         """The queue's one INFO line of the cycle (everything else a cycle says is DEBUG, or a

@@ -54,7 +54,9 @@ class CircuitBreaker:
             vanished = [
                 w.id
                 for w in batch.workers.in_states(*NOT_JOINED)
-                if w.id in reference and w.master_seen is not True
+                if w.id in reference
+                and w.master_seen is not True
+                and w.state is not WorkerState.INTERRUPTED  # the provider's word, not lost ads
             ]
         why = None
         if len(reference) >= 2 and len(vanished) >= max(2, len(reference) * self.ratio):

@@ -214,8 +214,12 @@ def workers_view(trace: CycleTrace, limit: int = 50) -> dict[str, Any]:
             why.setdefault(wid, f"{held.what} held back: {held.reason}")
     acting: dict[str, str] = {}
     for action in trace.planned:
+        what = action.kind.value + (f" ({action.mode})" if action.mode else "")
+        why_word = action.reason.split(":", 1)[0]
+        if why_word in ("lifetime", "drift", "spot interruption"):
+            what += f": {why_word}"  # the contract's reasons, said on the worker's row
         for w in action.workers:
-            acting[w.id] = action.kind.value + (f" ({action.mode})" if action.mode else "")
+            acting[w.id] = what
 
     def row(w: Worker) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -232,6 +236,11 @@ def workers_view(trace: CycleTrace, limit: int = 50) -> dict[str, Any]:
             out["protected"] = w.keep
         else:
             out["why"] = w.hold_reason
+        if w.state is WorkerState.INTERRUPTED:
+            out["startd"] = w.machine
+            when = f" at {w.interruption:.0f}" if w.interruption else ""
+            done = ", vacated" if w.vacated else ""
+            out["why"] = f"spot interruption: the provider ends it{when}{done}"
         if w.retire_requested_at is not None:
             out["retire_requested_at"] = w.retire_requested_at
         out["this_cycle"] = acting.get(w.id) or why.get(w.id)

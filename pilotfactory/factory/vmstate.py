@@ -61,6 +61,9 @@ class VMObservation(NamedTuple):
     unretired_at: float | None = None
     last_joined: float | None = None
     """The last time this factory saw the VM's slots (for the un-retire grace)."""
+    interrupted: bool = False
+    """The provider announced an interruption (a notice on its slots, or one the factory
+    recorded when it vacated the VM)."""
 
     @property
     def joined(self) -> bool:
@@ -87,6 +90,8 @@ STATE_TABLE: tuple[tuple[str, Rule, WorkerState | None, Since], ...] = (
      lambda o, n, g: o.phase is Phase.ENDED_UNASKED, WorkerState.LOST, lambda o: o.entered),
     ("a status the factory does not know: counted as supply, never acted on",
      lambda o, n, g: o.phase is Phase.UNKNOWN, WorkerState.UNKNOWN, lambda o: o.entered),
+    ("running, the provider announced an interruption: no supply, vacated, never a failure",
+     lambda o, n, g: o.interrupted, WorkerState.INTERRUPTED, lambda o: o.entered),
     ("running job, no instance, startd or master yet (gridmanager still launching)",
      lambda o, n, g: not (o.instance_known or o.joined or o.master_seen),
      WorkerState.PENDING, lambda o: o.entered),

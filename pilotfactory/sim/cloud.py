@@ -38,6 +38,8 @@ class PoolSide(Protocol):
 
     def vm_gone(self, inst: SimInstance) -> None: ...
 
+    def vm_notice(self, inst: SimInstance, action_time: float) -> None: ...
+
 
 DEFAULT_FLAVORS: dict[str, int] = {
     "t2.micro": 1,
@@ -87,6 +89,9 @@ class CloudConfig:
     """Chance that a VM boots but its startd never joins (a bad image or network, per VM)."""
     interruption_rate: float = 0.0
     """Per VM-hour: the provider ends a running VM unasked (spot interruption), Poisson."""
+    interruption_notice: float = 0.0
+    """Seconds of notice before an interruption (EC2 gives 120): the VM's metadata says so
+    and its startd advertises ``PilotFactoryInterruption``; 0: no notice."""
 
 
 @dataclass(frozen=True)
@@ -333,6 +338,20 @@ class SimCloud:
             return max(1.0, c.boot_delay * self.rng.lognormvariate(0.0, sigma))
         return max(1.0, c.boot_delay + self.rng.uniform(-c.boot_jitter, c.boot_jitter))
 
+    def interrupt(self, rec: SimInstance, after: float) -> None:
+        """The provider ends ``rec`` ``after`` seconds from now, with the configured notice
+        (``interruption_notice`` seconds before, on the VM's startd) when there is one."""
+        notice = self.config.interruption_notice
+        end = self.loop.now + after
+        if notice > 0:
+
+            def announce() -> None:
+                if rec.state == "running" and self.pool is not None:
+                    self.pool.vm_notice(rec, end)
+
+            self.loop.at(max(self.loop.now, end - notice), announce)
+        self.loop.at(end, lambda: self._interrupt(rec))
+
     def _interrupt(self, rec: SimInstance) -> None:
         if rec.state not in LIVE or rec.instance_id is None:
             return
@@ -350,7 +369,7 @@ class SimCloud:
         c = self.config
         if c.interruption_rate > 0:
             life = self.rng.expovariate(c.interruption_rate / 3600.0)
-            self.loop.after(life, lambda: self._interrupt(rec))
+            self.interrupt(rec, life)
         if rec.spec.image in c.broken_images:
             return
         if c.never_join_fraction > 0 and self.rng.random() < c.never_join_fraction:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pilotfactory.factory.contract import INTERRUPTION_ACTION_ATTR, INTERRUPTION_ATTR
 from pilotfactory.factory.ports import (
     CloudError,
     CondorRejected,
@@ -264,10 +265,12 @@ class _Startd:
         self.last_restart: float | None = None
         self.gen = 0
         self.free_key = 0
+        self.notice = False
+        """The provider announced an interruption: the VM's START refuses new jobs."""
 
     @property
     def accepting(self) -> bool:
-        return self.alive and self.mode == "normal" and self.used < self.cpus
+        return self.alive and self.mode == "normal" and not self.notice and self.used < self.cpus
 
 
 class SimPool:
@@ -305,6 +308,7 @@ class SimPool:
         self._idle: dict[str, _Job] = {}
         self._idle_pinned: dict[tuple[str, str], deque[_Job]] = {}
         self._startds: dict[str, _Startd] = {}
+        self.generic_ads: dict[str, dict[str, Any]] = {}
         # accepting startds by free cpus, so a match picks the fullest (or emptiest) in O(1)
         self._free: dict[int, dict[str, _Startd]] = {}
         self._dirty = False
@@ -620,7 +624,43 @@ class SimPool:
         self._refresh_free(rec)
         self._dirty = True
 
+    def vacate(self, machine: str, reason: str) -> None:
+        """``condor_drain -quick``: every job is vacated now (back to idle), no new job is
+        taken; the startd stays (Drained) until the VM ends."""
+        rec = self._command("vacate", machine)
+        if not rec.alive:
+            raise CondorRejected(f"startd on {rec.machine} is not running", daemon="startd")
+        rec.mode = "draining"
+        rec.drain_reason = reason
+        rec.drain_id += 1
+        rec.since = self.loop.now
+        self._refresh_free(rec)
+        interrupting = self.metrics.interrupting
+        self.metrics.interrupting = rec.notice  # the provider's doing, not the factory's
+        try:
+            for job in list(rec.slots.values()):
+                self._evict(job, f"vacated: {reason}")
+        finally:
+            self.metrics.interrupting = interrupting
+
+    def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
+        """Generic ads (the factory's lease ads), kept by ``Name`` (for tests)."""
+        self._enter("advertise", "collector")
+        for ad in ads:
+            self.generic_ads[str(ad.get("Name"))] = dict(ad)
+
     # ================================================================== cloud callbacks
+
+    def vm_notice(self, inst: SimInstance, action_time: float) -> None:
+        """The provider's interruption notice reached the VM: its startd cron advertises it
+        and its START refuses new jobs (the VM side of the contract)."""
+        rec = self._startds.get(inst.machine.lower())
+        if rec is None:
+            return
+        rec.notice = True
+        rec.attrs[INTERRUPTION_ATTR] = int(action_time)
+        rec.attrs[INTERRUPTION_ACTION_ATTR] = "terminate"
+        self._refresh_free(rec)
 
     def vm_joined(self, inst: SimInstance, cpus: int, retirement_time: float) -> None:
         """The VM's startd and master join the collector (the cloud calls this)."""
@@ -917,7 +957,7 @@ class SimPool:
             heapq.heappush(self._idle_heap, entry)
 
     def _refresh_free(self, rec: _Startd) -> None:
-        free = rec.cpus - rec.used if rec.alive and rec.mode == "normal" else 0
+        free = rec.cpus - rec.used if rec.alive and rec.mode == "normal" and not rec.notice else 0
         if free == rec.free_key:
             return
         if rec.free_key:
@@ -1136,7 +1176,7 @@ class SimPool:
             common["Requirements"] = False
             common["ExpectedMachineGracefulDrainingCompletion"] = NEVER
         else:
-            common["Start"] = rec.mode == "normal"
+            common["Start"] = rec.mode == "normal" and not rec.notice
         busy = rec.used
         pslot = dict(common)
         pslot.update(

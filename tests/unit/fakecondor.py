@@ -105,6 +105,12 @@ class FakeCondor:
     def cancel_drain(self, machine: str) -> None:
         self._call("cancel_drain", machine)
 
+    def vacate(self, machine: str, reason: str) -> None:
+        self._call("vacate", machine, reason)
+
+    def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
+        self._call("advertise", [dict(ad) for ad in ads])
+
 
 class FakeWorld:
     def __init__(self, port: FakeCondor) -> None:

@@ -386,6 +386,18 @@ class BindingsCondor:
 
     # -- schedd actions ----------------------------------------------------------------------
 
+    def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
+        if not ads:
+            return
+        built = [classad2.ClassAd(dict(ad)) for ad in ads]
+        collector = self._collector()
+        self._call(
+            self.target.collector or "collector",
+            f"advertise {len(built)} ad(s)",
+            lambda: collector.advertise(built, "UPDATE_AD_GENERIC"),
+            CondorRejected,
+        )
+
     def submit(self, description: Mapping[str, str], count: int) -> SubmitResult:
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
@@ -509,6 +521,20 @@ class BindingsCondor:
                 CondorRejected,
             )
         log.debug("drain of %s cancelled", machine)
+
+    def vacate(self, machine: str, reason: str) -> None:
+        slot = self._daemon_ad(htcondor2.AdTypes.Startd, machine, "startd")
+        with self._admin():
+            self._require_admin(slot["MyAddress"], f"startd of {machine}")
+            self._call(
+                machine,
+                "vacate (quick drain)",
+                lambda: htcondor2.Startd(slot).drainJobs(
+                    htcondor2.DrainTypes.Quick, htcondor2.CompletionType.Nothing, reason=reason
+                ),
+                CondorRejected,
+            )
+        log.debug("vacate (quick drain) of %s requested", machine)
 
 
 def check_token_dir(path: str) -> None:

@@ -128,6 +128,11 @@ def _to_classad(obj: Mapping[str, Any]) -> classad2.ClassAd:
     return ad
 
 
+def render_ads(ads: Sequence[Mapping[str, Any]]) -> str:
+    """Ads in the old ClassAd syntax, separated by one blank line each (``-multiple``)."""
+    return "\n".join(_to_classad(ad).printOld().rstrip("\n") + "\n" for ad in ads)
+
+
 def _job_constraint(job_ids: Sequence[str]) -> str:
     terms = []
     for job_id in job_ids:
@@ -261,6 +266,18 @@ class CliCondor:
         argv = ["condor_status", *self._pool_args(), "-collector", "-json", "-attributes", "Name"]
         self._run(argv, default=CondorUnreachable)
 
+    def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
+        """All ads in one file: one ``condor_advertise -multiple`` call (without
+        ``-multiple`` the tool ignores the blank lines and sends one merged ad)."""
+        if not ads:
+            return
+        with tempfile.TemporaryDirectory(prefix="pilotfactory-advertise-") as tmp:
+            path = os.path.join(tmp, "ads")
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(render_ads(ads))
+            argv = ["condor_advertise", *self._pool_args(), "-multiple", "UPDATE_AD_GENERIC", path]
+            self._run(argv)
+
     # -- schedd actions ----------------------------------------------------------------------
 
     def submit(self, description: Mapping[str, str], count: int) -> SubmitResult:
@@ -351,3 +368,6 @@ class CliCondor:
 
     def cancel_drain(self, machine: str) -> None:
         self._admin(["condor_drain", *self._pool_args(), "-cancel", machine])
+
+    def vacate(self, machine: str, reason: str) -> None:
+        self._admin(["condor_drain", *self._pool_args(), "-quick", "-reason", reason, machine])

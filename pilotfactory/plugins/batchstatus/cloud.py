@@ -23,9 +23,13 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from pilotfactory.factory.contract import (
+    TAG_DEADLINE,
     TAG_ENDED,
     TAG_FACTORY,
+    TAG_FINGERPRINT,
+    TAG_INTERRUPTED,
     TAG_LAUNCHED,
+    TAG_LEASE,
     TAG_QUEUE,
     TAG_RETIRE,
     TAG_RETIRE_MODE,
@@ -67,6 +71,7 @@ from pilotfactory.plugins.cloudaccount import (
     provider_key,
     publish_census,
 )
+from pilotfactory.plugins.sweep import sweep_account
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,13 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
     launched = max(stamps) if stamps else None
     retire = timestamp(tags.get(TAG_RETIRE))
     unretired = timestamp(tags.get(TAG_UNRETIRED))
-    if phase is Phase.GONE and not tags.get(TAG_ENDED) and not retire_active(retire, unretired):
+    interrupted = timestamp(tags.get(TAG_INTERRUPTED))
+    if (
+        phase is Phase.GONE
+        and not tags.get(TAG_ENDED)
+        and interrupted is None  # the provider's announced end: no failure
+        and not retire_active(retire, unretired)
+    ):
         phase = Phase.ENDED_UNASKED
     return VMRecord(
         id=tags.get(TAG_WORKER) or inst.id,
@@ -107,6 +118,10 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
         retire_mode=RetireMode.parse(tags.get(TAG_RETIRE_MODE)),
         hold_reason=_cause(inst, phase),
         launched_as=_launched_as(inst),
+        lease_until=timestamp(tags.get(TAG_LEASE)),
+        deadline=timestamp(tags.get(TAG_DEADLINE)),
+        fingerprint=tags.get(TAG_FINGERPRINT) or None,
+        interrupted_at=interrupted,
     )
 
 
@@ -194,6 +209,7 @@ class CloudBatchStatus(SnapshotStatus):
         self._prices: dict[str, float] = {}  # instance id -> price per hour (its tag)
         self._orphans_since: dict[str, float] = {}  # instance id -> first cycle seen orphaned
         self._orphan_workers: list[Worker] = []  # last refresh: workers of unlabelled instances
+        self._listed: list[Instance] = []  # last refresh: every instance of this factory
 
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
@@ -227,12 +243,18 @@ class CloudBatchStatus(SnapshotStatus):
             "[%s] %s batch status keeps no job history; Throttle sees none", queue, self.NAME
         )
 
-    def _instances(self, tags: Mapping[str, str], now: float) -> list[tuple[str, VMRecord]]:
+    def _instances(
+        self, tags: Mapping[str, str], now: float, keep: list[Instance] | None = None
+    ) -> list[tuple[str, VMRecord]]:
         """(queue tag, record) of the live instances and of those ended without the factory
-        asking (LOST until reaped); the factory's own terminated ones are history."""
+        asking (LOST until reaped); the factory's own terminated ones are history. ``keep``
+        receives every instance listed (the lease sweep reads their tags)."""
         out = []
         prices: dict[str, float] = {}
-        for inst in self.cloud.list(tags):
+        listed = self.cloud.list(tags)
+        if keep is not None:
+            keep.extend(listed)
+        for inst in listed:
             rec = instance_record(inst, now)
             if inst.state != "terminated" or rec.phase is not Phase.GONE:
                 out.append((inst.tags.get(TAG_QUEUE) or "", rec))
@@ -241,8 +263,15 @@ class CloudBatchStatus(SnapshotStatus):
         return out
 
     def observe(self, now: float) -> Snapshot:
-        live = self._instances({TAG_FACTORY: self.env.factory_id}, now)
-        leaving = {k for _, rec in live if rec.active_retire is not None for k in rec.keys}
+        listed: list[Instance] = []
+        live = self._instances({TAG_FACTORY: self.env.factory_id}, now, listed)
+        self._listed = listed
+        leaving = {
+            k
+            for _, rec in live
+            if rec.active_retire is not None or rec.interrupted_at is not None
+            for k in rec.keys
+        }
         pool = self.vms.read(self.port, (rec.id for _, rec in live), leaving)
         workers: dict[str, list[Worker]] = {}
         unlabelled: list[Worker] = []
@@ -338,6 +367,7 @@ class CloudBatchStatus(SnapshotStatus):
         if first is not self:
             return []
         now = self._snap.time
+        notes = self._sweep_leases(now, dry_run)
         boot = float(self.params.get("orphan_boot_timeout") or 1800.0)
         grace = float(self.params.get("orphan_grace") or 0.0)
         found: list[Worker] = list(self._orphan_workers)
@@ -347,10 +377,12 @@ class CloudBatchStatus(SnapshotStatus):
         alive = {w.instance_id or w.id for w in found}
         for gone in set(self._orphans_since) - alive:
             del self._orphans_since[gone]
-        notes: list[str] = []
+        swept = set(self._swept)
         due: list[Worker] = []
         for w in found:
             iid = w.instance_id or w.id
+            if iid in swept:
+                continue
             since = self._orphans_since.setdefault(iid, now)
             stale_boot = w.state is WorkerState.BOOTING and now - w.since > boot
             if w.state not in ORPHAN_STATES and not stale_boot:
@@ -384,6 +416,37 @@ class CloudBatchStatus(SnapshotStatus):
         elif due:
             notes.append(f"{len(due)} orphan(s) due, reap_orphans is off: reported only")
         return notes
+
+    _swept: tuple[str, ...] = ()
+
+    def _sweep_leases(self, now: float, dry_run: bool) -> list[str]:
+        """The daemon's own sweep (issue 18), on the instances this refresh listed: those of
+        this factory past ``pilotfactory:lease_until`` plus the grace tagged at launch are
+        marked ended and terminated in one call, configured queue or not (the VM has powered
+        itself off by then, or should have). The running daemon renews the leases of the
+        workers it wants, so only workers it let go (retiring past their lease, orphans) or a
+        renewal that keeps failing come here."""
+        self._swept = ()
+        result = sweep_account(
+            self.cloud,
+            self.source_label(),
+            self.env.factory_id,
+            now,
+            dry_run=dry_run,
+            instances=self._listed,
+        )
+        if not result.due:
+            return []
+        shown = ", ".join(d.text(now) for d in result.due[:5])
+        if dry_run:
+            return [f"dry run: would terminate {len(result.due)} past their lease: {shown}"]
+        if result.error:
+            log.error("[%s] lease sweep: %s", self.NAME, result.error)
+            return [f"terminating {len(result.due)} past their lease failed: {result.error}"]
+        self._swept = tuple(result.terminated)
+        log.warning("[%s] terminated %d instance(s) past their lease: %s", self.NAME,
+                    len(result.terminated), shown)  # fmt: skip
+        return [f"terminated {len(result.terminated)} past their lease: {shown}"]
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
         """One list (narrowed to the queue when all candidates share one), then one startd

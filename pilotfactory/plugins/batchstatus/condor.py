@@ -15,6 +15,9 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from pilotfactory.factory.contract import (
+    DEADLINE_ATTR,
+    FINGERPRINT_ATTR,
+    INTERRUPTED_AT,
     RETIRE_MODE,
     RETIRE_REQUESTED,
     RUNNING_STATUSES,
@@ -66,7 +69,8 @@ JOB_ATTRS = (
     "ClusterId", "ProcId", "JobStatus", "EnteredCurrentStatus", "QDate", "JobStartDate",
     "CompletionDate", "HoldReason", "JobUniverse", "RemoteHost", "EC2InstanceName",
     "PilotFactoryQueue", "APF_QUEUE", RETIRE_REQUESTED, RETIRE_MODE, UNRETIRED_AT,
-    "GridResource", "GridResourceUnavailableTime",
+    "GridResource", "GridResourceUnavailableTime", INTERRUPTED_AT, FINGERPRINT_ATTR,
+    DEADLINE_ATTR,
 )  # fmt: skip
 HISTORY_ATTRS = (
     "ClusterId", "ProcId", "JobStatus", "PilotFactoryQueue", "APF_QUEUE", "JobStartDate",
@@ -348,6 +352,9 @@ def vm_record(ad: Ad, now: float) -> VMRecord:
         retire_mode=RetireMode.parse(get(RETIRE_MODE))
         or (RECORDED_DEFAULT if requested is not None else None),
         hold_reason=_reason(get("HoldReason")) or _unavailable(ad),
+        deadline=timestamp(get(DEADLINE_ATTR)),
+        fingerprint=fp if type(fp := get(FINGERPRINT_ATTR)) is str and fp else None,
+        interrupted_at=timestamp(get(INTERRUPTED_AT)),
     )
 
 

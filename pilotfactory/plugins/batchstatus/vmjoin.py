@@ -13,7 +13,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from pilotfactory.factory.contract import KEEP_ATTR, classad_string
+from pilotfactory.factory.contract import (
+    DEADLINE_ATTR,
+    INTERRUPTION_ATTR,
+    KEEP_ATTR,
+    classad_string,
+)
 from pilotfactory.factory.info import RetireMode, Worker, WorkerState
 from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.ports import CondorPort
@@ -55,6 +60,11 @@ class VMRecord(NamedTuple):
     hold_reason: str | None = None
     launched_as: str | None = None
     """Cloud instances: what was launched (the ``launched_as`` tag)."""
+    lease_until: float | None = None
+    deadline: float | None = None
+    fingerprint: str | None = None
+    interrupted_at: float | None = None
+    """When the factory recorded vacating this VM for an interruption notice."""
 
     @property
     def active_retire(self) -> float | None:
@@ -173,6 +183,19 @@ def _slot_counts(slots: Sequence[Ad]) -> tuple[int, int]:
     return (cpus if partitionable else len(slots)), claimed
 
 
+def _epoch(value: Any) -> float | None:
+    """A positive epoch number from an ad (outside text: anything else is None)."""
+    if type(value) in (int, float) and 0 < value < 1e11:
+        return float(value)
+    return None
+
+
+def interruption(slots: Sequence[Ad]) -> float | None:
+    """The provider's stated action time of an interruption notice on any of the slots."""
+    times = [t for s in slots if (t := _epoch(s.get(INTERRUPTION_ATTR))) is not None]
+    return min(times) if times else None
+
+
 def observe(
     rec: VMRecord, slots: Sequence[Ad], master: Ad | None, last_joined: float | None = None
 ) -> VMObservation:
@@ -198,6 +221,8 @@ def observe(
         rec.active_retire,
         rec.unretired_at,
         last_joined,
+        rec.phase is Phase.RUNNING
+        and (rec.interrupted_at is not None or interruption(slots) is not None),
     )
 
 
@@ -223,6 +248,9 @@ def join_worker(
         since = idle_from
     machine = (slots[0] if slots else master or {}).get("Machine") if joined else None
     retire_times = [s["MaxJobRetirementTime"] for s in slots if "MaxJobRetirementTime" in s]
+    # the VM's own deadline when the request side does not say (grid jobs); the fingerprint
+    # only ever from the factory's own record (tag, job ad): a VM cannot talk itself current
+    deadline = rec.deadline or (_epoch(slots[0].get(DEADLINE_ATTR)) if slots else None)
     return Worker(
         rec.id,
         queue,
@@ -242,6 +270,11 @@ def join_worker(
         keep=joined and any(s.get(KEEP_ATTR) is True for s in slots),
         retire_visible=any(map(_retiring_slot, slots)) if slots else None,
         launched_as=rec.launched_as,
+        interruption=(interruption(slots) or rec.interrupted_at) if obs.interrupted else None,
+        vacated=rec.interrupted_at is not None,
+        deadline=deadline or None,
+        fingerprint=rec.fingerprint,
+        lease_until=rec.lease_until or None,
     )
 
 
@@ -282,7 +315,7 @@ class StartdJoin:
         attrs = (
             "Name", "Machine", "State", "Activity", "SlotType", "Cpus", "EnteredCurrentActivity",
             "MaxJobRetirementTime", "Draining", WORKER_ATTR, "PilotFactoryId", KEEP_ATTR,
-            self.join,
+            INTERRUPTION_ATTR, DEADLINE_ATTR, self.join,
         )  # fmt: skip
         return port.query_startds({}, attrs, constraint)
 

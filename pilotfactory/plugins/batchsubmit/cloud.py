@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,9 +24,18 @@ from dataclasses import replace
 from typing import Any, ClassVar, NoReturn
 
 from pilotfactory.factory.contract import (
+    FACTORY_ID,
+    FACTORY_QUEUE,
+    LEASE_AD_TYPE,
+    LEASE_ATTR,
+    TAG_DEADLINE,
     TAG_ENDED,
     TAG_FACTORY,
+    TAG_FINGERPRINT,
+    TAG_INTERRUPTED,
     TAG_LAUNCHED,
+    TAG_LEASE,
+    TAG_LEASE_GRACE,
     TAG_QUEUE,
     TAG_RETIRE,
     TAG_RETIRE_MODE,
@@ -33,13 +43,16 @@ from pilotfactory.factory.contract import (
     TAG_WORKER,
     target_from,
 )
-from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
+from pilotfactory.factory.info import RetireMode, Worker, WorkerKind, WorkerSet, WorkerState
 from pilotfactory.factory.plugin import BatchSubmitPlugin, Env, QueueEnv, RetireGroup, SubmitError
 from pilotfactory.factory.ports import (
     CloudError,
+    CloudInvalidRequest,
     CloudPort,
     CloudUnavailable,
+    CondorError,
     CondorPort,
+    CondorTarget,
     FleetOption,
     FleetPort,
     FleetResult,
@@ -80,7 +93,14 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     retire_vms,
     unretire_vms,
 )
-from pilotfactory.plugins.batchsubmit.vmlife import LIFE_PARAMS
+from pilotfactory.plugins.batchsubmit.vmlife import (
+    LEASE,
+    LIFE_PARAMS,
+    METADATA_URL,
+    TOKEN_IDENTITY,
+    fingerprint,
+    launch_times,
+)
 from pilotfactory.plugins.cloudaccount import (
     TAG_LAUNCHED_AS,
     TAG_PRICE,
@@ -312,12 +332,144 @@ class CloudSubmit(BatchSubmitPlugin):
         return launched
 
     def tags(self, wid: str, now: float) -> dict[str, str]:
-        return {
+        """The labels, and the VM contract's lease, deadline and fingerprint (issue 18), all
+        written with the launch itself: no instance exists without them."""
+        tags = {
             TAG_FACTORY: self.env.factory_id,
             TAG_QUEUE: self.queue.queue,
             TAG_WORKER: wid,
             TAG_LAUNCHED: str(int(now)),
         }
+        times = launch_times(self.params, wid, now)
+        if times.lease_until:
+            tags[TAG_LEASE] = str(times.lease_until)
+            tags[TAG_LEASE_GRACE] = str(times.lease_grace)
+        if times.deadline:
+            tags[TAG_DEADLINE] = str(times.deadline)
+        if fp := self.fingerprint():
+            tags[TAG_FINGERPRINT] = fp
+        return tags
+
+    # ------------------------------------------------------------------ the VM contract
+
+    _fp_cache: tuple[Any, str] | None = None
+
+    def fingerprint(self) -> str | None:
+        """Image, flavours, the template's text and the settings rendered into every VM; the
+        template file is read again only when its size or modification time changes."""
+        p = self.params
+        if not p.get("image") or not split_flavors(p.get("flavor")):
+            return None
+        path = p.get("user_data_file")
+        stamp: Any = None
+        if path:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            stamp = (path, st.st_mtime_ns, st.st_size)
+        settings = {
+            "collector": self.target.collector or "",
+            "wmsqueue": self.queue.wmsqueue,
+            "metadata_url": METADATA_URL.of(p),
+            "token_identity": TOKEN_IDENTITY.of(p) or "",
+        }
+        key = (str(p["image"]), tuple(split_flavors(p["flavor"])), stamp, tuple(settings.items()))
+        if self._fp_cache is not None and self._fp_cache[0] == key:
+            return self._fp_cache[1]
+        try:
+            text = self.template()
+        except SubmitError:
+            return None
+        fp = fingerprint(str(p["image"]), split_flavors(p["flavor"]), text, **settings)
+        self._fp_cache = (key, fp)
+        return fp
+
+    def vacate(self, workers: Sequence[Worker]) -> None:
+        """Record the interruption in the tags (so the provider's end is no failure), then
+        vacate each joined VM's startd; every VM is tried, the first failure is raised."""
+        mine = [w for w in self.own(workers) if w.instance_id]
+        if not mine:
+            return
+        stamp = str(int(self.env.clock.now()))
+        self.record(mine, {TAG_INTERRUPTED: stamp}, "interruption")
+        first: CondorError | None = None
+        for w in mine:
+            if not w.machine:
+                continue
+            try:
+                self.condor.vacate(w.machine, "pilotfactory: spot interruption notice")
+            except CondorError as exc:
+                log.warning("[%s] vacate %s: %s", self.queue.queue, w.machine, exc)
+                first = first or exc
+        if first is not None:
+            raise SubmitError(f"queue {self.queue.queue}: vacate: {first}") from first
+
+    WANTED = (
+        WorkerState.PENDING,
+        WorkerState.BOOTING,
+        WorkerState.IDLE,
+        WorkerState.BUSY,
+        WorkerState.RETIRING,
+        WorkerState.UNKNOWN,
+    )
+    """The workers whose lease the daemon renews: the ones it still wants, retiring ones
+    included (a peaceful retire lets the last job finish, and the queue's lease ad keeps the
+    VM itself alive meanwhile; a tag left to run out would have the daemon's own sweep
+    terminate it with the job running); not retired, interrupted, held or lost ones."""
+
+    def maintain(self, workers: Sequence[Worker], now: float) -> list[str]:
+        """Renew the lease of every wanted worker once any of them has less than half its
+        lease left: one tag write for all of them, so a queue writes about once per half
+        lease, not once per VM, and their leases stay aligned."""
+        lease = float(LEASE.of(self.params) or 0)
+        if lease <= 0:
+            return []
+        ws = workers if isinstance(workers, WorkerSet) else WorkerSet(workers)
+        wanted = [w for w in ws.in_states(*self.WANTED) if w.instance_id]
+        due = [w for w in wanted if w.lease_until is None or w.lease_until - now < lease / 2]
+        if not due:
+            return []
+        if self.ALIGN_RENEWALS:
+            due = wanted
+        until = str(int(now + lease))
+        try:
+            self.record(due, {TAG_LEASE: until}, "lease renewal")
+        except SubmitError as exc:
+            if len(due) == 1 or not isinstance(exc.__cause__, CloudInvalidRequest):
+                raise
+            # One id the provider refuses (an instance gone since the refresh) must not leave
+            # every other lease to run out, and the sweep to end them: one by one, this once.
+            failed = []
+            for w in due:
+                try:
+                    self.record([w], {TAG_LEASE: until}, "lease renewal")
+                except SubmitError as one:
+                    failed.append(w.instance_id or w.id)
+                    log.warning("[%s] %s", self.queue.queue, one)
+            done = f"renewed the lease of {len(due) - len(failed)} to {until} one by one"
+            return [done + (f"; refused for {', '.join(failed[:10])}" if failed else "")]
+        return [f"renewed the lease of {len(due)} to {until}"]
+
+    ALIGN_RENEWALS: ClassVar[bool] = True
+    """Renew every kept worker once one is due: one call for the queue when the provider tags
+    many instances in one call (EC2). Where each instance is its own call (Nova), only the due
+    ones are renewed, so the calls spread over the cycles as the VMs' launches did."""
+
+    def lease_ad(self, now: float) -> tuple[CondorTarget, dict[str, Any]] | None:
+        lease = float(LEASE.of(self.params) or 0)
+        if lease <= 0:
+            return None
+        fid, q = self.env.factory_id, self.queue.queue
+        ad: dict[str, Any] = {
+            "MyType": LEASE_AD_TYPE,
+            "Name": f"{fid}/{q}",
+            FACTORY_ID: fid,
+            FACTORY_QUEUE: q,
+            LEASE_ATTR: int(now + lease),
+            "ClassAdLifetime": int(lease),
+        }
+        return self.target, ad
 
     def open_intents(self, count: int) -> list[tuple[str, dict[str, str], Choice | None]]:
         """Launches whose outcome was unknown: one list of the queue's instances settles them;
@@ -670,4 +822,5 @@ class OpenStackSubmit(CloudSubmit):
 
     NAME = "OpenStack"
     PROVIDER = "openstack"
+    ALIGN_RENEWALS = False  # one metadata call per server: spread, not bunched
     PARAMS = (*OPENSTACK_PARAMS, *vm_params(), NETWORKS, *LAUNCH_PARAMS, *LIFE_PARAMS)

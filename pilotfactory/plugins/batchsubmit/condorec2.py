@@ -10,20 +10,25 @@ batch status plugin must tell "retired by us" from "vanished" after a restart.
 from __future__ import annotations
 
 import logging
+import os
 import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pilotfactory.factory.contract import (
+    FINGERPRINT_ATTR,
     GRID_TAG_FACTORY,
     GRID_TAG_QUEUE,
+    INTERRUPTED_AT,
     RETIRE_MODE,
     RETIRE_REQUESTED,
     UNRETIRED_AT,
+    classad_string,
 )
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, QueueEnv, RetireGroup, SubmitError
+from pilotfactory.factory.ports import CondorError
 from pilotfactory.plugins.batchsubmit.condor_common import (
     COMMON_SUBMIT_PARAMS,
     SPOT_PRICE,
@@ -31,7 +36,7 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     retire_vms,
     unretire_vms,
 )
-from pilotfactory.plugins.batchsubmit.vmlife import LIFE_PARAMS
+from pilotfactory.plugins.batchsubmit.vmlife import LIFE_PARAMS, fingerprint
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger(__name__)
@@ -158,3 +163,57 @@ class CondorEC2Submit(CondorSubmitBase):
             self.port.edit(ids, RETIRE_MODE, "undefined")
 
         unretire_vms(self.port, self.own(workers), self.queue.queue, record)
+
+    # ------------------------------------------------------------------ the VM contract
+    # (issue 18, factory side; kept apart from the user data rendering above)
+
+    _ud_cache: tuple[tuple[int, int], str] | None = None
+
+    def fingerprint(self) -> str | None:
+        """The image, instance type, user data and collector the grid jobs launch with."""
+        p = self.params
+        if not p.get("ami_id") or not p.get("instance_type"):
+            return None
+        text = p.get("user_data") or ""
+        path = p.get("user_data_file")
+        if path:  # read again only when it changed (asked every cycle)
+            try:
+                st = os.stat(path)
+                if self._ud_cache is None or self._ud_cache[0] != (st.st_mtime_ns, st.st_size):
+                    with open(path, encoding="utf-8") as fh:
+                        self._ud_cache = ((st.st_mtime_ns, st.st_size), fh.read())
+            except OSError:
+                return None
+            text = self._ud_cache[1]
+        return fingerprint(
+            str(p["ami_id"]),
+            [str(p["instance_type"])],
+            text,
+            collector=p.get("collectorhost") or "",
+            wmsqueue=self.queue.wmsqueue,
+        )
+
+    def description(self, now: float | None = None, create: bool = True) -> dict[str, str]:
+        """Each VM job carries the fingerprint (``+PilotFactoryFingerprint``): the status
+        plugin reads it back from the job ad, so a change of image, type or user data marks
+        older VMs drifted."""
+        desc = super().description(now, create)
+        if fp := self.fingerprint():
+            desc[f"+{FINGERPRINT_ATTR}"] = classad_string(fp)
+        return desc
+
+    def vacate(self, workers: Sequence[Worker]) -> None:
+        """Record the interruption in the job ads (one edit), then vacate each startd."""
+        mine = [w for w in self.own(workers) if w.machine]
+        if not mine:
+            return
+        self.port.edit([w.id for w in mine], INTERRUPTED_AT, str(int(self.env.clock.now())))
+        first: CondorError | None = None
+        for w in mine:
+            try:
+                self.port.vacate(str(w.machine), "pilotfactory: spot interruption notice")
+            except CondorError as exc:
+                log.warning("[%s] vacate %s: %s", self.queue.queue, w.machine, exc)
+                first = first or exc
+        if first is not None:
+            raise SubmitError(f"queue {self.queue.queue}: vacate: {first}") from first

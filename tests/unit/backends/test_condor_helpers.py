@@ -6,7 +6,12 @@ import classad2
 import pytest
 
 from pilotfactory.backends.condor.bindings import checked_constraint, classify, plain_ad, to_python
-from pilotfactory.backends.condor.cli import _job_constraint, parse_json_ads, render_submit
+from pilotfactory.backends.condor.cli import (
+    _job_constraint,
+    parse_json_ads,
+    render_ads,
+    render_submit,
+)
 from pilotfactory.factory.ports import (
     CondorPermission,
     CondorRejected,
@@ -103,3 +108,15 @@ def test_render_submit_refuses_injected_lines() -> None:
         render_submit({"a b": "1"}, 1)
     with pytest.raises(ValueError, match="count is an argument"):
         render_submit({"Queue": "5"}, 1)
+
+
+def test_render_ads_one_blank_line_between_ads_that_parse_back() -> None:
+    """The lease ads of one collector in one condor_advertise -multiple file."""
+    ads = [
+        {"MyType": "PilotFactoryLease", "Name": f"f1/{q}", "PilotFactoryLeaseUntil": 1700000600}
+        for q in ("A", 'we"ird')
+    ]
+    text = render_ads(ads)
+    assert text.count("\n\n") == 1
+    back = list(classad2.parseAds(text, classad2.ParserType.Old))
+    assert [dict(ad) for ad in back] == ads

@@ -93,6 +93,7 @@ def test_a_full_cycle(metrics: FactoryMetrics) -> None:
         "lost": 0,
         "done": 0,
         "unknown": 0,
+        "interrupted": 0,
     }
     jobs = {
         k: value(metrics, "pilotfactory_wms_jobs", queue="A", state=k)
@@ -104,7 +105,14 @@ def test_a_full_cycle(metrics: FactoryMetrics) -> None:
         k.value: value(metrics, "pilotfactory_planned_actions_total", queue="A", action=k.value)
         for k in ActionKind
     }
-    assert planned == {"submit": 3, "cancel": 2, "retire": 1, "reap": 2, "unretire": None}
+    assert planned == {
+        "submit": 3,
+        "cancel": 2,
+        "retire": 1,
+        "reap": 2,
+        "unretire": None,
+        "vacate": None,
+    }
     assert value(metrics, "pilotfactory_queue_errors_total", queue="A") is None
     for source in ("batch", "wms"):
         assert value(metrics, "pilotfactory_failclosed_cycles_total", queue="A", source=source) is (

@@ -44,6 +44,11 @@ BREAKER_CASES = [
     ("too small a pool to judge", [(JOINED4[:1], 1), ([], 0)], [False, False]),
     # two VMs whose ads a restarted collector lost (real pool): frozen
     ("two of two vanish", [(JOINED4[:2], 2), ([], 0)], [False, True]),
+    (
+        "a mass spot reclaim is the provider's word, not lost ads (issue 18)",
+        [(JOINED4, None), ([vm(f"w{i}", S.INTERRUPTED, master=False) for i in range(4)], None)],
+        [False, False],
+    ),
 ]
 
 

@@ -14,7 +14,14 @@ NOW, GRACE = 10_000.0, 120.0
 
 
 def expected(
-    phase: Phase, joined: bool, busy: bool, master: bool, instance: bool, retired: bool, unret: str
+    phase: Phase,
+    joined: bool,
+    busy: bool,
+    master: bool,
+    instance: bool,
+    retired: bool,
+    unret: str,
+    interrupted: bool = False,
 ) -> WorkerState | None:
     """DESIGN's rules written out independently of the table's order."""
     if phase is Phase.HELD:
@@ -27,6 +34,8 @@ def expected(
         return S.LOST
     if phase is Phase.UNKNOWN:
         return S.UNKNOWN
+    if interrupted:  # the provider's notice beats any other reading of a running VM
+        return S.INTERRUPTED
     if not (instance or joined or master):
         return S.PENDING
     if joined:
@@ -47,15 +56,23 @@ MATRIX = list(
         [False, True],  # instance id known
         [False, True],  # retire recorded
         ["never", "recent", "old"],  # un-retire
+        [False, True],  # an interruption notice (slots) or its record (tag / job ad)
     )
 )
 
 
 @pytest.mark.parametrize(
-    ("phase", "joined", "busy", "master", "instance", "retired", "unret"), MATRIX
+    ("phase", "joined", "busy", "master", "instance", "retired", "unret", "interrupted"), MATRIX
 )
 def test_state_matrix(
-    phase: Phase, joined: bool, busy: bool, master: bool, instance: bool, retired: bool, unret: str
+    phase: Phase,
+    joined: bool,
+    busy: bool,
+    master: bool,
+    instance: bool,
+    retired: bool,
+    unret: str,
+    interrupted: bool,
 ) -> None:
     unretired_at = {"never": None, "recent": NOW - 60, "old": NOW - 600}[unret]
     obs = VMObservation(
@@ -71,9 +88,10 @@ def test_state_matrix(
         master_seen=master,
         retire_requested_at=NOW - 300 if retired else None,
         unretired_at=unretired_at,
+        interrupted=interrupted,
     )
     got = derive_state(obs, NOW, GRACE)
-    want = expected(phase, joined, busy, master, instance, retired, unret)
+    want = expected(phase, joined, busy, master, instance, retired, unret, interrupted)
     assert (got[0] if got else None) is want
 
 
@@ -115,7 +133,7 @@ def test_grace_counts_from_the_last_time_the_slots_were_seen() -> None:
 def test_every_row_is_reached() -> None:
     """No row is dead: each one decides at least one cell of the matrix."""
     hit: set[str] = set()
-    for phase, joined, busy, master, instance, retired, unret in MATRIX:
+    for phase, joined, busy, master, instance, retired, unret, interrupted in MATRIX:
         obs = VMObservation(
             phase,
             1.0,
@@ -125,6 +143,7 @@ def test_every_row_is_reached() -> None:
             master_seen=master,
             retire_requested_at=5.0 if retired else None,
             unretired_at={"never": None, "recent": NOW - 60, "old": NOW - 600}[unret],
+            interrupted=interrupted,
         )
         for name, rule, _, _ in STATE_TABLE:
             if rule(obs, NOW, GRACE):

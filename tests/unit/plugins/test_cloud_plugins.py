@@ -5,6 +5,7 @@ One call log is shared by both fakes, so "recorded before acting" is an order in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 from pilotfactory.factory.contract import (
     TAG_ENDED,
     TAG_FACTORY,
+    TAG_FINGERPRINT,
+    TAG_INTERRUPTED,
     TAG_LAUNCHED,
     TAG_QUEUE,
     TAG_RETIRE,
@@ -152,6 +155,34 @@ STATE_TABLE = [
     ("terminated", {}, [], S.LOST, NOW - 300),
     ("stopped", {}, [], S.LOST, NOW - 300),
     ("terminated", UNRET, [], S.LOST, NOW - 300),
+    # a spot notice on the slots: interrupted (no supply), whatever else it shows
+    (
+        "running",
+        {},
+        [slot("vm1", "Claimed", PilotFactoryWorker=WID, PilotFactoryInterruption=int(NOW + 90))],
+        S.INTERRUPTED,
+        NOW - 300,
+    ),
+    (
+        "running",
+        RET,
+        [slot("vm1", PilotFactoryWorker=WID, PilotFactoryInterruption=int(NOW))],
+        S.INTERRUPTED,
+        NOW - 300,
+    ),
+    # the notice recorded when it was vacated: still interrupted once the startd is gone ...
+    ("running", {TAG_INTERRUPTED: str(int(NOW - 20))}, [], S.INTERRUPTED, NOW - 300),
+    # ... and its end by the provider is no failure (not LOST)
+    ("terminated", {TAG_INTERRUPTED: str(int(NOW - 20))}, [], None, None),
+    ("stopped", {TAG_INTERRUPTED: str(int(NOW - 20))}, [], None, None),
+    # a notice attribute that is no time is outside text, not a notice
+    (
+        "running",
+        {},
+        [slot("vm1", PilotFactoryWorker=WID, PilotFactoryInterruption="soon")],
+        S.IDLE,
+        NOW,
+    ),
 ]
 
 
@@ -172,8 +203,10 @@ def test_state_table(state, tags, slots, expected, since):
         assert w.since == since
     if slots and expected is not S.PENDING:
         assert w.machine == "vm1" and w.retirement_time == 86400
-    if tags:
+    if TAG_RETIRE_MODE in tags:
         assert w.retire_mode == "drain"
+    assert (w.interruption is not None) is (expected is S.INTERRUPTED)
+    assert w.vacated is (TAG_INTERRUPTED in tags)
 
 
 def test_held_carries_the_fault_and_untagged_worker_is_its_instance():
@@ -278,6 +311,8 @@ def test_submit_one_launch_per_worker_with_its_own_tags_and_user_data():
     launches = [c for c in port.calls if c[0] == "launch"]
     assert len(launches) == 2 and len(set(ids)) == 2
     for wid, (_, spec, count, tags) in zip(ids, launches, strict=True):
+        tags = dict(tags)
+        assert re.fullmatch(r"[0-9a-f]{16}", tags.pop(TAG_FINGERPRINT))  # no lease: no lease tag
         assert count == 1 and tags == {
             TAG_FACTORY: "f1",
             TAG_QUEUE: Q,

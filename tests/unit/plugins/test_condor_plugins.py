@@ -874,3 +874,53 @@ def test_a_false_term_is_no_match_though_others_error():
     slot = parse_slot_ad('[ Cpus = 1; Arch = "X86_64"; EC2InstanceID = "i-x" ]')
     assert unmatchable((req, 4, 64, None, None), slot)
     assert not unmatchable((req, 1, 64, None, None), slot)
+
+
+# ---------------------------------------------------------------------------- the VM contract
+
+
+def test_ec2_jobs_carry_the_fingerprint_and_read_it_back(tmp_path):
+    """CondorEC2 (issue 18): the fingerprint rides as a submit attribute, comes back from the
+    job ad; an interruption recorded in the job ad and a notice on the slots read as
+    INTERRUPTED, and a vacate records before it acts."""
+    port = FakeCondor()
+    plugin = ec2(tmp_path, port)
+    fp = plugin.fingerprint()
+    assert fp is not None and fp != ec2(tmp_path, FakeCondor(), ami_id="ami-2").fingerprint()
+    plugin.submit(1)
+    desc = port.named("submit")[0][1]
+    assert desc["+PilotFactoryFingerprint"] == f'"{fp}"'
+
+    pool = FakeCondor(
+        jobs=[
+            job(1, 2, JobStartDate=NOW - 10, EC2InstanceName="i-1", PilotFactoryFingerprint=fp),
+            job(2, 2, JobStartDate=NOW - 10, EC2InstanceName="i-2", PilotFactoryInterruptedAt=NOW),
+            job(3, 2, JobStartDate=NOW - 10, EC2InstanceName="i-3"),
+        ],
+        startds=[
+            slot("vm1", "i-1", "Claimed"),
+            slot("vm3", "i-3", "Claimed", PilotFactoryInterruption=int(NOW + 100)),
+        ],
+    )
+    status, _ = batch(CondorEC2BatchStatus, pool)
+    status.refresh()
+    got = {w.id: w for w in status.info(Q).workers}
+    assert (got["1.0"].state, got["1.0"].fingerprint) == (S.BUSY, fp)
+    assert (got["2.0"].state, got["2.0"].vacated) == (S.INTERRUPTED, True)
+    assert (got["3.0"].state, got["3.0"].interruption) == (S.INTERRUPTED, NOW + 100)
+    plugin.vacate([got["3.0"]])
+    assert [c[0] for c in port.calls[-2:]] == ["edit", "vacate"]
+    assert port.calls[-2][1:3] == (["3.0"], "PilotFactoryInterruptedAt")
+    assert port.calls[-1][1] == "vm3"
+
+
+def test_ec2_fingerprint_follows_the_user_data_file(tmp_path):
+    ud = tmp_path / "ud.sh"
+    ud.write_text("#!/bin/sh\necho one\n")
+    plugin = ec2(tmp_path, FakeCondor(), user_data_file=str(ud))
+    first = plugin.fingerprint()
+    assert first == plugin.fingerprint()
+    ud.write_text("#!/bin/sh\necho two, longer\n")
+    assert plugin.fingerprint() not in (None, first)
+    ud.unlink()
+    assert plugin.fingerprint() is None

@@ -115,6 +115,14 @@ PLANNER_PARAMS: tuple[Param, ...] = (
         minimum=0.0,
         maximum=DURATION_MAX,
     ),
+    Param(
+        "reap_followup",
+        float,
+        20.0,
+        "after a cycle that retired idle VMs, run again this soon to reap them (0: next interval)",
+        minimum=0.0,
+        maximum=DURATION_MAX,
+    ),
     Param("failure_limit", int, 5, "last K workers all failed -> stop submitting", minimum=1),
     Param("backoff.initial", float, 60.0, minimum=0.0, maximum=DURATION_MAX),
     Param("backoff.max", float, 1800.0, minimum=0.0, maximum=DURATION_MAX),
@@ -149,6 +157,9 @@ class PlannerSettings:
     max_booting: int | None = _D["max_booting"]
     max_retire_per_cycle: str | None = _D["max_retire_per_cycle"]
     scale_down_delay: float = _D["scale_down_delay"]
+    reap_followup: float = _D["reap_followup"]
+    """An idle VM retired peacefully (or drained) is gone from the collector within seconds;
+    reaping it a whole interval later (APF's default is 360 s) would bill that idle time."""
     failure_limit: int = _D["failure_limit"]
     backoff_initial: float = _D["backoff.initial"]
     backoff_max: float = _D["backoff.max"]

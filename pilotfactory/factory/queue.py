@@ -19,8 +19,8 @@ from typing import Any, cast
 from pilotfactory.factory.chain import ChainError, run_chain
 from pilotfactory.factory.config import QueueConfig
 from pilotfactory.factory.executor import Executor, recheck_candidates
-from pilotfactory.factory.info import BatchQueueInfo, FactoryTotals, Worker, WorkerKind
-from pilotfactory.factory.planner import PlanInput, PlannerMemory, plan
+from pilotfactory.factory.info import BatchQueueInfo, FactoryTotals, Worker, WorkerKind, WorkerState
+from pilotfactory.factory.planner import ActionKind, PlanInput, PlannerMemory, plan
 from pilotfactory.factory.plugin import (
     BatchStatusPlugin,
     BatchSubmitPlugin,
@@ -73,6 +73,8 @@ class Queue:
                 batch_source.want_history(cfg.name, plugin.history_window())
         self.memory = PlannerMemory()
         self.next_run = 0.0
+        self._followup = False
+        """The last tick retired idle VMs: the next runs after ``reap_followup``, to reap them."""
         self._open: CycleTrace | None = None  # the cycle between decide() and act()
         p = cfg.planner
         self.breaker = CircuitBreaker(
@@ -158,6 +160,7 @@ class Queue:
         slow schedd), and says so."""
         interval = self.cfg.sleep
         nxt = start + interval
+        followup, self._followup = self._followup, False
         skipped = 0
         if interval > 0 and nxt <= end:
             skipped = int((end - start) // interval)
@@ -172,6 +175,8 @@ class Queue:
                 skipped,
                 nxt - end,
             )
+        if followup and 0 < self.cfg.planner.reap_followup < nxt - end:
+            nxt = end + self.cfg.planner.reap_followup
         self.next_run = nxt
         self._status_cache = None
         self.state_text = None
@@ -248,7 +253,17 @@ class Queue:
                         trace.notes.append(
                             f"re-check failed, no retire/reap this cycle: {bounded(recheck_error)}"
                         )
+                    retired = self.counters["retired"]
                     self.executor.execute(trace, trace.time, current)
+                    self._followup = self.worker_kind is WorkerKind.VM and (
+                        self.counters["retired"] > retired
+                        and any(
+                            w.state is WorkerState.IDLE
+                            for a in trace.planned
+                            if a.kind is ActionKind.RETIRE
+                            for w in a.workers
+                        )
+                    )
                     self.executor.maintain(trace, trace.time)
             except Exception as exc:
                 self._failed(trace, exc)

@@ -276,7 +276,10 @@ def run_config(
                 next_sample += SAMPLE_EVERY
             if progress is not None:
                 progress(name, horizon.fraction(world))
-            clock.sleep(step)
+            # As the daemon does: wake for the first queue due (a reap follow-up comes sooner
+            # than an interval), at least every ``step``.
+            due = min((q.next_run for q in factory.queues.values()), default=clock.now() + step)
+            clock.sleep(min(step, max(1.0, due - clock.now())))
         series.append(_sample(world, settings.price))
         metrics = measure(world, trace, settings.price)
         vm_queues = [q for q in factory.queues.values() if q.worker_kind is WorkerKind.VM]

@@ -59,19 +59,31 @@ def jobs(*rows: tuple[float, float, int]) -> Trace:
 def test_one_job_one_vm_through_the_users_config(tmp_path: Path) -> None:
     # Job queued at 0, seen by the cycle at 60 which launches; running at 160, joined and
     # matched at 165 (wait 165), done at 3765; the cycle at 3780 retires the idle VM (drain,
-    # no job), the one at 3840 reaps it: billed 60 -> 3840.
+    # no job), the follow-up reap_followup (20 s) later reaps it: billed 60 -> 3800.
     r = whatif.run_config(
         "config", default_factory_config(), one_queue(tmp_path), jobs((0, 3600, 1)), EXACT, 1, None
     )
     m = r.metrics
     assert (m["wait_p50"], m["wait_p95"], m["wait_max"]) == (165.0, 165.0, 165.0)
     assert m["makespan_h"] == pytest.approx(3765 / 3600)
-    assert m["vm_hours"] == pytest.approx((3840 - 60) / 3600)
-    assert m["idle_vm_hours"] == pytest.approx((3840 - 60 - 3600) / 3600)
-    assert m["cost"] == pytest.approx(0.5 * (3840 - 60) / 3600)
+    assert m["vm_hours"] == pytest.approx((3800 - 60) / 3600)
+    assert m["idle_vm_hours"] == pytest.approx((3800 - 60 - 3600) / 3600)
+    assert m["cost"] == pytest.approx(0.5 * (3800 - 60) / 3600)
     assert m["request_latency_p50"] == m["request_latency_p99"] == 60.0
     assert (m["vms_submitted"], m["vms_retired"], m["vms_reaped"], m["vms_lost"]) == (1, 1, 1, 0)
     assert m["jobs_evicted"] == 0 and m["orphans"] == 0 and m["completed"] == 1
+
+
+def test_without_a_reap_followup_the_retired_vm_waits_a_whole_interval(tmp_path: Path) -> None:
+    """reap_followup = 0: the idle VM retired by the cycle at 3780 is reaped by the next one at
+    3840, 40 s more billed than with the default follow-up 20 s after the retire."""
+    text = ONE_QUEUE.replace("wmsqueue = ONE", "wmsqueue = ONE\nreap_followup = 0")
+    r = whatif.run_config(
+        "config", default_factory_config(), one_queue(tmp_path, text), jobs((0, 3600, 1)), EXACT,
+        1, None,
+    )  # fmt: skip
+    assert r.metrics["vm_hours"] == pytest.approx((3840 - 60) / 3600)
+    assert r.metrics["vms_reaped"] == 1
 
 
 def test_one_job_one_vm_through_elastiq() -> None:

@@ -161,6 +161,18 @@ class CondorPort(Protocol):
         if not."""
         ...
 
+    def create_token(
+        self,
+        identity: str | None,
+        authz: Sequence[str],
+        lifetime: int,
+        key_file: str | None = None,
+    ) -> str:
+        """Mint an IDTOKEN for ``identity`` (None: ``condor@<UID_DOMAIN>``) limited to
+        ``authz`` and expiring in ``lifetime`` seconds, signed with the key in ``key_file``
+        (``condor_token_create``); the worker VM contract's join credential."""
+        ...
+
 
 # ---------------------------------------------------------------------------- cloud
 

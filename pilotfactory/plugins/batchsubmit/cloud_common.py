@@ -22,7 +22,7 @@ from pilotfactory.factory.contract import (
     inert,
 )
 from pilotfactory.factory.params import Param
-from pilotfactory.plugins.batchsubmit.vmlife import VMContract
+from pilotfactory.plugins.batchsubmit.vmlife import VMContract, find_tokens, token_claims
 from pilotfactory.plugins.cloudaccount import EC2_PARAMS, OPENSTACK_PARAMS
 
 __all__ = [
@@ -180,3 +180,33 @@ def render_user_data(template: str | None, contract: VMContract, *, check: bool 
         return out.replace("\n", "\n" + indent) if indent.isspace() else out
 
     return _PLACEHOLDER.sub(value, text)
+
+
+# ---------------------------------------------------------------------------- check
+
+_POOL_SECRET = re.compile(
+    r"passwords\.d|SEC_PASSWORD_FILE\s*=|condor_store_cred\b|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+)
+
+
+def template_warnings(text: str) -> list[str]:
+    """Long-lived secrets a user-data template embeds (``check`` warns): anything that reads
+    the instance's user data (every process on a VM without the metadata block, the cloud
+    console, a snapshot) would hold them for good. The worker's own ``{token}`` is minted,
+    scoped and expiring, so it is not one of them."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if m := _POOL_SECRET.search(line):
+            out.append(
+                f"line {n} embeds a pool password or signing key ({m.group(0).strip()}): "
+                "use token_signing_key, so each VM gets a scoped token that expires"
+            )
+    for token in find_tokens(text):
+        claims = token_claims(token) or {}
+        if "exp" not in claims:
+            who = str(claims.get("sub", "?"))[:60]
+            out.append(
+                f"embeds a token for {who} without an expiry: whoever reads the user data "
+                "joins the pool for good; use token_signing_key (minted per worker, expiring)"
+            )
+    return out

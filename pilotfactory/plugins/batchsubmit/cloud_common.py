@@ -12,6 +12,7 @@ snippet alone. Other formats (``#cloud-config``) must use a placeholder.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from pilotfactory.factory.contract import (
     DEADLINE_ATTR,
@@ -85,7 +86,7 @@ _NAMES = "|".join(PLACEHOLDERS)
 _PLACEHOLDER = re.compile(rf"\{{\{{({_NAMES})\}}\}}|\{{({_NAMES})\}}")
 # A value rendered into a script or YAML must not be able to end its quoting: ids, hosts,
 # URLs and JWTs all fit in these characters.
-_SAFE = re.compile(r"^[A-Za-z0-9_.:@/+=,~-]*$")
+_SAFE = re.compile(r"^[A-Za-z0-9_.:@/+=,~?&%-]*$")
 # The START clauses of the contract: the deadline (a job that states its expected runtime, or
 # MaxWallTimeMins, must end before it) and a provider's interruption notice.
 DEADLINE_START = (
@@ -134,9 +135,9 @@ def placeholders(template: str) -> set[str]:
     return {m.group(2) for m in _PLACEHOLDER.finditer(template) if m.group(2)}
 
 
-def contract_values(contract: VMContract, *, check: bool = True) -> dict[str, str]:
-    """The text of each placeholder; with ``check``, a value that could end its quoting in a
-    script or YAML document is refused (ValueError naming the placeholder)."""
+def contract_values(contract: VMContract, check: Collection[str] = ()) -> dict[str, str]:
+    """The text of each placeholder; a value of one named in ``check`` that could end its
+    quoting in a script or YAML document is refused (ValueError naming the placeholder)."""
     c = contract
     values = {
         "worker_id": c.worker_id,
@@ -149,10 +150,9 @@ def contract_values(contract: VMContract, *, check: bool = True) -> dict[str, st
         "token": c.token.strip(),
         "metadata_url": c.metadata_url.rstrip("/"),
     }
-    if check:
-        for name, value in values.items():
-            if not _SAFE.match(value):
-                raise ValueError(f"placeholder {{{name}}}: unsafe characters in {value[:60]!r}")
+    for name in check:
+        if name in values and not _SAFE.match(value := values[name]):
+            raise ValueError(f"placeholder {{{name}}}: unsafe characters in {value[:60]!r}")
     values["condor_config"] = condor_config(c)
     return values
 
@@ -170,7 +170,8 @@ def render_user_data(template: str | None, contract: VMContract, *, check: bool 
                 "so the VM could not advertise its PilotFactoryWorker"
             )
         text = text.rstrip("\n") + "\n" + SNIPPET
-    values = contract_values(contract, check=check)
+    # Only what the template uses is judged (a collector's "?sock=" is fine where unused).
+    values = contract_values(contract, placeholders(text) if check else ())
 
     def value(m: re.Match[str]) -> str:
         if m.group(1):

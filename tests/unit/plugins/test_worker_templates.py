@@ -65,6 +65,11 @@ def test_unsafe_values_are_refused_but_previewed() -> None:
     with pytest.raises(ValueError, match=r"placeholder \{worker_id\}"):
         render_user_data("#!/bin/sh\n{worker_id}\n", bad)
     assert "w'; rm" in render_user_data("#!/bin/sh\n{worker_id}\n", bad, check=False)
+    # only what the template uses is judged: a shared-port collector is fine in condor_config
+    spaced = VMContract("w1", "f1", "ECM", "cm:9618?sock=collector my")
+    assert "COLLECTOR_HOST = cm:9618?sock=collector my" in render_user_data("#!/bin/sh\n", spaced)
+    with pytest.raises(ValueError, match=r"placeholder \{collector\}"):
+        render_user_data("#!/bin/sh\nC='{collector}'\n", spaced)
 
 
 def test_condor_config_carries_the_contract() -> None:

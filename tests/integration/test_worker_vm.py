@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -361,3 +362,56 @@ def test_lease_without_a_factory(world: World) -> None:
         assert "retiring the startd peacefully" in log and "powering off" in log, log
     finally:
         end(world, vm, jid)
+
+
+def advertise_lease(world: World, name: str, until: int | None) -> None:
+    """The factory's lease ad (contract: ``PilotFactoryLease``), as the factory side writes it;
+    ``until`` None invalidates it. Sent with the sandbox's daemon token."""
+    root = world.pool.env["PILOTFACTORY_SANDBOX_ROOT"]
+    ad = world.workdir / f"lease-{uuid.uuid4().hex[:6]}.ad"
+    fid, queue = name.split("/", 1)
+    if until is None:
+        cmd = "INVALIDATE_ADS_GENERIC"
+        ad.write_text(f'MyType = "Query"\nTargetType = "PilotFactoryLease"\n'
+                      f'Requirements = Name == "{name}"\n')  # fmt: skip
+    else:
+        cmd = "UPDATE_AD_GENERIC"
+        ad.write_text(
+            f'MyType = "PilotFactoryLease"\nName = "{name}"\nPilotFactoryId = "{fid}"\n'
+            f'PilotFactoryQueue = "{queue}"\nPilotFactoryLeaseUntil = {until}\n'
+            "ClassAdLifetime = 600\n"
+        )
+    ad.chmod(0o644)
+    proc = subprocess.run(
+        ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+         "_CONDOR_SEC_TOKEN_DIRECTORY=/etc/condor/tokens-admin",
+         "_CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS=IDTOKENS",
+         "chroot", root, "condor_advertise", cmd, str(ad)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_lease_ad_extends_the_lease(world: World) -> None:
+    """The VM's lease is the later of its launch value and the factory's lease ad: renewed by
+    the ad, it outlives its launch lease; when the ad stops moving, it is gone by the ad's
+    lease + grace."""
+    lease, grace, extra = 30, 20, 40
+    vm = launch(world, template(world, "worker.sh"), lease=lease, lease_grace=grace)
+    fid = vm.user_data.split("pfvm\" lease '", 1)[1].split("'", 1)[0]
+    renewed = int(vm.launched_at) + lease + extra
+    advertise_lease(world, fid, renewed)
+    try:
+        wait_for("the startd", lambda: slot(world, vm), timeout=60)
+        wait_for("launch lease + grace passed",
+                 lambda: time.time() > vm.launched_at + lease + grace + 5,
+                 timeout=lease + grace + 20)  # fmt: skip
+        assert state(world, vm) == "running", "the ad's lease kept it"
+        wait_for("terminated", lambda: state(world, vm) == "terminated",
+                 timeout=extra + grace + 30, interval=1)  # fmt: skip
+        gone = time.time()
+        print(f"\nVM gone {gone - renewed:+.1f}s from the renewed lease ({grace}s grace)")
+        assert renewed <= gone <= renewed + grace + 8
+    finally:
+        advertise_lease(world, fid, None)
+        end(world, vm)

@@ -151,7 +151,7 @@ def launch(world: World, tpl: Path | None, image: str | None = None, **params: A
     return Launched(wid, iid, label, text, t0)
 
 
-def payload(world: World, vm: Launched, seconds: int) -> str:
+def payload(world: World, vm: Launched, seconds: int, **attrs: str) -> str:
     res = world.port.submit(
         {
             "executable": "/bin/sleep",
@@ -161,6 +161,7 @@ def payload(world: World, vm: Launched, seconds: int) -> str:
             "request_cpus": "1",
             "request_memory": "64",
             "initialdir": str(world.pool.job_dir()),
+            **{f"+{k}": v for k, v in attrs.items()},
         },
         1,
     )
@@ -415,3 +416,19 @@ def test_lease_ad_extends_the_lease(world: World) -> None:
     finally:
         advertise_lease(world, fid, None)
         end(world, vm)
+
+
+def test_start_refuses_what_cannot_end_before_the_deadline(world: World) -> None:
+    """PilotFactoryDeadline on real daemons: a job whose stated runtime ends after it stays
+    idle; one that fits runs."""
+    vm = launch(world, template(world, "worker.sh"), max_lifetime=600, lifetime_stagger=0)
+    long_job = payload(world, vm, 5, PilotFactoryExpectedRuntime="3600")
+    short_job = payload(world, vm, 5, MaxWallTimeMins="2")
+    try:
+        ad = wait_for("the startd", lambda: slot(world, vm, "PilotFactoryDeadline"), timeout=60)
+        assert abs(ad["PilotFactoryDeadline"] - (vm.launched_at + 600)) <= 2
+        wait_for("the short job ran", lambda: not job(world, short_job), timeout=90)
+        time.sleep(12)  # several negotiation cycles with the slot free
+        assert job(world, long_job).get("JobStatus") == 1, "the long job never started"
+    finally:
+        end(world, vm, long_job)

@@ -2,7 +2,8 @@
 
 The elastic integration tests start it; it also runs by hand beside a booted sandbox pool::
 
-    python -m tests.integration.vmemu --ec2 http://127.0.0.1:5000 [--never-join AMI] [-v]
+    python -m tests.integration.vmemu --ec2 http://127.0.0.1:5000 [--never-join AMI]
+        [--bare-image AMI] [-v]
 
 For each instance that moto reports ``running`` it boots one emulated VM in the sandbox
 chroot (``scripts/condor-sandbox``): its own directory, its own ``condor_master`` (and startd),
@@ -550,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="AMI",
         help="instances of this image never start HTCondor (repeatable)",
     )
+    ap.add_argument(
+        "--bare-image",
+        action="append",
+        default=[],
+        metavar="AMI",
+        help="instances of this image have no pool credential (repeatable)",
+    )
     ap.add_argument("--join-delay", type=float, default=0.0, help="seconds before a VM boots")
     ap.add_argument("--cpus", type=int, default=1)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -574,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus=args.cpus,
     )
     emu.broken_images.update(args.never_join)
+    emu.bare_images.update(args.bare_image)
     emu.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -251,6 +251,7 @@ def load_all(args: argparse.Namespace) -> Loaded:
     problems.extend(str(p) for p in result.problems)
     secrets = secret_file_problems(result)
     problems.extend(str(p) for p in secrets)
+    problems.extend(str(p) for p in template_problems(result))
     errors.extend(str(p) for p in result.errors)
     errors.extend(str(p) for p in secrets if p.severity == "error")
     if not result.queues:
@@ -281,6 +282,31 @@ def secret_file_problems(result: QueuesResult) -> list[ConfigProblem]:
                     missing = exc.mode is None and not os.path.lexists(os.path.expanduser(path))
                     severity = "warning" if missing else "error"
                     out.append(ConfigProblem(severity, q.source, q.name, key, str(exc)))
+    return out
+
+
+def template_problems(result: QueuesResult) -> list[ConfigProblem]:
+    """Warnings about the user-data template of each VM queue (issue 18): a pool password,
+    a signing key or a token without an expiry embedded in it (``template_warnings``)."""
+    from pilotfactory.plugins.batchsubmit.cloud_common import template_warnings
+
+    out: list[ConfigProblem] = []
+    for q in result.queues:
+        spec = q.batchsubmit
+        key = f"{spec.kind}.{spec.name.lower()}"
+        texts = []
+        if path := spec.params.get("user_data_file"):
+            try:
+                with open(os.path.expanduser(str(path)), encoding="utf-8") as fh:
+                    texts.append((f"{key}.user_data_file", f"template {path}", fh.read()))
+            except (OSError, UnicodeError) as exc:
+                out.append(ConfigProblem("warning", q.source, q.name, f"{key}.user_data_file",
+                                         f"template {path} cannot be read: {exc}"))  # fmt: skip
+        if inline := spec.params.get("user_data"):
+            texts.append((f"{key}.user_data", "user_data", str(inline)))
+        for where, what, text in texts:
+            for warning in template_warnings(text):
+                out.append(ConfigProblem("warning", q.source, q.name, where, f"{what}: {warning}"))
     return out
 
 

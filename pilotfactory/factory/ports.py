@@ -170,6 +170,17 @@ class CondorPort(Protocol):
     def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
         """Send generic ads (each with ``MyType`` and ``Name``) to the collector in one update
         (``UPDATE_AD_GENERIC``): the factory's lease ads."""
+
+    def create_token(
+        self,
+        identity: str | None,
+        authz: Sequence[str],
+        lifetime: int,
+        key_file: str | None = None,
+    ) -> str:
+        """Mint an IDTOKEN for ``identity`` (None: ``condor@<UID_DOMAIN>``) limited to
+        ``authz`` and expiring in ``lifetime`` seconds, signed with the key in ``key_file``
+        (``condor_token_create``); the worker VM contract's join credential."""
         ...
 
 

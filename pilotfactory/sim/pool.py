@@ -543,6 +543,17 @@ class SimPool:
     def ping_collector(self) -> None:
         self._enter("ping_collector", "collector")
 
+    def create_token(
+        self, identity: str | None, authz: Sequence[str], lifetime: int, key_file: str | None = None
+    ) -> str:
+        """An unsigned token expiring on the simulated clock (the simulated pool takes any)."""
+        from pilotfactory.plugins.batchsubmit.vmlife import unsigned_token
+
+        self._enter("create_token", "collector")
+        now = int(self.loop.now)
+        claims = {"sub": identity or "condor@sim", "iat": now, "exp": now + int(lifetime)}
+        return unsigned_token({**claims, "scope": " ".join(f"condor:/{a}" for a in authz)})
+
     def query_masters(
         self,
         match: Mapping[str, Any],

@@ -2,7 +2,8 @@
 
 The elastic integration tests start it; it also runs by hand beside a booted sandbox pool::
 
-    python -m tests.integration.vmemu --ec2 http://127.0.0.1:5000 [--never-join AMI] [-v]
+    python -m tests.integration.vmemu --ec2 http://127.0.0.1:5000 [--never-join AMI]
+        [--bare-image AMI] [-v]
 
 For each instance that moto reports ``running`` it boots one emulated VM in the sandbox
 chroot (``scripts/condor-sandbox``): its own directory, its own ``condor_master`` (and startd),
@@ -15,6 +16,17 @@ gets its ``write_files`` written and its ``runcmd`` run. Paths under ``/etc/cond
 VM's own (the emulator rewrites that prefix to the VM's directory, since one chroot holds every
 VM); ``systemctl`` is a no-op, as HTCondor starts after the user data on these VMs.
 
+Each emulator also plays the link-local **metadata service** (an HTTP server on 127.0.0.1):
+``/<instance-id>/latest/meta-data/instance-id`` and ``.../spot/instance-action`` (404 until
+``interrupt``), with IMDSv2's token ``PUT``. The user data says ``http://169.254.169.254`` as
+on a cloud; the emulator rewrites that prefix to the VM's own path on its server (as it
+rewrites ``/etc/condor``, and ``/sbin/poweroff``). Inside a VM ``poweroff`` / ``shutdown`` /
+``halt`` power it off (its master and every process its user data started, found by the
+``PILOTFACTORY_VMEMU_VM`` variable they all inherit, die; the instance is terminated) and
+``iptables`` logs its arguments to the VM's ``iptables.log``. An image in ``bare_images`` has
+no pool credential (no signing key, IDTOKENS only): it joins only with a token its user data
+writes to ``/etc/condor/tokens.d``.
+
 When an instance is stopped or terminated its VM dies at once (SIGKILL to the master and every
 descendant: no graceful exit, ads linger until the collector expires them). When a VM's master
 exits by itself (self-shutdown), the emulator terminates the instance, as
@@ -26,7 +38,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import calendar
 import contextlib
+import http.server
+import json
 import logging
 import os
 import shlex
@@ -120,10 +135,21 @@ def stale_vm_masters(vm_dir: Path) -> list[int]:
     return out
 
 
-def image_config(vm: VM, cpus: int, memory: int) -> str:
-    """What the emulated image bakes in: an execute node of the sandbox pool."""
+def image_config(vm: VM, cpus: int, memory: int, bare: bool = False) -> str:
+    """What the emulated image bakes in: an execute node of the sandbox pool (``bare``: with
+    no pool credential; only a token the user data writes lets it join)."""
     local = vm.root / "var"
-    return f"""\
+    creds = ""
+    if bare:
+        creds = f"""\
+# A bare image: no pool signing key, no host credential; IDTOKENS from its own directory only.
+SEC_PASSWORD_DIRECTORY = {vm.root}/passwords.d
+SEC_PASSWORD_FILE =
+SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS
+"""
+    return (
+        creds
+        + f"""\
 # The emulated image's HTCondor configuration (written by tests/integration/vmemu.py).
 RELEASE_DIR = /usr
 LOCAL_DIR = {local}
@@ -168,16 +194,89 @@ MEMORY = {memory}
 STARTD.MAXJOBRETIREMENTTIME = 3600
 # The instance id, as an image's metadata lookup would advertise it.
 EC2InstanceID = "{vm.instance_id}"
+SEC_TOKEN_DIRECTORY = {vm.root}{CONDOR_ETC}/tokens.d
 STARTD_ATTRS = $(STARTD_ATTRS) EC2InstanceID
 MASTER_ATTRS = $(MASTER_ATTRS) EC2InstanceID
 LOCAL_CONFIG_FILE =
 LOCAL_CONFIG_DIR = {vm.root}{CONDOR_ETC}/config.d
 """
+    )
 
 
-def vm_path(vm: VM, text: str) -> str:
-    """The VM's own /etc/condor: one chroot holds every VM, so the prefix is rewritten."""
-    return text.replace(CONDOR_ETC, f"{vm.root}{CONDOR_ETC}")
+METADATA_URL = "http://169.254.169.254"
+VM_ENV = "PILOTFACTORY_VMEMU_VM"
+POWER = ("poweroff", "shutdown", "halt")
+
+
+def vm_path(vm: VM, text: str, metadata: str = "") -> str:
+    """The VM's own /etc/condor and power-off: one chroot holds every VM, so the prefixes are
+    rewritten; the metadata address becomes the VM's path on the emulator's server."""
+    text = text.replace(CONDOR_ETC, f"{vm.root}{CONDOR_ETC}")
+    for name in POWER:
+        text = text.replace(f"/sbin/{name}", f"{vm.root}/bin/{name}")
+    if metadata:
+        text = text.replace(METADATA_URL, f"{metadata}/{vm.instance_id}")
+    return text
+
+
+def vm_pids(instance_id: str) -> list[int]:
+    """Every process a VM started (they inherit ``VM_ENV`` from its user data and master)."""
+    mark = f"{VM_ENV}={instance_id}".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if mark in fh.read().split(b"\0"):
+                    out.append(int(entry))
+        except OSError:
+            continue
+    return out
+
+
+class Metadata(http.server.ThreadingHTTPServer):
+    """The link-local metadata service of every VM: ``/<instance-id>/latest/...``."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _MetadataHandler)
+        self.notices: dict[str, dict[str, str]] = {}
+        self.requests: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _MetadataHandler(http.server.BaseHTTPRequestHandler):
+    server: Metadata
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metadata: " + format, *args)
+
+    def _answer(self, code: int, body: str = "") -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self) -> None:  # IMDSv2: a session token
+        self.server.requests.append(f"PUT {self.path}")
+        ok = self.path.split("/", 2)[-1] == "latest/api/token"
+        self._answer(200 if ok else 404, "emulated-imds-token" if ok else "")
+
+    def do_GET(self) -> None:
+        self.server.requests.append(f"GET {self.path}")
+        _, iid, rest = (self.path.split("/", 2) + ["", ""])[:3]
+        if rest == "latest/meta-data/instance-id":
+            return self._answer(200, iid)
+        if rest == "latest/meta-data/spot/instance-action" and iid in self.server.notices:
+            return self._answer(200, json.dumps(self.server.notices[iid]))
+        return self._answer(404, "Not Found")
 
 
 class Emulator:
@@ -199,6 +298,7 @@ class Emulator:
         self.sandbox_root = sandbox_root
         self.vm_dir = vm_dir
         self.broken_images: set[str] = set()  # instances of these images never join
+        self.bare_images: set[str] = set()  # images without a pool credential
         self.never_join = never_join or (lambda inst: inst.get("ImageId") in self.broken_images)
         self.join_delay = join_delay or (lambda inst: 0.0)
         self.cpus, self.memory, self.interval = cpus, memory, interval
@@ -208,6 +308,8 @@ class Emulator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_index = 10  # 127.0.1.10 upwards
+        self.metadata = Metadata()
+        self._terminate_at: dict[str, float] = {}  # interrupted instances
 
     # ------------------------------------------------------------------ running
 
@@ -217,6 +319,7 @@ class Emulator:
         for pid in stale_vm_masters(self.vm_dir):
             log.warning("killing an emulated VM left by an earlier run (pid %d)", pid)
             kill_tree(pid)
+        threading.Thread(target=self.metadata.serve_forever, name="imds", daemon=True).start()
         self._thread = threading.Thread(target=self._loop, name="vmemu", daemon=True)
         self._thread.start()
         return self
@@ -229,6 +332,20 @@ class Emulator:
         with self.lock:
             for vm in self.vms.values():
                 self._kill(vm, "emulator stopped")
+        self.metadata.shutdown()
+        self.metadata.server_close()
+
+    def interrupt(self, instance_id: str, after: float = 120) -> None:
+        """A spot interruption: the notice appears at once in the instance's metadata, and
+        the instance is terminated ``after`` seconds later, as the provider would."""
+        at = time.time() + after
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        self.metadata.notices[instance_id] = {"action": "terminate", "time": stamp}
+        with self.lock:
+            self._terminate_at[instance_id] = calendar.timegm(
+                time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+            )
+        log.info("%s: interruption notice; terminated at %s", instance_id, stamp)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -247,12 +364,22 @@ class Emulator:
         """One pass: boot what runs, kill what stopped, terminate what shut itself down."""
         now = time.time()
         with self.lock:
+            due = [i for i, at in self._terminate_at.items() if at <= now]
+            for iid in due:
+                del self._terminate_at[iid]
+                log.info("%s: interrupted: terminating", iid)
+                self.client.terminate_instances(InstanceIds=[iid])
             for inst in self.instances():
                 iid, state = inst["InstanceId"], inst["State"]["Name"]
                 vm = self.vms.get(iid)
                 if state == "running":
                     if vm is None:
                         vm = self._new_vm(inst, now)
+                    if vm is not None and not vm.killed and (vm.root / "powered-off").exists():
+                        self._kill(vm, "powered off from inside")
+                        log.info("%s: powered off: terminating", iid)
+                        self.client.terminate_instances(InstanceIds=[iid])
+                        continue
                     if vm.proc is None and not vm.killed:
                         if self.never_join(inst):
                             continue
@@ -260,6 +387,8 @@ class Emulator:
                             self._boot(vm)
                     elif vm.proc is not None and vm.proc.poll() is not None and not vm.killed:
                         vm.killed = True
+                        for pid in vm_pids(iid):  # the VM is off: nothing it ran survives
+                            kill_tree(pid)
                         vm.events.append(f"{now:.1f} master exited {vm.proc.returncode}")
                         log.info("%s: master exited by itself: terminating", iid)
                         self.client.terminate_instances(InstanceIds=[iid])
@@ -305,16 +434,23 @@ class Emulator:
         )
         (vm.root / "var" / "execute").chmod(0o755)
         config = vm.root / "condor_config"
-        config.write_text(image_config(vm, self.cpus, self.memory))
+        bare = vm.image in self.bare_images
+        config.write_text(image_config(vm, self.cpus, self.memory, bare))
+        (vm.root / "passwords.d").mkdir(mode=0o700, exist_ok=True)
+        (etc / "tokens.d").mkdir(mode=0o700, exist_ok=True)
         bindir = vm.root / "bin"
         bindir.mkdir(exist_ok=True)
-        systemctl = bindir / "systemctl"
-        systemctl.write_text(
-            '#!/bin/sh\necho "systemctl $*" >> "$(dirname "$0")/../systemctl.log"\n'
-        )
-        systemctl.chmod(0o755)
+        stubs = {
+            "systemctl": 'echo "systemctl $*" >> "$D/systemctl.log"',
+            "iptables": 'echo "iptables $*" >> "$D/iptables.log"',
+            **{n: f'echo "{n} $*" >> "$D/powered-off"' for n in POWER},
+        }
+        for name, body in stubs.items():
+            stub = bindir / name
+            stub.write_text(f"#!/bin/sh\nD={vm.root}\n{body}\n")
+            stub.chmod(0o755)
         vm.user_data_rc = self.apply_user_data(vm, self.user_data(vm.instance_id))
-        env = {"CONDOR_CONFIG": str(config)}
+        env = {"CONDOR_CONFIG": str(config), VM_ENV: vm.instance_id}
         argv = ["/usr/sbin/condor_master", "-f", "-pidfile", str(vm.root / "master.pid")]
         out = open(vm.root / "master.out", "wb")  # noqa: SIM115 - the child keeps it
         vm.proc = subprocess.Popen(
@@ -340,7 +476,7 @@ class Emulator:
                 if item.get("encoding") in ("b64", "base64"):
                     path.write_bytes(base64.b64decode(content))
                 else:
-                    path.write_text(content)
+                    path.write_text(vm_path(vm, content, self.metadata.url))
                 if "permissions" in item:
                     path.chmod(int(str(item["permissions"]), 8))
             script = "\n".join(
@@ -352,9 +488,16 @@ class Emulator:
         elif not text.startswith("#!"):
             return 0  # data the VM's software would read; nothing runs it
         script_path = vm.root / "user-data.sh"
-        script_path.write_text(vm_path(vm, text))
+        script_path.write_text(vm_path(vm, text, self.metadata.url))
         script_path.chmod(0o755)
-        env = {"PATH": f"{vm.root}/bin:{CHROOT_PATH}", "HOME": "/root"}
+        # The image's own config is the default of every tool the user data runs; what it
+        # leaves running carries VM_ENV, so the VM's power-off finds it.
+        env = {
+            "PATH": f"{vm.root}/bin:{CHROOT_PATH}",
+            "HOME": "/root",
+            "CONDOR_CONFIG": str(vm.root / "condor_config"),
+            VM_ENV: vm.instance_id,
+        }
         with open(vm.root / "user-data.log", "wb") as logf:
             rc = subprocess.run(
                 self._in_root(["/bin/sh", str(script_path)], env),
@@ -363,6 +506,7 @@ class Emulator:
                 stderr=logf,
                 timeout=60,
                 check=False,
+                start_new_session=True,
             ).returncode
         if rc:
             self.errors.append(f"{vm.instance_id}: user data exited {rc}")
@@ -375,6 +519,9 @@ class Emulator:
         if vm.proc is not None and vm.proc.poll() is None:
             kill_tree(vm.proc.pid)
             vm.proc.wait(timeout=10)
+        for pid in vm_pids(vm.instance_id):  # what the user data left running (a lease loop)
+            kill_tree(pid)
+        if vm.proc is not None:
             vm.events.append(f"{time.time():.1f} killed ({why})")
             log.info("%s: killed (%s)", vm.instance_id, why)
 
@@ -404,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="AMI",
         help="instances of this image never start HTCondor (repeatable)",
     )
+    ap.add_argument(
+        "--bare-image",
+        action="append",
+        default=[],
+        metavar="AMI",
+        help="instances of this image have no pool credential (repeatable)",
+    )
     ap.add_argument("--join-delay", type=float, default=0.0, help="seconds before a VM boots")
     ap.add_argument("--cpus", type=int, default=1)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -428,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus=args.cpus,
     )
     emu.broken_images.update(args.never_join)
+    emu.bare_images.update(args.bare_image)
     emu.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -4,6 +4,7 @@ every call, ignores raw constraints (as a port may), and applies ``edit`` to its
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from pilotfactory.factory.clock import VirtualClock
 from pilotfactory.factory.plugin import Env
 from pilotfactory.factory.ports import CondorTarget, SubmitResult
+from pilotfactory.plugins.batchsubmit.vmlife import unsigned_token
 
 
 def _select(
@@ -110,6 +112,21 @@ class FakeCondor:
 
     def advertise(self, ads: Sequence[Mapping[str, Any]]) -> None:
         self._call("advertise", [dict(ad) for ad in ads])
+
+    def create_token(
+        self, identity: str | None, authz: Sequence[str], lifetime: int, key_file: str | None = None
+    ) -> str:
+        """An unsigned token whose claims say what was asked (``exp`` from the wall clock,
+        as condor_token_create's)."""
+        self._call("create_token", identity, tuple(authz), lifetime, key_file)
+        claims = {
+            "sub": identity or "condor@fake",
+            "scope": " ".join(f"condor:/{a}" for a in authz),
+            "iat": int(time.time()),
+            "exp": int(time.time()) + int(lifetime),
+            "jti": f"fake{self.count('create_token')}",
+        }
+        return unsigned_token(claims)
 
 
 class FakeWorld:

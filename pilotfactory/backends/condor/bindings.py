@@ -536,6 +536,20 @@ class BindingsCondor:
             )
         log.debug("vacate (quick drain) of %s requested", machine)
 
+    # -- worker tokens -----------------------------------------------------------------------
+
+    def create_token(
+        self,
+        identity: str | None,
+        authz: Sequence[str],
+        lifetime: int,
+        key_file: str | None = None,
+    ) -> str:
+        """The bindings cannot sign with a chosen key: the same tool as the CLI backend."""
+        from pilotfactory.backends.condor.tokens import create_token
+
+        return create_token(identity, authz, lifetime, key_file)
+
 
 def check_token_dir(path: str) -> None:
     """Refuse a token directory others can read: a token is a password (never logged)."""

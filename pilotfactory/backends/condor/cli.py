@@ -371,3 +371,16 @@ class CliCondor:
 
     def vacate(self, machine: str, reason: str) -> None:
         self._admin(["condor_drain", *self._pool_args(), "-quick", "-reason", reason, machine])
+
+    # -- worker tokens -----------------------------------------------------------------------
+
+    def create_token(
+        self,
+        identity: str | None,
+        authz: Sequence[str],
+        lifetime: int,
+        key_file: str | None = None,
+    ) -> str:
+        from pilotfactory.backends.condor.tokens import create_token
+
+        return create_token(identity, authz, lifetime, key_file, timeout=self.timeout)

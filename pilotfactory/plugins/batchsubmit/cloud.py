@@ -66,7 +66,6 @@ from pilotfactory.factory.text import clip
 from pilotfactory.plugins.batchsubmit.cloud_common import (
     EC2_PARAMS,
     OPENSTACK_PARAMS,
-    condor_config,
     render_user_data,
     vm_params,
 )
@@ -94,12 +93,17 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     unretire_vms,
 )
 from pilotfactory.plugins.batchsubmit.vmlife import (
+    DEFAULT_METADATA_URL,
     LEASE,
     LIFE_PARAMS,
     METADATA_URL,
     TOKEN_IDENTITY,
+    TOKEN_SIGNING_KEY,
+    WORKER_AUTHZ,
+    VMContract,
     fingerprint,
     launch_times,
+    token_lifetime,
 )
 from pilotfactory.plugins.cloudaccount import (
     TAG_LAUNCHED_AS,
@@ -239,24 +243,54 @@ class CloudSubmit(BatchSubmitPlugin):
         except OSError as exc:
             raise SubmitError(f"queue {self.queue.queue}: user_data_file {path}: {exc}") from None
 
-    def user_data(self, template: str | None, worker_id: str) -> str:
-        fid, q, collector = self.env.factory_id, self.queue.queue, self.target.collector
-        values = {
-            "worker_id": worker_id,
-            "factory_id": fid,
-            "queue": q,
-            "collector": collector or "",
-            "condor_config": condor_config(worker_id, fid, q, collector, self.queue.wmsqueue),
-        }
+    def contract(self, worker_id: str, now: float, token: str = "") -> VMContract:
+        """What one worker's user data is rendered from (the worker VM contract)."""
+        t = launch_times(self.params, worker_id, now)
+        return VMContract(
+            worker_id,
+            self.env.factory_id,
+            self.queue.queue,
+            self.target.collector,
+            self.queue.wmsqueue,
+            lease_until=t.lease_until,
+            lease_grace=t.lease_grace,
+            deadline=t.deadline,
+            token=token,
+            metadata_url=str(METADATA_URL.of(self.params) or DEFAULT_METADATA_URL),
+        )
+
+    def mint_token(self, worker_id: str) -> str:
+        """A token for one worker, scoped to advertising a startd and a master and reading
+        the collector, expiring with the lease (``token_lifetime``); empty without a
+        ``token_signing_key``. Never logged."""
+        key = TOKEN_SIGNING_KEY.of(self.params)
+        if not key:
+            return ""
+        identity = TOKEN_IDENTITY.of(self.params) or None
         try:
-            return render_user_data(template, values)
+            return self.condor.create_token(
+                identity, WORKER_AUTHZ, token_lifetime(self.params), str(key)
+            )
+        except CondorError as exc:
+            raise SubmitError(
+                f"queue {self.queue.queue}: token for worker {worker_id} (token_signing_key "
+                f"{key}): {exc}"
+            ) from None
+
+    def user_data(self, template: str | None, worker_id: str, now: float | None = None) -> str:
+        """The worker's rendered user data (a token minted for it when the queue mints)."""
+        now = self.env.clock.now() if now is None else now
+        contract = self.contract(worker_id, now, self.mint_token(worker_id))
+        try:
+            return render_user_data(template, contract)
         except ValueError as exc:
             path = self.params.get("user_data_file")
-            raise SubmitError(f"queue {q}: user_data_file {path} {exc}") from None
+            raise SubmitError(f"queue {self.queue.queue}: user_data_file {path} {exc}") from None
 
     def preview(self) -> str:
         """One launch request: the instance settings, the tags and the rendered user data (for
-        a worker id written as ``<worker-id>``; each VM gets its own)."""
+        a worker id written as ``<worker-id>`` and a token as ``<token>``; each VM gets its
+        own)."""
         spec = self.spec()
         wid = "<worker-id>"
         head = [
@@ -282,7 +316,14 @@ class CloudSubmit(BatchSubmitPlugin):
         head.append("# tags")
         head.extend(f"{key} = {value}" for key, value in tags.items())
         head.append("# user data")
-        return "\n".join(head) + "\n" + self.user_data(self.template(), wid)
+        token = "<token>" if TOKEN_SIGNING_KEY.of(self.params) else ""
+        contract = self.contract(wid, self.env.clock.now(), token)
+        try:
+            text = render_user_data(self.template(), contract, check=False)
+        except ValueError as exc:
+            path = self.params.get("user_data_file")
+            raise SubmitError(f"queue {self.queue.queue}: user_data_file {path} {exc}") from None
+        return "\n".join(head) + "\n" + text
 
     def submit(self, count: int) -> list[str]:
         """Launch ``count`` workers, one launch per worker (its own tags, user data and client
@@ -508,7 +549,7 @@ class CloudSubmit(BatchSubmitPlugin):
             group = list(intent.group) if intent is not None and intent.group else None
             return self.launch_fleet_one(spec, template, wid, tags, group, order, now, refused)
         q = self.queue.queue
-        user_data = self.user_data(template, wid)
+        user_data = self.user_data(template, wid, now)
         for choice in [pinned] if pinned is not None else order:
             if pinned is None and (why := self.choice_backoff.blocked(choice, now)):
                 refused.append(why)
@@ -575,7 +616,7 @@ class CloudSubmit(BatchSubmitPlugin):
                 f"{type(port).__name__} does not offer"
             )
         self.sweep_templates(port)
-        user_data = self.user_data(template, wid)
+        user_data = self.user_data(template, wid, now)
         for group in [pinned] if pinned else market_groups(order):
             usable = []
             for c in group:

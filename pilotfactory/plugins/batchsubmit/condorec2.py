@@ -9,6 +9,7 @@ batch status plugin must tell "retired by us" from "vanished" after a restart.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -29,6 +30,7 @@ from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
 from pilotfactory.factory.plugin import Env, QueueEnv, RetireGroup, SubmitError
 from pilotfactory.factory.ports import CondorError
+from pilotfactory.plugins.batchsubmit.cloud_common import render_user_data
 from pilotfactory.plugins.batchsubmit.condor_common import (
     COMMON_SUBMIT_PARAMS,
     SPOT_PRICE,
@@ -36,7 +38,18 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     retire_vms,
     unretire_vms,
 )
-from pilotfactory.plugins.batchsubmit.vmlife import LIFE_PARAMS, fingerprint
+from pilotfactory.plugins.batchsubmit.vmlife import (
+    DEFAULT_METADATA_URL,
+    LIFE_PARAMS,
+    METADATA_URL,
+    TOKEN_IDENTITY,
+    TOKEN_SIGNING_KEY,
+    WORKER_AUTHZ,
+    VMContract,
+    fingerprint,
+    launch_times,
+    token_lifetime,
+)
 from pilotfactory.secretfiles import SecretFileError, check_private
 
 log = logging.getLogger(__name__)
@@ -56,7 +69,7 @@ class CondorEC2Submit(CondorSubmitBase):
         Param("instance_type", str, None, "instance type", required=True),
         SPOT_PRICE,
         Param("user_data", str, None, "user data (one line; else use user_data_file)"),
-        Param("user_data_file", str, None, "file with the user data"),
+        Param("user_data_file", str, None, "user data template, rendered per submit (etc/worker/)"),
         Param("security_groups", list, None, "security group names"),
         Param("keypair_file", str, None, "where the gridmanager writes the key pair"),
         Param(
@@ -76,6 +89,7 @@ class CondorEC2Submit(CondorSubmitBase):
 
     def __init__(self, params: Mapping[str, Any], env: Env, queue: QueueEnv) -> None:
         super().__init__(params, env, queue)
+        self._seq = itertools.count()
         if params.get("peaceful") is not None:
             log.info(
                 "[%s] batchsubmit.condorec2.peaceful is an APF key and is ignored: the queue's "
@@ -127,12 +141,88 @@ class CondorEC2Submit(CondorSubmitBase):
                 raise SubmitError(f"queue {q}: user_data spans lines; use user_data_file")
             desc["ec2_user_data"] = p["user_data"]
         if p.get("user_data_file"):
-            desc["ec2_user_data_file"] = p["user_data_file"]
+            desc["ec2_user_data_file"] = p["user_data_file"]  # rendered by description()
         if p.get("security_groups"):
             desc["ec2_security_groups"] = ", ".join(p["security_groups"])
         if p.get("keypair_file"):
             desc["ec2_keypair_file"] = p["keypair_file"]
         return desc
+
+    # ------------------------------------------------------------------ user data
+
+    def description(self, now: float | None = None, create: bool = True) -> dict[str, str]:
+        """The submit description; ``user_data_file`` is a template rendered once per submit
+        (one cluster: no worker id is known before the grid jobs exist, so ``{worker_id}`` is
+        empty and the VM joins by its ``EC2InstanceID``) into an owner-only file beside the
+        queue's logs, owned like the queue's key files (the gridmanager reads both as the job
+        owner). A preview shows the template's path and renders nothing.
+
+        Each VM job carries the fingerprint (``+PilotFactoryFingerprint``): the status plugin
+        reads it back from the job ad, so a change of image, type or user data marks older VMs
+        drifted."""
+        now = self.env.clock.now() if now is None else now
+        desc = super().description(now, create)
+        if fp := self.fingerprint():
+            desc[f"+{FINGERPRINT_ATTR}"] = classad_string(fp)
+        if not self.params.get("user_data_file") or not create or self.previewing:
+            return desc
+        desc["ec2_user_data_file"] = self.render_user_data(desc["initialdir"], now)
+        return desc
+
+    def contract(self, now: float, token: str = "") -> VMContract:
+        t = launch_times(self.params, "", now)
+        return VMContract(
+            "",
+            self.env.factory_id,
+            self.queue.queue,
+            self.target.collector,
+            self.queue.wmsqueue,
+            lease_until=t.lease_until,
+            lease_grace=t.lease_grace,
+            deadline=t.deadline,
+            token=token,
+            metadata_url=str(METADATA_URL.of(self.params) or DEFAULT_METADATA_URL),
+        )
+
+    def mint_token(self) -> str:
+        """One token for the batch (see ``CloudSubmit.mint_token``); empty without a key."""
+        key = TOKEN_SIGNING_KEY.of(self.params)
+        if not key:
+            return ""
+        try:
+            return self.port.create_token(
+                TOKEN_IDENTITY.of(self.params) or None,
+                WORKER_AUTHZ,
+                token_lifetime(self.params),
+                str(key),
+            )
+        except CondorError as exc:
+            raise SubmitError(
+                f"queue {self.queue.queue}: token (token_signing_key {key}): {exc}"
+            ) from None
+
+    def render_user_data(self, directory: str, now: float) -> str:
+        q, path = self.queue.queue, str(self.params["user_data_file"])
+        try:
+            with open(path, encoding="utf-8") as fh:
+                template = fh.read()
+        except OSError as exc:
+            raise SubmitError(f"queue {q}: user_data_file {path}: {exc}") from None
+        try:
+            text = render_user_data(template, self.contract(now, self.mint_token()))
+        except ValueError as exc:
+            raise SubmitError(f"queue {q}: user_data_file {path} {exc}") from None
+        out = os.path.join(directory, f"user-data.{int(now)}.{os.getpid()}.{next(self._seq)}")
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            owner = os.stat(str(self.params["access_key_id"]))
+            if os.geteuid() == 0 and owner.st_uid != 0:
+                os.chown(out, owner.st_uid, owner.st_gid)
+        except OSError as exc:
+            raise SubmitError(f"queue {q}: rendered user data {out}: {exc}") from None
+        return out
 
     # ------------------------------------------------------------------ retire / unretire
 
@@ -192,15 +282,6 @@ class CondorEC2Submit(CondorSubmitBase):
             collector=p.get("collectorhost") or "",
             wmsqueue=self.queue.wmsqueue,
         )
-
-    def description(self, now: float | None = None, create: bool = True) -> dict[str, str]:
-        """Each VM job carries the fingerprint (``+PilotFactoryFingerprint``): the status
-        plugin reads it back from the job ad, so a change of image, type or user data marks
-        older VMs drifted."""
-        desc = super().description(now, create)
-        if fp := self.fingerprint():
-            desc[f"+{FINGERPRINT_ATTR}"] = classad_string(fp)
-        return desc
 
     def vacate(self, workers: Sequence[Worker]) -> None:
         """Record the interruption in the job ads (one edit), then vacate each startd."""

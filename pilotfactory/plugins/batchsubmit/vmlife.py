@@ -10,7 +10,10 @@ queue's current one is replaced).
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -136,3 +139,42 @@ def fingerprint(image: str, flavors: Iterable[str], template: str | None, **sett
         h.update(f"{key}={settings[key]!r}".encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- tokens
+
+WORKER_AUTHZ: tuple[str, ...] = ("ADVERTISE_STARTD", "ADVERTISE_MASTER", "READ")
+"""What a worker's minted token may do: advertise its startd and master, read the collector
+(the lease ad); nothing a stolen token could submit, negotiate or administer with."""
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def token_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT (an IDTOKEN), not verified: enough to see its expiry and scope;
+    None when ``token`` is not one."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        return None
+    body = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(body.encode("ascii")))
+    except (ValueError, UnicodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def find_tokens(text: str) -> list[str]:
+    """Every JWT-shaped string in ``text`` (a template, rendered user data)."""
+    return [m.group(0) for m in _JWT.finditer(text) if token_claims(m.group(0)) is not None]
+
+
+def unsigned_token(claims: Mapping[str, Any]) -> str:
+    """A JWT-shaped token without a signature, for the simulator and tests' fakes of
+    ``create_token`` (no daemon accepts it)."""
+
+    def part(obj: Mapping[str, Any]) -> str:
+        raw = json.dumps(dict(obj), separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."

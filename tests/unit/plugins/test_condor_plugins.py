@@ -586,8 +586,10 @@ def test_ec2_description(tmp_path, spelling):
     (param,) = [p for p in CondorEC2Submit.PARAMS if spelling in (p.name, *p.aliases)]
     assert param.name == "spot_price" and param.parse("0.156") == 0.156
     port = FakeCondor()
+    ud = tmp_path / "ud"
+    ud.write_text("#!/bin/sh\necho {queue} [{worker_id}]\n{condor_config}\n")
     plugin = ec2(tmp_path, port, spot_price=0.156, security_groups=["a", "b"],
-                 user_data_file="/ud", condor_attributes={"ec2_keypair": "k"})  # fmt: skip
+                 user_data_file=str(ud), condor_attributes={"ec2_keypair": "k"})  # fmt: skip
     plugin.submit(2)
     desc = port.named("submit")[0][1]
     assert {k: desc[k] for k in ("universe", "grid_resource", "executable", "ec2_spot_price")} == {
@@ -596,7 +598,13 @@ def test_ec2_description(tmp_path, spelling):
         "executable": Q,
         "ec2_spot_price": "0.156",
     }
-    assert desc["ec2_security_groups"] == "a, b" and desc["ec2_user_data_file"] == "/ud"
+    assert desc["ec2_security_groups"] == "a, b"
+    # the template rendered once for the batch, into an owner-only file beside the logs
+    rendered = Path(desc["ec2_user_data_file"])
+    assert rendered.parent == Path(desc["initialdir"]) and rendered.stat().st_mode & 0o777 == 0o600
+    text = rendered.read_text()
+    assert text.startswith(f"#!/bin/sh\necho {Q} []\n") and f'PilotFactoryQueue = "{Q}"' in text
+    assert "PilotFactoryWorker" not in text, "no worker id is known: the VM claims none"
     assert desc["ec2_ami_id"] == "ami-7a21bd13" and desc["ec2_keypair"] == "k"
     assert desc["ec2_access_key_id"] == str(tmp_path / "access.key")
     assert desc["ec2_tag_pilotfactory_factory"] == "f1" and desc["+PilotFactoryQueue"] == f'"{Q}"'

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, NamedTuple
 
@@ -307,7 +307,29 @@ def template_problems(result: QueuesResult) -> list[ConfigProblem]:
         for where, what, text in texts:
             for warning in template_warnings(text):
                 out.append(ConfigProblem("warning", q.source, q.name, where, f"{what}: {warning}"))
+        if why := token_outlived(spec.params):
+            out.append(ConfigProblem("warning", q.source, q.name, f"{key}.token_lifetime", why))
     return out
+
+
+def token_outlived(params: Mapping[str, Any]) -> str | None:
+    """A minted token expires (by default with the launch's lease + grace, so no secret in the
+    user data outlives it), but a renewed VM lives on: once its security session with the
+    collector ends (a collector restart, the session's own end) it cannot authenticate again and
+    drops out of the pool, to be replaced as LOST. Say so where a VM may outlive its token."""
+    from pilotfactory.plugins.batchsubmit.vmlife import LEASE, MAX_LIFETIME, token_lifetime
+
+    if not params.get("token_signing_key") or not float(LEASE.of(params) or 0):
+        return None
+    token, life = token_lifetime(params), float(MAX_LIFETIME.of(params) or 0)
+    if life and token >= life:
+        return None
+    span = f"max_lifetime {life:g}s" if life else "no max_lifetime (renewed without end)"
+    return (
+        f"minted tokens live {token}s but a VM may live longer ({span}): past its token it "
+        "cannot re-authenticate after a collector restart and drops out as LOST; set "
+        "max_lifetime, and token_lifetime >= max_lifetime if that longer-lived token is acceptable"
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -256,3 +256,26 @@ def test_ec2_plugin_has_the_contract_params() -> None:
     names = {p.name for p in EC2Submit.PARAMS}
     assert {"metadata_url", "token_signing_key", "token_identity", "lease"} <= names
     assert Q == "ECM"
+
+
+@pytest.mark.parametrize(
+    ("params", "warned"),
+    [
+        ({"token_signing_key": "/k", "lease": 3600}, True),  # renewed without end
+        ({"token_signing_key": "/k", "lease": 3600, "max_lifetime": 86400}, True),
+        (
+            {"token_signing_key": "/k", "lease": 3600, "max_lifetime": 86400,
+             "token_lifetime": 90000},
+            False,
+        ),
+        ({"token_signing_key": "/k"}, False),  # no lease: a 2 h token, nothing renewed
+        ({"lease": 3600}, False),  # no token minted
+    ],
+)  # fmt: skip
+def test_check_says_when_a_renewed_vm_outlives_its_token(params: dict, warned: bool) -> None:
+    from pilotfactory.cli import token_outlived
+
+    why = token_outlived(params)
+    assert (why is not None) is warned, why
+    if why:
+        assert "re-authenticate" in why and "max_lifetime" in why

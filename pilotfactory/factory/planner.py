@@ -29,6 +29,7 @@ from typing import Any
 from pilotfactory.factory.contract import KEEP_ATTR
 from pilotfactory.factory.info import (
     DEFAULT_RETIRE_MODE,
+    SUPPLY,
     RetireMode,
     Worker,
     WorkerKind,
@@ -226,6 +227,9 @@ class PlanInput:
     """Back-off: why no new workers may be submitted this cycle."""
     fingerprint: str | None = None
     """The queue's current VM fingerprint (None: unknown, nothing is judged drifted)."""
+    maximum: int | None = None
+    """The chain's bound on the queue's workers (MaxVMs, MaxToRun), if it has one: what the
+    replacements of vacated VMs may not exceed."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, WorkerSet):
@@ -288,6 +292,11 @@ def plan(inp: PlanInput, memory: PlannerMemory | None = None) -> Plan:
 
     life = Life.of(inp, reaped)
     n = inp.n
+    if extra := _replacements(inp, actions, n):
+        # The payload of a vacated VM is back in the queue within seconds, but the chain saw
+        # it running: buy its VM now, not a cycle later.
+        notes.append(f"n={n}->{n + extra}: replacing {extra} vacated VM(s)")
+        n += extra
     if n < 0 and life.surge_on_way:
         # the chain counts the replacements bought for drifted VMs as excess: they are not
         n = min(0, n + life.surge_on_way)
@@ -486,6 +495,19 @@ def _vacates(inp: PlanInput) -> list[Action]:
     if not todo:
         return []
     return [Action(ActionKind.VACATE, todo, reason="spot interruption: the provider's notice")]
+
+
+def _replacements(inp: PlanInput, actions: Sequence[Action], n: int) -> int:
+    """One new VM per VM vacated this cycle with payload on it, within the chain's maximum."""
+    busy = sum(
+        1 for a in actions if a.kind is ActionKind.VACATE for w in a.workers if w.slots_busy > 0
+    )
+    if busy == 0 or n < 0:
+        return 0
+    if inp.maximum is not None:
+        room = inp.maximum - inp.workers.count(*SUPPLY) - n
+        busy = min(busy, max(0, room))
+    return busy
 
 
 def _reaps(inp: PlanInput) -> list[Action]:

@@ -68,6 +68,12 @@ class Queue:
             QueueEnv(queue=cfg.name, wmsqueue=cfg.wmsqueue, generic=cfg.generic),
         )
         self.worker_kind = submit_cls.WORKERS
+        caps = [
+            c
+            for spec in cfg.sched
+            if (c := cast(type[SchedPlugin], spec.cls).cap(spec.params)) is not None
+        ]
+        self._maximum: int | None = min(caps) if caps else None
         for plugin in self.sched:
             if plugin.NEEDS_HISTORY:
                 batch_source.want_history(cfg.name, plugin.history_window())
@@ -344,6 +350,7 @@ class Queue:
                 freeze=self.breaker.check(batch, self.name),
                 submit_blocked=self.backoff.blocked(now, batch.workers, self.name),
                 fingerprint=self._fingerprint(),
+                maximum=self._maximum,
             ),
             self.memory,
         )

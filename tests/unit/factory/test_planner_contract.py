@@ -320,4 +320,23 @@ def test_contract_invariants(n: int, picks: list[tuple], budget: str | None) -> 
             gentle += len(a.workers)
     assert gentle <= cap
     bought = sum(a.count for a in res.actions if a.kind is ActionKind.SUBMIT)
-    assert bought <= max(0, n) + cap
+    replaced = sum(
+        1 for a in res.actions if a.kind is ActionKind.VACATE for x in a.workers if x.slots_busy
+    )  # a VM vacated with payload on it is replaced in the same cycle
+    assert bought <= max(0, n) + cap + replaced
+
+
+def test_a_vacated_busy_vm_is_replaced_in_the_same_cycle() -> None:
+    """Found on real daemons: the chain counts demand from idle jobs, and the vacated payload
+    is still running when the notice is seen, so n was 0 and the replacement came a cycle or
+    more later. A VM vacated with payload on it is replaced at once, within the chain's
+    maximum; an idle one needs no replacement."""
+    busy_x = w("x", X, interruption=NOW + 90, machine="vm1", busy=1)
+    idle_x = w("y", X, interruption=NOW + 90, machine="vm2")
+    other = w("a", U, busy=1)
+    assert summary(0, [busy_x, other]) == {"vacate": ["x"], "submit": 1}
+    assert summary(0, [idle_x, other]) == {"vacate": ["y"]}
+    assert summary(0, [busy_x, other], maximum=2) == {"vacate": ["x"], "submit": 1}
+    assert summary(0, [busy_x, other], maximum=1) == {"vacate": ["x"]}  # no room
+    assert summary(1, [busy_x, other], maximum=3) == {"vacate": ["x"], "submit": 2}
+    assert summary(1, [busy_x, other], maximum=2) == {"vacate": ["x"], "submit": 1}

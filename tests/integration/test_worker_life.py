@@ -142,12 +142,12 @@ def test_spot_notice_vacates_and_replaces_in_one_cycle(run: Run) -> None:
     assert not run.emu.errors, run.emu.errors
 
 
-def fingerprints(run: Run) -> dict[str, str]:
-    """Fingerprint tag of each live instance of the run."""
-    live = [i for i, s in run.instances().items() if s in ("pending", "running")]
-    if not live:
+def fingerprints(run: Run, live: bool = True) -> dict[str, str]:
+    """Fingerprint tag of each instance of the run (live ones only, by default)."""
+    ids = [i for i, s in run.instances().items() if not live or s in ("pending", "running")]
+    if not ids:
         return {}
-    found = run.cloud.client.describe_instances(InstanceIds=live)
+    found = run.cloud.client.describe_instances(InstanceIds=ids)
     return {
         i["InstanceId"]: next(
             (t["Value"] for t in i.get("Tags", []) if t["Key"] == TAG_FINGERPRINT), ""
@@ -170,10 +170,11 @@ def test_a_template_change_rolls_the_pool_with_no_eviction(run: Run) -> None:
     run.payload(2, 20)
 
     def rolled() -> bool:
-        now = set(fingerprints(run).values())
-        return bool(now) and not (now & old) and not run.payload_jobs()
+        return not (set(fingerprints(run).values()) & old) and not run.payload_jobs()
 
-    run.until("every live VM on the new template and the payload done", rolled, timeout=480)
+    run.until("no live VM on the old template and the payload done", rolled, timeout=480)
+    launched = set(fingerprints(run, live=False).values())
+    assert launched - old, f"no VM launched from the new template: {launched}"
     reasons = [a.reason for a in run.acted("retire")]
     assert any("drift" in r for r in reasons), reasons
     restarts = run.restarts()

@@ -93,17 +93,16 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     unretire_vms,
 )
 from pilotfactory.plugins.batchsubmit.vmlife import (
-    DEFAULT_METADATA_URL,
     LEASE,
     LIFE_PARAMS,
     METADATA_URL,
     TOKEN_IDENTITY,
     TOKEN_SIGNING_KEY,
-    WORKER_AUTHZ,
     VMContract,
+    contract_of,
     fingerprint,
     launch_times,
-    token_lifetime,
+    mint_token,
 )
 from pilotfactory.plugins.cloudaccount import (
     TAG_LAUNCHED_AS,
@@ -245,37 +244,14 @@ class CloudSubmit(BatchSubmitPlugin):
 
     def contract(self, worker_id: str, now: float, token: str = "") -> VMContract:
         """What one worker's user data is rendered from (the worker VM contract)."""
-        t = launch_times(self.params, worker_id, now)
-        return VMContract(
-            worker_id,
-            self.env.factory_id,
-            self.queue.queue,
-            self.target.collector,
-            self.queue.wmsqueue,
-            lease_until=t.lease_until,
-            lease_grace=t.lease_grace,
-            deadline=t.deadline,
-            token=token,
-            metadata_url=str(METADATA_URL.of(self.params) or DEFAULT_METADATA_URL),
-        )
+        ids = (self.env.factory_id, self.queue.queue, self.target.collector, self.queue.wmsqueue)
+        return contract_of(self.params, worker_id, ids, now, token)
 
     def mint_token(self, worker_id: str) -> str:
-        """A token for one worker, scoped to advertising a startd and a master and reading
-        the collector, expiring with the lease (``token_lifetime``); empty without a
-        ``token_signing_key``. Never logged."""
-        key = TOKEN_SIGNING_KEY.of(self.params)
-        if not key:
-            return ""
-        identity = TOKEN_IDENTITY.of(self.params) or None
-        try:
-            return self.condor.create_token(
-                identity, WORKER_AUTHZ, token_lifetime(self.params), str(key)
-            )
-        except CondorError as exc:
-            raise SubmitError(
-                f"queue {self.queue.queue}: token for worker {worker_id} (token_signing_key "
-                f"{key}): {exc}"
-            ) from None
+        """A token for one worker (``vmlife.mint_token``)."""
+        return mint_token(
+            self.condor, self.params, f"queue {self.queue.queue}: token for worker {worker_id}"
+        )
 
     def user_data(self, template: str | None, worker_id: str, now: float | None = None) -> str:
         """The worker's rendered user data (a token minted for it when the queue mints)."""

@@ -39,16 +39,11 @@ from pilotfactory.plugins.batchsubmit.condor_common import (
     unretire_vms,
 )
 from pilotfactory.plugins.batchsubmit.vmlife import (
-    DEFAULT_METADATA_URL,
     LIFE_PARAMS,
-    METADATA_URL,
-    TOKEN_IDENTITY,
-    TOKEN_SIGNING_KEY,
-    WORKER_AUTHZ,
     VMContract,
+    contract_of,
     fingerprint,
-    launch_times,
-    token_lifetime,
+    mint_token,
 )
 from pilotfactory.secretfiles import SecretFileError, check_private
 
@@ -170,36 +165,12 @@ class CondorEC2Submit(CondorSubmitBase):
         return desc
 
     def contract(self, now: float, token: str = "") -> VMContract:
-        t = launch_times(self.params, "", now)
-        return VMContract(
-            "",
-            self.env.factory_id,
-            self.queue.queue,
-            self.target.collector,
-            self.queue.wmsqueue,
-            lease_until=t.lease_until,
-            lease_grace=t.lease_grace,
-            deadline=t.deadline,
-            token=token,
-            metadata_url=str(METADATA_URL.of(self.params) or DEFAULT_METADATA_URL),
-        )
+        ids = (self.env.factory_id, self.queue.queue, self.target.collector, self.queue.wmsqueue)
+        return contract_of(self.params, "", ids, now, token)
 
     def mint_token(self) -> str:
         """One token for the batch (see ``CloudSubmit.mint_token``); empty without a key."""
-        key = TOKEN_SIGNING_KEY.of(self.params)
-        if not key:
-            return ""
-        try:
-            return self.port.create_token(
-                TOKEN_IDENTITY.of(self.params) or None,
-                WORKER_AUTHZ,
-                token_lifetime(self.params),
-                str(key),
-            )
-        except CondorError as exc:
-            raise SubmitError(
-                f"queue {self.queue.queue}: token (token_signing_key {key}): {exc}"
-            ) from None
+        return mint_token(self.port, self.params, f"queue {self.queue.queue}: token")
 
     def render_user_data(self, directory: str, now: float) -> str:
         q, path = self.queue.queue, str(self.params["user_data_file"])

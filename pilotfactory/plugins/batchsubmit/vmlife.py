@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pilotfactory.factory.params import Param
+from pilotfactory.factory.plugin import SubmitError
+from pilotfactory.factory.ports import CondorError, CondorPort
 
 DEFAULT_METADATA_URL = "http://169.254.169.254"
 
@@ -178,3 +180,42 @@ def unsigned_token(claims: Mapping[str, Any]) -> str:
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def contract_of(
+    params: Mapping[str, Any],
+    worker_id: str,
+    ids: tuple[str, str, str | None, str | None],
+    now: float,
+    token: str = "",
+) -> VMContract:
+    """The contract one launch renders its user data from; ``ids`` is (factory id, queue,
+    collector, label). Shared by the cloud plugins (per worker) and CondorEC2 (per submit)."""
+    t = launch_times(params, worker_id, now)
+    factory_id, queue, collector, label = ids
+    return VMContract(
+        worker_id,
+        factory_id,
+        queue,
+        collector,
+        label,
+        lease_until=t.lease_until,
+        lease_grace=t.lease_grace,
+        deadline=t.deadline,
+        token=token,
+        metadata_url=str(METADATA_URL.of(params) or DEFAULT_METADATA_URL),
+    )
+
+
+def mint_token(port: CondorPort, params: Mapping[str, Any], what: str) -> str:
+    """A token scoped to advertising a startd and a master and reading the collector,
+    expiring with the lease (``token_lifetime``); empty without a ``token_signing_key``. Never
+    logged; a refusal is a ``SubmitError`` naming ``what`` and the key file."""
+    key = TOKEN_SIGNING_KEY.of(params)
+    if not key:
+        return ""
+    identity = TOKEN_IDENTITY.of(params) or None
+    try:
+        return port.create_token(identity, WORKER_AUTHZ, token_lifetime(params), str(key))
+    except CondorError as exc:
+        raise SubmitError(f"{what} (token_signing_key {key}): {exc}") from None

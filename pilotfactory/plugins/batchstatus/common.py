@@ -17,7 +17,10 @@ log = logging.getLogger(__name__)
 def timestamp(value: Any) -> float | None:
     """A positive timestamp, else None (0 means "never" in job ads, absent tags are None).
 
-    Called several times per job per cycle, so numbers take the shortest path."""
+    Called several times per job per cycle, so absent values and numbers take the shortest
+    path."""
+    if value is None:
+        return None
     kind = type(value)
     if kind is float or kind is int:
         return float(value) if value > 0 else None

@@ -49,8 +49,10 @@ class CircuitBreaker:
         reference = self.joined_ids
         vanished: list[str] = []
         # Ids first: most cycles no worker that was joined is still listed but not joined,
-        # and then no worker need be built to look at its master.
-        if (reference - joined_now) & batch.workers.ids_in(*NOT_JOINED):
+        # and then no worker need be built to look at its master (nor, when none left the
+        # joined states at all, a pilot queue's thousands of pending ids named).
+        gone = reference - joined_now
+        if gone and gone & batch.workers.ids_in(*NOT_JOINED):
             vanished = [
                 w.id
                 for w in batch.workers.in_states(*NOT_JOINED)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pilotfactory.factory.contract import (
@@ -95,6 +95,7 @@ def pilot_state(status: int) -> WorkerState | None:
 
 
 RUNNING = RUNNING_STATUSES
+GRID = int(Universe.GRID)
 
 
 def _time(ad: Ad, key: str) -> float | None:
@@ -173,6 +174,44 @@ def history_records(ads: Sequence[Ad], cutoff: float) -> list[JobRecord]:
     return out
 
 
+class JobIndex:
+    """A schedd's answer sorted in one pass, shared by the pilot and the VM source reading it:
+    each queue's ads, the same by JobStatus (pilot queues' lazy workers), and the grid-universe
+    (VM) ads. Three passes over ~200,000 ads were a tenth of a cycle (benchmarks/scale.py)."""
+
+    __slots__ = ("by_queue", "by_status", "vms")
+
+    def __init__(self, jobs: Iterable[Ad]) -> None:
+        by_queue: dict[str, list[Ad]] = {}
+        by_status: dict[str, dict[Any, list[Ad]]] = {}  # raw keys: an enum's hash is Python
+        vms: list[Ad] = []
+        for ad in jobs:
+            get = ad.get
+            # the grid-universe (VM) jobs: the only ones a startd can claim by instance or
+            # worker id
+            if get("JobUniverse", GRID) == GRID or get("EC2InstanceName"):
+                vms.append(ad)
+            queue = get("PilotFactoryQueue") or get("APF_QUEUE")
+            if not queue:
+                continue
+            status = get("JobStatus")
+            group = by_queue.get(queue)
+            if group is None:
+                by_queue[queue] = [ad]
+                by_status[queue] = {status: [ad]}
+                continue
+            group.append(ad)
+            statuses = by_status[queue]
+            same = statuses.get(status)
+            if same is None:
+                statuses[status] = [ad]
+            else:
+                same.append(ad)
+        self.by_queue = by_queue
+        self.by_status = by_status
+        self.vms = vms
+
+
 class CondorBatchStatus(SnapshotStatus):
     """Pilot jobs of this factory on one schedd, per queue."""
 
@@ -230,17 +269,22 @@ class CondorBatchStatus(SnapshotStatus):
     def worker(self, ad: Ad, queue: str, now: float, extra: Any) -> Worker | None:
         return pilot_worker(ad, queue, now)
 
-    def workers_of(self, queue: str, ads: Sequence[Ad], now: float, extra: Any) -> WorkerSet:
-        """Pilots sorted by state from JobStatus alone; each state's workers are built only
-        when a decision reads them (running pilots, most of them, usually never)."""
-        by_status: dict[Any, list[Ad]] = {}  # raw keys: an enum's hash is Python code
-        for ad in ads:
-            status = ad.get("JobStatus")
-            group = by_status.get(status)
-            if group is None:
-                by_status[status] = [ad]
-            else:
-                group.append(ad)
+    def workers_of(
+        self,
+        queue: str,
+        ads: Sequence[Ad],
+        now: float,
+        extra: Any,
+        statuses: Mapping[Any, list[Ad]] | None = None,
+    ) -> WorkerSet:
+        """Pilots sorted by state from JobStatus alone (``statuses``: ``ads`` already grouped
+        so); each state's workers are built only when a decision reads them (running pilots,
+        most of them, usually never)."""
+        by_status = statuses
+        if by_status is None:
+            by_status = {}
+            for ad in ads:
+                by_status.setdefault(ad.get("JobStatus"), []).append(ad)
         by_state: dict[WorkerState, list[Ad]] = {}
         for status, group in by_status.items():
             state = pilot_state(status if type(status) is int else _number(status))
@@ -253,12 +297,17 @@ class CondorBatchStatus(SnapshotStatus):
 
     # ------------------------------------------------------------------ the cycle
 
+    def index(self, jobs: Sequence[Ad]) -> JobIndex:
+        """``jobs`` sorted once per schedd per cycle: the pilot and the VM source read one
+        answer."""
+        key = ("jobs index", self.target, self.env.factory_id)
+        return self.env.reads.get(key, lambda: JobIndex(jobs))
+
     def observe(self, now: float) -> Snapshot:
         jobs, history = self.fetch(now)
         extra = self.collect(jobs, now)
-        # Grouped once per schedd per cycle too: the pilot and the VM source read one answer.
-        key = ("jobs by queue", self.target, self.env.factory_id)
-        ads = self.env.reads.get(key, lambda: by_queue(jobs))
+        index = self.index(jobs)
+        ads, statuses = index.by_queue, index.by_status
         past = by_queue(history) if history else {}
         unmatched = self.unmatched(jobs, extra)
         startds = extra.ads if isinstance(extra, Pool) else None
@@ -270,7 +319,7 @@ class CondorBatchStatus(SnapshotStatus):
             mine = ads.get(queue, ())
             if not mine and queue not in self._windows:
                 return None
-            workers = self.workers_of(queue, mine, now, extra)
+            workers = self.workers_of(queue, mine, now, extra, statuses.get(queue))
             records = self._history(queue, now, mine, past.get(queue, ()))
             return BatchQueueInfo(queue, now, workers, records, unmatched, startds, left)
 
@@ -407,12 +456,6 @@ def _unavailable(ad: Ad) -> str | None:
     )
 
 
-def _vm_jobs(jobs: Sequence[Ad]) -> list[Ad]:
-    """The grid-universe (VM) jobs among this factory's jobs: the only ones a startd can
-    claim by instance or worker id."""
-    return [ad for ad in jobs if ad.get("JobUniverse", GRID) == GRID or ad.get("EC2InstanceName")]
-
-
 def vm_worker(
     ad: Ad,
     queue: str,
@@ -424,9 +467,6 @@ def vm_worker(
 ) -> Worker | None:
     """One VM job joined with its slot and master ads (no memory between cycles)."""
     return join_worker(vm_record(ad, now), queue, now, slots, master, grace, last_joined)
-
-
-GRID = int(Universe.GRID)
 
 
 def _is_pilot(ad: Ad) -> bool:
@@ -457,16 +497,9 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)
         self.vms = StartdJoin.from_params(params)
-        self._vm_cache: tuple[Sequence[Ad], list[Ad]] | None = None
-
-    def _vms_of(self, jobs: Sequence[Ad]) -> list[Ad]:
-        """``_vm_jobs``, once per answer (collect and unmatched both need it)."""
-        if self._vm_cache is None or self._vm_cache[0] is not jobs:
-            self._vm_cache = (jobs, _vm_jobs(jobs))
-        return self._vm_cache[1]
 
     def collect(self, jobs: Sequence[Ad], now: float) -> Pool:
-        vms = self._vms_of(jobs)
+        vms = self.index(jobs).vms
         leaving = {
             key
             for ad in vms
@@ -476,7 +509,14 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         }
         return self.vms.read(self.port, (job_id(ad) for ad in vms), leaving)
 
-    def workers_of(self, queue: str, ads: Sequence[Ad], now: float, extra: Any) -> WorkerSet:
+    def workers_of(
+        self,
+        queue: str,
+        ads: Sequence[Ad],
+        now: float,
+        extra: Any,
+        statuses: Mapping[Any, list[Ad]] | None = None,
+    ) -> WorkerSet:
         """VMs are joined with their startds now (the join keeps memory per VM)."""
         return WorkerSet(w for ad in ads if (w := self.worker(ad, queue, now, extra)) is not None)
 
@@ -489,8 +529,7 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     def unmatched(self, jobs: Sequence[Ad], extra: Any) -> tuple[str, ...]:
         if not isinstance(extra, Pool):
             return ()
-        vms = self._vms_of(jobs)
-        self._vm_cache = None  # the answer is not kept past its cycle
+        vms = self.index(jobs).vms
         known = {"w:" + job_id(ad) for ad in vms}
         known.update("i:" + str(i) for ad in vms if (i := ad.get("EC2InstanceName")))
         return self.vms.unmatched(known, extra, self.env.factory_id)

@@ -79,6 +79,10 @@ class WorkerState(enum.Enum):
     capacity is gone already (no supply, so its replacement is bought at once), it is vacated
     and its end is no failure."""
 
+    # Members are singletons compared by identity: hash them so too. Enum's own hash is Python
+    # code hashing the name, and states key dicts ~150,000 times a cycle (benchmarks/scale.py).
+    __hash__ = object.__hash__
+
 
 # Which states count as supply (the worker exists or is on its way) and which as failure.
 #   state     supply  sched bucket  failure

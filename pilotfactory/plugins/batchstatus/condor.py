@@ -162,9 +162,12 @@ def _pilot(ad: Ad, queue: str, now: float) -> Worker:
 def history_records(ads: Sequence[Ad], cutoff: float) -> list[JobRecord]:
     """Jobs started since ``cutoff``; a running one has no end yet."""
     out = []
-    for ad in ads:
+    for ad in ads:  # every job of a Throttle queue each cycle: the old ones skip fast
         get = ad.get
-        started = timestamp(get("JobStartDate"))
+        raw = get("JobStartDate")
+        if raw is None or ((type(raw) is int or type(raw) is float) and raw < cutoff):
+            continue
+        started = timestamp(raw)
         if started is None or started < cutoff:
             continue
         ended = None

@@ -211,6 +211,8 @@ class SlotSummary(NamedTuple):
 
 
 def summarize(slots: Sequence[Ad]) -> SlotSummary:
+    """Once per joined VM per cycle, over its pslot and every dslot: the rare attributes
+    (a notice, a keep request, a retire under way) cost one read each when absent."""
     claimed = cpus = 0
     partitionable = keep = retiring = False
     first = last = notice = retirement = None
@@ -224,23 +226,22 @@ def summarize(slots: Sequence[Ad]) -> SlotSummary:
             claimed += 1
         if kind != "Static":
             cpus += int(get("Cpus") or 0)
-        t = timestamp(get("EnteredCurrentActivity"))
-        if t:
+        t = get("EnteredCurrentActivity")
+        if t is not None and (t := timestamp(t)):
             if first is None or t < first:
                 first = t
             if last is None or t > last:
                 last = t
-        n = _epoch(get(INTERRUPTION_ATTR))
-        if n is not None and (notice is None or n < notice):
+        n = get(INTERRUPTION_ATTR)
+        if n is not None and (n := _epoch(n)) is not None and (notice is None or n < notice):
             notice = n
-        if "MaxJobRetirementTime" in s:
-            r = s["MaxJobRetirementTime"]
-            if retirement is None or r < retirement:
-                retirement = r
-        if get(KEEP_ATTR) is True:
+        r = get("MaxJobRetirementTime")
+        if r is not None and (retirement is None or r < retirement):
+            retirement = r
+        if not keep and get(KEEP_ATTR) is True:
             keep = True
         if not retiring and (
-            get("Draining") is True or get("Activity") == "Retiring" or state == "Drained"
+            state == "Drained" or get("Activity") == "Retiring" or get("Draining") is True
         ):
             retiring = True
     total = cpus if partitionable else len(slots)

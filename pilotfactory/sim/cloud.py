@@ -92,6 +92,15 @@ class CloudConfig:
     interruption_notice: float = 0.0
     """Seconds of notice before an interruption (EC2 gives 120): the VM's metadata says so
     and its startd advertises ``PilotFactoryInterruption``; 0: no notice."""
+    poweroff_delay: float | None = None
+    """The worker contract (etc/worker): once a VM's startd has exited (``condor_off
+    -peaceful``, a drain with ``-exit-on-completion``, a no-claim shutdown) its master ends
+    (``MASTER.DAEMON_SHUTDOWN``, not in its first minute) and ``/sbin/poweroff`` ends the
+    instance this many seconds later. None: images that do not follow the contract (the VM
+    stays up, master alone, until someone terminates it)."""
+    noclaim_shutdown: float | None = None
+    """The template's ``STARTD_NOCLAIM_SHUTDOWN``: a VM's startd unclaimed this long shuts
+    HTCondor down (then ``poweroff_delay`` applies); None: not set."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +235,16 @@ class SimCloud:
         rec = self._index.get(instance_id)
         if rec is not None:
             self._terminate(rec, notify=True)
+
+    def power_off(self, instance_id: str) -> None:
+        """The VM powered itself off: with ``instance-initiated-shutdown-behavior =
+        terminate`` (what the worker contract assumes) the instance ends as if terminated,
+        and is billed no more, but no API call asked for it."""
+        rec = self._index.get(instance_id)
+        if rec is None or rec.state not in LIVE:
+            return
+        self.metrics.self_shutdowns += 1
+        self._terminate(rec, notify=True)
 
     def cpus_for(self, flavor: str) -> int:
         return int(self.config.flavor_cpus.get(flavor, self.config.default_cpus))

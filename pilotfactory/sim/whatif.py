@@ -53,6 +53,13 @@ class WorldSettings:
     """Per VM-hour."""
     activation_rate: float | None = None
     """PanDA jobs activated per minute and site."""
+    poweroff_delay: float | None = 10.0
+    """The shipped worker template's self-shutdown: a VM whose startd has exited (a peaceful
+    off, a drain with ``-exit-on-completion``) powers off this long after (about half the
+    template's 20 s master update interval, when ``MASTER.DAEMON_SHUTDOWN`` is evaluated,
+    plus the master's exit and ``/sbin/poweroff``). None: images without the contract."""
+    noclaim_shutdown: float | None = None
+    """The template's ``STARTD_NOCLAIM_SHUTDOWN`` (it ships 1200 s); None: not modelled."""
 
     def __post_init__(self) -> None:
         if self.boot_distribution not in ("uniform", "lognormal"):
@@ -64,6 +71,10 @@ class WorldSettings:
             raise ConfigError("boot time, jitter, interruption rate and price must be >= 0")
         if self.activation_rate is not None and not self.activation_rate > 0:
             raise ConfigError("activation rate must be > 0 jobs per minute")
+        if self.poweroff_delay is not None and not 0 <= self.poweroff_delay < math.inf:
+            raise ConfigError("power-off delay must be >= 0 seconds")
+        if self.noclaim_shutdown is not None and not 0 < self.noclaim_shutdown < math.inf:
+            raise ConfigError("no-claim shutdown must be > 0 seconds")
 
     def cloud(self) -> CloudConfig:
         return CloudConfig(
@@ -77,6 +88,8 @@ class WorldSettings:
             interruption_rate=self.interruption_rate,
             # Images built for pilotfactory set MAXJOBRETIREMENTTIME, so drain is safe.
             default_retirement_time=86400.0,
+            poweroff_delay=self.poweroff_delay,
+            noclaim_shutdown=self.noclaim_shutdown,
         )
 
     def mean_join_time(self) -> float:
@@ -134,6 +147,7 @@ def measure(world: SimWorld, trace: Trace, price: float) -> dict[str, Any]:
         "idle_vm_hours": max(0.0, vm_hours - busy),
         "cost": vm_hours * price,
         "vms_lost": m.interrupted + m.never_joined,
+        "vms_powered_off": m.self_shutdowns,
         "jobs_evicted": sum(m.payload_killed.values()),
         "jobs_interrupted": sum(m.payload_interrupted.values()),
         "request_latency_p50": percentile(latencies, 50) if latencies else None,
@@ -495,6 +509,7 @@ def oracle(trace: Trace, settings: WorldSettings, cores_per_vm: int) -> RunResul
         "vms_unretired": 0,
         "vms_reaped": 0,
         "vms_lost": 0,
+        "vms_powered_off": 0,
         "jobs_evicted": 0,
         "jobs_interrupted": 0,
         "orphans": 0,
@@ -529,6 +544,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("vms_unretired", "VMs un-retired", ""),
     ("vms_reaped", "VMs reaped", ""),
     ("vms_lost", "VMs lost", ""),
+    ("vms_powered_off", "VMs powered off by themselves", ""),
     ("jobs_evicted", "jobs evicted (must be 0)", ""),
     ("jobs_interrupted", "jobs killed by interruptions", ""),
     ("orphans", "orphan VMs (must be 0)", ""),
@@ -731,6 +747,8 @@ def run_request(
             "interruptions_per_vm_hour": req.settings.interruption_rate,
             "price_per_vm_hour": req.settings.price,
             "activation_rate": req.settings.activation_rate,
+            "poweroff_delay": req.settings.poweroff_delay,
+            "noclaim_shutdown": req.settings.noclaim_shutdown,
         },
         "configs": {name: [q.name for q in qs] for name, _, qs in req.configs},
         "unwatched_labels": [lb for lb in labels if lb not in watched],
@@ -752,6 +770,17 @@ def header_lines(h: dict[str, Any]) -> list[str]:
         f"never join {w['never_join']:g}, {w['interruptions_per_vm_hour']:g} interruptions "
         f"per VM-hour, ${w['price_per_vm_hour']:g} per VM-hour"
         + (f", PanDA activates {w['activation_rate']:g}/min" if w["activation_rate"] else ""),
+        "VMs: "
+        + (
+            f"power off {w['poweroff_delay']:g} s after their startd exits (worker contract)"
+            if w["poweroff_delay"] is not None
+            else "no self-shutdown (the image ignores the worker contract)"
+        )
+        + (
+            f", startd no-claim shutdown after {w['noclaim_shutdown']:g} s"
+            if w["noclaim_shutdown"] is not None
+            else ""
+        ),
     ]
     for name, qs in h["configs"].items():
         lines.append(f"{name}: {', '.join(qs)}")

@@ -42,6 +42,8 @@ batchstatus.ec2.region = RegionOne
 batchstatus.ec2.collectorhost = cm.example.org
 """
 EXACT = whatif.WorldSettings(boot_time=100.0, boot_jitter=0.0, price=0.5)
+BARE = replace(EXACT, poweroff_delay=None)
+"""An image without the worker contract: a retired VM stays up until the factory reaps it."""
 
 
 def one_queue(tmp_path: Path, text: str = ONE_QUEUE) -> tuple:
@@ -61,7 +63,7 @@ def test_one_job_one_vm_through_the_users_config(tmp_path: Path) -> None:
     # matched at 165 (wait 165), done at 3765; the cycle at 3780 retires the idle VM (drain,
     # no job), the follow-up reap_followup (20 s) later reaps it: billed 60 -> 3800.
     r = whatif.run_config(
-        "config", default_factory_config(), one_queue(tmp_path), jobs((0, 3600, 1)), EXACT, 1, None
+        "config", default_factory_config(), one_queue(tmp_path), jobs((0, 3600, 1)), BARE, 1, None
     )
     m = r.metrics
     assert (m["wait_p50"], m["wait_p95"], m["wait_max"]) == (165.0, 165.0, 165.0)
@@ -79,11 +81,42 @@ def test_without_a_reap_followup_the_retired_vm_waits_a_whole_interval(tmp_path:
     3840, 40 s more billed than with the default follow-up 20 s after the retire."""
     text = ONE_QUEUE.replace("wmsqueue = ONE", "wmsqueue = ONE\nreap_followup = 0")
     r = whatif.run_config(
-        "config", default_factory_config(), one_queue(tmp_path, text), jobs((0, 3600, 1)), EXACT,
+        "config", default_factory_config(), one_queue(tmp_path, text), jobs((0, 3600, 1)), BARE,
         1, None,
     )  # fmt: skip
     assert r.metrics["vm_hours"] == pytest.approx((3840 - 60) / 3600)
     assert r.metrics["vms_reaped"] == 1
+
+
+@pytest.mark.parametrize("mode", ["drain", "peaceful"])
+@pytest.mark.parametrize("followup", [20, 0])
+def test_a_retired_vm_powers_itself_off_and_is_neither_lost_nor_reaped(
+    tmp_path: Path, mode: str, followup: int
+) -> None:
+    """The worker contract (the default world): the cycle at 3780 retires the idle VM, its
+    startd exits at once (drain -exit-on-completion, or condor_off -peaceful), its master
+    powers it off 10 s later: billed 60 -> 3790 whatever the reap follow-up, and the factory
+    sees the instance end after its recorded retire (gone), never LOST, never reaped."""
+    text = ONE_QUEUE.replace("retire_mode = drain", f"retire_mode = {mode}").replace(
+        "wmsqueue = ONE", f"wmsqueue = ONE\nreap_followup = {followup}"
+    )
+    seen: list[list[str]] = []
+
+    def states(world: object, factory: whatif.Factory, traces: object) -> None:
+        info = factory.queues["ONE"].batch_source.info("ONE")
+        seen.append([w.state.value for w in info.workers] if info is not None else ["?"])
+
+    r = whatif.run_config(
+        "config", default_factory_config(), one_queue(tmp_path, text), jobs((0, 3600, 1)), EXACT,
+        1, None, observe=states,
+    )  # fmt: skip
+    m = r.metrics
+    assert m["vm_hours"] == pytest.approx((3790 - 60) / 3600)
+    assert (m["vms_retired"], m["vms_reaped"], m["vms_powered_off"]) == (1, 0, 1)
+    assert m["jobs_evicted"] == 0 and m["orphans"] == 0 and m["vms_lost"] == 0
+    flat = [state for cycle in seen for state in cycle]
+    assert "idle" in flat and "lost" not in flat and "?" not in flat
+    assert seen[-1] == []  # gone: no worker, nothing to replace or reap
 
 
 def test_one_job_one_vm_through_elastiq() -> None:

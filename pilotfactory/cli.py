@@ -212,6 +212,13 @@ def _sim_parser(sub: Any) -> None:
         metavar="S",
         help="STARTD_NOCLAIM_SHUTDOWN of the VMs (the shipped template: 1200; default unset)",
     )
+    p.add_argument(
+        "--api-latency",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds a cloud call takes: a terminate lands that long after the decision (2)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip elastiq and the oracle")
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="demand, workers, cost (needs [plot])")
@@ -925,6 +932,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             activation_rate=args.activation_rate,
             poweroff_delay=None if args.no_self_shutdown else args.poweroff_delay,
             noclaim_shutdown=args.noclaim_shutdown,
+            api_latency=args.api_latency,
         ),
         baselines=not args.no_baselines,
     )

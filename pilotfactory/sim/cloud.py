@@ -98,6 +98,10 @@ class CloudConfig:
     (``MASTER.DAEMON_SHUTDOWN``, not in its first minute) and ``/sbin/poweroff`` ends the
     instance this many seconds later. None: images that do not follow the contract (the VM
     stays up, master alone, until someone terminates it)."""
+    api_latency: float = 0.0
+    """Seconds from a ``terminate`` call to the instance ending (the call's round trip): the
+    caller decided on what it read before, and a job the negotiator matches to the VM in
+    between dies with it."""
     noclaim_shutdown: float | None = None
     """The template's ``STARTD_NOCLAIM_SHUTDOWN``: a VM's startd unclaimed this long shuts
     HTCondor down (then ``poweroff_delay`` applies); None: not set."""
@@ -205,8 +209,16 @@ class SimCloud:
 
     def terminate(self, instance_ids: Sequence[str]) -> None:
         self._enter("cloud_terminate")
-        for rec in self._lookup(instance_ids):
-            self._terminate(rec, notify=True)
+        recs = self._lookup(instance_ids)
+
+        def land() -> None:
+            for rec in recs:
+                self._terminate(rec, notify=True)
+
+        if self.config.api_latency > 0:
+            self.loop.after(self.config.api_latency, land)
+        else:
+            land()
 
     # ------------------------------------------------------------------ gridmanager side
 

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from pilotfactory.factory.clock import VirtualClock
@@ -60,6 +61,10 @@ class WorldSettings:
     plus the master's exit and ``/sbin/poweroff``). None: images without the contract."""
     noclaim_shutdown: float | None = None
     """The template's ``STARTD_NOCLAIM_SHUTDOWN`` (it ships 1200 s); None: not modelled."""
+    api_latency: float = 2.0
+    """Seconds a cloud API call takes: a terminate lands this long after the caller decided
+    on what it read (a job matched to the VM meanwhile is evicted), and a policy's loop
+    (elastiq's) is that much later for each call it made."""
 
     def __post_init__(self) -> None:
         if self.boot_distribution not in ("uniform", "lognormal"):
@@ -71,6 +76,8 @@ class WorldSettings:
             raise ConfigError("boot time, jitter, interruption rate and price must be >= 0")
         if self.activation_rate is not None and not self.activation_rate > 0:
             raise ConfigError("activation rate must be > 0 jobs per minute")
+        if not 0 <= self.api_latency < math.inf:
+            raise ConfigError("API latency must be >= 0 seconds")
         if self.poweroff_delay is not None and not 0 <= self.poweroff_delay < math.inf:
             raise ConfigError("power-off delay must be >= 0 seconds")
         if self.noclaim_shutdown is not None and not 0 < self.noclaim_shutdown < math.inf:
@@ -90,6 +97,7 @@ class WorldSettings:
             default_retirement_time=86400.0,
             poweroff_delay=self.poweroff_delay,
             noclaim_shutdown=self.noclaim_shutdown,
+            api_latency=self.api_latency,
         )
 
     def mean_join_time(self) -> float:
@@ -366,7 +374,11 @@ class ElastiqParams:
 class ElastiqPolicy:
     """elastiq's loop, in the simulated world: start ceil(waiting / jobs_per_vm) VMs once jobs
     have waited ``waiting_jobs_time`` (less those still deploying), terminate VMs idle for
-    ``idle_time`` at once (no drain), and VMs not joined after ``deploy_time``."""
+    ``idle_time`` at once (no drain), and VMs not joined after ``deploy_time``.
+
+    Its cloud calls are sequential, one VM each, ``api_latency`` apiece: a terminate decided
+    on this check's read lands after the calls before it and its own round trip, and the
+    next check comes ``spent`` seconds later than ``check_every``."""
 
     QUEUE = "elastiq"
 
@@ -377,8 +389,12 @@ class ElastiqPolicy:
         self.waiting_since: float | None = None
         self.counts = {"submitted": 0, "retired": 0, "unretired": 0, "reaped": 0}
         self._seq = 0
+        self.latency = world.sim_cloud.config.api_latency
+        self.spent = 0.0
+        """Seconds this check's cloud calls took (the loop sleeps after them)."""
 
     def check(self) -> None:
+        self.spent = 0.0
         now = self.world.loop.now
         cloud = self.world.sim_cloud
         view = self.world.pool.vm_view()
@@ -387,7 +403,7 @@ class ElastiqPolicy:
         deploying = [i for i in live if not view.get(i, (False, 0, 0.0))[0]]
         stuck = [i for i in deploying if now - live[i] > self.p.deploy_time]
         if stuck:
-            cloud.terminate(stuck)
+            self._terminate(stuck)
             self.counts["reaped"] += len(stuck)
             for i in stuck:
                 del self.vms[i]
@@ -413,16 +429,27 @@ class ElastiqPolicy:
         spare = max(0, len(self.vms) - self.p.min_vms)
         victims = [i for _, i in idle[:spare]]
         if victims:
-            cloud.terminate(victims)
+            self._terminate(victims)
             self.counts["retired"] += len(victims)
             for i in victims:
                 del self.vms[i]
+
+    def _terminate(self, ids: Sequence[str]) -> None:
+        """One call per VM, each issued once the calls before it returned."""
+        cloud = self.world.sim_cloud
+        for i in ids:
+            if self.spent > 0:
+                self.world.loop.after(self.spent, partial(cloud.terminate, [i]))
+            else:
+                cloud.terminate([i])
+            self.spent += self.latency
 
     def _start(self, n: int) -> None:
         if n <= 0:
             return
         tags = {TAG_QUEUE: self.QUEUE}
         for _ in range(n):
+            self.spent += self.latency
             self._seq += 1
             ids = self.world.sim_cloud.launch(
                 LaunchSpec(image="elastiq-worker", flavor=self.p.flavor),
@@ -462,7 +489,7 @@ def run_elastiq(
             next_sample += SAMPLE_EVERY
         if progress is not None:
             progress("elastiq", horizon.fraction(world))
-        clock.sleep(params.check_every)
+        clock.sleep(params.check_every + policy.spent)
     series.append(_sample(world, settings.price))
     metrics = measure(world, trace, settings.price)
     for key, value in policy.counts.items():
@@ -749,6 +776,7 @@ def run_request(
             "activation_rate": req.settings.activation_rate,
             "poweroff_delay": req.settings.poweroff_delay,
             "noclaim_shutdown": req.settings.noclaim_shutdown,
+            "api_latency": req.settings.api_latency,
         },
         "configs": {name: [q.name for q in qs] for name, _, qs in req.configs},
         "unwatched_labels": [lb for lb in labels if lb not in watched],
@@ -768,7 +796,8 @@ def header_lines(h: dict[str, Any]) -> list[str]:
         + f", seed {h['seed']}, {h['cores_per_vm']} cores per VM",
         f"world: boot {w['boot_time']:g} s +- {w['boot_jitter']:g} ({w['boot_distribution']}), "
         f"never join {w['never_join']:g}, {w['interruptions_per_vm_hour']:g} interruptions "
-        f"per VM-hour, ${w['price_per_vm_hour']:g} per VM-hour"
+        f"per VM-hour, ${w['price_per_vm_hour']:g} per VM-hour, cloud API calls "
+        f"{w['api_latency']:g} s"
         + (f", PanDA activates {w['activation_rate']:g}/min" if w["activation_rate"] else ""),
         "VMs: "
         + (

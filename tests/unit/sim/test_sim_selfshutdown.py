@@ -122,3 +122,23 @@ def test_noclaim_shutdown_without_the_power_off_leaves_a_vm_without_condor() -> 
     w.advance(400.0)
     assert vm.state == "running" and w.pool.machines() == []
     assert w.pool.query_masters({}, ["Machine"]) == []
+
+
+# ------------------------------------------------------------------ the terminate's latency
+
+
+@pytest.mark.parametrize(("latency", "evicted"), [(2.0, 1), (0.0, 0)])
+def test_a_job_matched_before_the_terminate_lands_is_evicted(latency: float, evicted: int) -> None:
+    # The caller read the VM idle and terminates at +204; a job queued then is matched by the
+    # negotiator at +205, and the terminate landing at +206 kills it. Without latency the VM
+    # is gone before the negotiator runs.
+    w, vm = world(api_latency=latency)
+    w.advance(99.0)  # +204
+    [jid] = w.pool.add_payload_jobs("q", [600.0])
+    w.sim_cloud.terminate([str(vm.instance_id)])
+    assert (vm.state == "running") is (latency > 0)
+    w.advance(5.0)  # +209
+    assert vm.state in ("stopping", "terminated")
+    assert sum(w.metrics.payload_killed.values()) == evicted
+    assert w.pool.job(jid)["JobStatus"] == 1  # idle again (or never started)
+    assert w.pool.job(jid).get("NumJobStarts", 0) == evicted

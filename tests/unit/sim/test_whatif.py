@@ -61,16 +61,17 @@ def jobs(*rows: tuple[float, float, int]) -> Trace:
 def test_one_job_one_vm_through_the_users_config(tmp_path: Path) -> None:
     # Job queued at 0, seen by the cycle at 60 which launches; running at 160, joined and
     # matched at 165 (wait 165), done at 3765; the cycle at 3780 retires the idle VM (drain,
-    # no job), the follow-up reap_followup (20 s) later reaps it: billed 60 -> 3800.
+    # no job), the follow-up reap_followup (20 s) later reaps it, the terminate landing 2 s
+    # (api_latency) after the call: billed 60 -> 3802.
     r = whatif.run_config(
         "config", default_factory_config(), one_queue(tmp_path), jobs((0, 3600, 1)), BARE, 1, None
     )
     m = r.metrics
     assert (m["wait_p50"], m["wait_p95"], m["wait_max"]) == (165.0, 165.0, 165.0)
     assert m["makespan_h"] == pytest.approx(3765 / 3600)
-    assert m["vm_hours"] == pytest.approx((3800 - 60) / 3600)
-    assert m["idle_vm_hours"] == pytest.approx((3800 - 60 - 3600) / 3600)
-    assert m["cost"] == pytest.approx(0.5 * (3800 - 60) / 3600)
+    assert m["vm_hours"] == pytest.approx((3802 - 60) / 3600)
+    assert m["idle_vm_hours"] == pytest.approx((3802 - 60 - 3600) / 3600)
+    assert m["cost"] == pytest.approx(0.5 * (3802 - 60) / 3600)
     assert m["request_latency_p50"] == m["request_latency_p99"] == 60.0
     assert (m["vms_submitted"], m["vms_retired"], m["vms_reaped"], m["vms_lost"]) == (1, 1, 1, 0)
     assert m["jobs_evicted"] == 0 and m["orphans"] == 0 and m["completed"] == 1
@@ -78,13 +79,14 @@ def test_one_job_one_vm_through_the_users_config(tmp_path: Path) -> None:
 
 def test_without_a_reap_followup_the_retired_vm_waits_a_whole_interval(tmp_path: Path) -> None:
     """reap_followup = 0: the idle VM retired by the cycle at 3780 is reaped by the next one at
-    3840, 40 s more billed than with the default follow-up 20 s after the retire."""
+    3840 (ending at 3842), 40 s more billed than with the default follow-up 20 s after the
+    retire."""
     text = ONE_QUEUE.replace("wmsqueue = ONE", "wmsqueue = ONE\nreap_followup = 0")
     r = whatif.run_config(
         "config", default_factory_config(), one_queue(tmp_path, text), jobs((0, 3600, 1)), BARE,
         1, None,
     )  # fmt: skip
-    assert r.metrics["vm_hours"] == pytest.approx((3840 - 60) / 3600)
+    assert r.metrics["vm_hours"] == pytest.approx((3842 - 60) / 3600)
     assert r.metrics["vms_reaped"] == 1
 
 
@@ -120,14 +122,47 @@ def test_a_retired_vm_powers_itself_off_and_is_neither_lost_nor_reaped(
 
 
 def test_one_job_one_vm_through_elastiq() -> None:
-    # Seen at 15, waited 40 s at 60: launch; joined 165; done 3765; idle_time 0: terminated
-    # at 3765 (a check instant), without draining.
+    # Seen at 15, waited 40 s at 60: launch (one 2 s call: the next checks at 77 + 15k);
+    # joined 165; done 3765; idle_time 0: terminated by the check at 3767, without draining,
+    # the terminate landing at 3769.
     params = whatif.ElastiqParams(idle_time=0.0, jobs_per_vm=4)
     m = whatif.run_elastiq(params, jobs((0, 3600, 1)), EXACT, 1, None).metrics
     assert m["wait_p95"] == 165.0
-    assert m["vm_hours"] == pytest.approx((3765 - 60) / 3600)
-    assert m["idle_vm_hours"] == pytest.approx(105 / 3600)
+    assert m["vm_hours"] == pytest.approx((3769 - 60) / 3600)
+    assert m["idle_vm_hours"] == pytest.approx(109 / 3600)
     assert (m["vms_submitted"], m["vms_retired"]) == (1, 1)
+
+
+@pytest.mark.parametrize(("latency", "evicted"), [(2.0, 1), (0.0, 0)])
+def test_elastiq_terminate_races_the_negotiator(latency: float, evicted: int) -> None:
+    """Two jobs, one 1-core VM each: launched by the check at 60 (two calls, 2 s each: the
+    next checks at 79 + 15k), both VMs joined at 165, the jobs done at 765. The check at 769 reads
+    both VMs idle and terminates them one call after the other (landing at 771 and 773); a
+    third job queued at 770 is matched by the negotiator at 770 and dies with its VM. Without
+    latency the checks fall at 15k, both VMs are gone at 765 and the third job just waits."""
+    world = replace(EXACT, api_latency=latency)
+    params = whatif.ElastiqParams(idle_time=0.0, jobs_per_vm=1, flavor="m1.small")
+    m = whatif.run_elastiq(params, jobs((0, 600, 1), (0, 600, 1), (770, 600, 1)), world, 1, None)
+    assert m.metrics["jobs_evicted"] == evicted
+    assert m.metrics["completed"] == 3
+
+
+@pytest.mark.parametrize("mode", ["drain", "peaceful"])
+@pytest.mark.parametrize("world", [EXACT, BARE], ids=["contract", "bare"])
+def test_our_retire_never_evicts_whatever_the_api_latency(
+    tmp_path: Path, mode: str, world: whatif.WorldSettings
+) -> None:
+    """The same race for the factory: jobs queued 1 s after the cycle at 3780 retires the idle
+    VM, and 1 s after the reap 20 s later terminates it (an image without the contract), each
+    while a 2 s cloud call may be in flight. A retired startd takes no job and a reaped VM has
+    no startd, so nothing is evicted."""
+    assert world.api_latency == 2.0
+    text = ONE_QUEUE.replace("retire_mode = drain", f"retire_mode = {mode}")
+    trace = jobs((0, 3600, 1), (3781, 600, 1), (3801, 600, 1))
+    m = whatif.run_config(
+        "config", default_factory_config(), one_queue(tmp_path, text), trace, world, 1, None
+    ).metrics
+    assert m["vms_retired"] >= 1 and m["jobs_evicted"] == 0 and m["completed"] == 3
 
 
 @pytest.mark.parametrize(("count", "vms"), [(4, 1), (5, 2), (8, 2), (12, 3)])

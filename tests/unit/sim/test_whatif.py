@@ -193,6 +193,77 @@ def test_oracle_vm_hours_are_the_core_hours_when_boot_time_is_zero() -> None:
     assert booted["idle_vm_hours"] == pytest.approx(4 * 105 / 3600)
 
 
+def test_oracle_floor_bills_the_floor_vm_over_the_whole_run() -> None:
+    # One VM kept over T hours, one 10-minute job on it: idle all but the job (boot 0).
+    free = whatif.WorldSettings(boot_time=0.0, boot_jitter=0.0)
+    trace = jobs((600, 600, 1))
+    floor = whatif.Quota(floor=1)
+    m = whatif.oracle(trace, free, 1, floor, hours=5.0).metrics
+    assert m["vm_hours"] == pytest.approx(5.0)
+    assert m["idle_vm_hours"] == pytest.approx(5.0 - 600 / 3600)
+    assert m["wait_max"] == 0.0 and m["vms_submitted"] == 1 and m["vms_retired"] == 0
+    # without --hours the run ends 2 h after the last job: 1200 + 7200 s
+    m = whatif.oracle(trace, free, 1, floor).metrics
+    assert m["idle_vm_hours"] == pytest.approx((1200 + 7200 - 600) / 3600)
+    assert whatif.oracle(trace, free, 1).metrics["idle_vm_hours"] == 0.0  # unconstrained
+
+
+def test_oracle_floor_and_boots_above_it() -> None:
+    # Three 1-core jobs at 0 need 3 VMs (1 core each); the floor VM is up anyway, the other
+    # two boot just in time (105 s each) and end with their jobs at 600.
+    m = whatif.oracle(jobs(*[(0, 600, 1)] * 3), EXACT, 1, whatif.Quota(floor=1)).metrics
+    assert m["idle_vm_hours"] == pytest.approx((2 * 105 + 7200) / 3600)
+    assert m["vm_hours"] == pytest.approx((3 * 600 + 2 * 105 + 7200) / 3600)
+    assert (m["vms_submitted"], m["vms_retired"]) == (3, 2)
+
+
+def test_oracle_cap_serializes_the_jobs() -> None:
+    # At most one 1-core VM, two jobs of d at 0: the second starts when the first ends.
+    free = whatif.WorldSettings(boot_time=0.0, boot_jitter=0.0)
+    d = 900.0
+    m = whatif.oracle(jobs((0, d, 1), (0, d, 1)), free, 1, whatif.Quota(cap=1)).metrics
+    assert (m["wait_p50"], m["wait_p95"], m["wait_max"]) == (0.0, d, d)
+    assert m["makespan_h"] == pytest.approx(2 * d / 3600)
+    assert m["vm_hours"] == pytest.approx(2 * d / 3600) and m["vms_submitted"] == 1
+    # a job that fits while an earlier bigger one waits is not held up by it (the negotiator
+    # skips what does not fit): 4 cores, 3 busy until d; the 2-core job waits, the 1-core runs
+    m = whatif.oracle(jobs((0, d, 3), (10, d, 2), (20, d, 1)), free, 4, whatif.Quota(cap=1)).metrics
+    assert m["wait_max"] == d - 10 and m["completed"] == 3
+    assert whatif.oracle(jobs((0, d, 5)), free, 4, whatif.Quota(cap=1)).metrics["completed"] == 0
+
+
+def test_quota_is_read_from_the_vm_queues(tmp_path: Path) -> None:
+    ecm = load_queues([str(Path(__file__).parents[3] / "etc/examples/ecm-elastiq-queues.conf")])
+    assert whatif.Quota.of(ecm.queues) == whatif.Quota(floor=1, cap=3)
+    assert whatif.Quota.of(one_queue(tmp_path)) == whatif.Quota(floor=0, cap=10)
+    nocap = ONE_QUEUE.replace("MaxVMs", "MinVMs").replace(
+        "sched.maxvms.maximum = 10", "sched.minvms.minimum = 2"
+    )
+    assert whatif.Quota.of(one_queue(tmp_path, nocap)) == whatif.Quota(floor=2, cap=None)
+
+
+def test_report_shows_the_quota_oracle_and_keeps_the_unconstrained_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "one.conf"
+    conf.write_text(
+        ONE_QUEUE.replace("IdleShutdown, MaxVMs", "IdleShutdown, MinVMs, MaxVMs").replace(
+            "sched.maxvms.maximum = 10", "sched.maxvms.maximum = 1\nsched.minvms.minimum = 1"
+        )
+    )
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("submit,duration,cores,queue\n" + "0,600,1,ONE\n" * 8)
+    assert main(["sim", "-q", str(conf), "--workload", str(csv), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    orc, free = report["results"]["oracle"], report["oracle_unconstrained"]
+    assert report["oracle_quota"] == {"floor": 1, "cap": 1, "text": "at least 1 VMs, at most 1 VMs"}
+    assert free["wait_p95"] == 0.0 and orc["wait_p95"] == 600.0  # 8 jobs, 4 at a time
+    assert orc["idle_vm_hours"] > free["idle_vm_hours"]
+    assert main(["sim", "-q", str(conf), "--workload", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "oracle: the bound under the first config's VM quota (at least 1 VMs, at most 1" in out
+
+
 def test_the_oracle_is_a_lower_bound_of_both_policies(tmp_path: Path) -> None:
     trace = shape("quiet", ["ONE"], seed=2, scale=0.2)
     cfg = whatif.run_config(
@@ -204,6 +275,27 @@ def test_the_oracle_is_a_lower_bound_of_both_policies(tmp_path: Path) -> None:
         assert m["completed"] == trace.total_jobs
         assert m["vm_hours"] >= orc["vm_hours"] and m["idle_vm_hours"] >= orc["idle_vm_hours"]
         assert m["makespan_h"] >= orc["makespan_h"]
+
+
+@pytest.mark.parametrize("name", ["quiet", "burst", "trickle"])
+def test_the_quota_oracle_is_a_lower_bound_under_the_same_floor_and_cap(
+    tmp_path: Path, name: str
+) -> None:
+    """At least 1 and at most 2 VMs: the cap makes every run wait, the floor bills a VM for
+    the whole run; the oracle under that quota stays below both policies on each metric."""
+    text = ONE_QUEUE.replace("IdleShutdown, MaxVMs", "IdleShutdown, MinVMs, MaxVMs").replace(
+        "sched.maxvms.maximum = 10", "sched.maxvms.maximum = 2\nsched.minvms.minimum = 1"
+    )
+    queues = one_queue(tmp_path, text)
+    trace = shape(name, ["ONE"], seed=1, scale=0.1)
+    cfg = whatif.run_config("c", default_factory_config(), queues, trace, EXACT, 1, None).metrics
+    ela = whatif.run_elastiq(whatif.ElastiqParams.like(queues), trace, EXACT, 1, None).metrics
+    orc = whatif.oracle(trace, EXACT, 4, whatif.Quota.of(queues)).metrics
+    free = whatif.oracle(trace, EXACT, 4).metrics
+    for m in (cfg, ela):
+        for key in ("vm_hours", "idle_vm_hours", "wait_p95", "wait_max", "makespan_h"):
+            assert m[key] >= orc[key] - 1e-6, key  # equal when nothing waits
+    assert orc["idle_vm_hours"] > free["idle_vm_hours"]  # the floor VM's empty hours
 
 
 def test_same_seed_same_report_other_seed_other_work(tmp_path: Path) -> None:

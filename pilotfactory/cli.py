@@ -195,6 +195,30 @@ def _sim_parser(sub: Any) -> None:
     p.add_argument("--interruptions", type=float, default=0.0, help="per VM-hour (0)")
     p.add_argument("--price", type=float, default=0.10, help="per VM-hour (0.10)")
     p.add_argument("--activation-rate", type=float, help="PanDA jobs activated per minute")
+    p.add_argument(
+        "--poweroff-delay",
+        type=float,
+        default=10.0,
+        help="seconds from a VM's startd exiting to the VM powering off (worker contract; 10)",
+    )
+    p.add_argument(
+        "--no-self-shutdown",
+        action="store_true",
+        help="VMs never power themselves off (images without the etc/worker contract)",
+    )
+    p.add_argument(
+        "--noclaim-shutdown",
+        type=float,
+        metavar="S",
+        help="STARTD_NOCLAIM_SHUTDOWN of the VMs (the shipped template: 1200; default unset)",
+    )
+    p.add_argument(
+        "--api-latency",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds a cloud call takes: a terminate lands that long after the decision (2)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip elastiq and the oracle")
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="demand, workers, cost (needs [plot])")
@@ -906,6 +930,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
             interruption_rate=args.interruptions,
             price=args.price,
             activation_rate=args.activation_rate,
+            poweroff_delay=None if args.no_self_shutdown else args.poweroff_delay,
+            noclaim_shutdown=args.noclaim_shutdown,
+            api_latency=args.api_latency,
         ),
         baselines=not args.no_baselines,
     )

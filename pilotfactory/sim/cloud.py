@@ -92,6 +92,19 @@ class CloudConfig:
     interruption_notice: float = 0.0
     """Seconds of notice before an interruption (EC2 gives 120): the VM's metadata says so
     and its startd advertises ``PilotFactoryInterruption``; 0: no notice."""
+    poweroff_delay: float | None = None
+    """The worker contract (etc/worker): once a VM's startd has exited (``condor_off
+    -peaceful``, a drain with ``-exit-on-completion``, a no-claim shutdown) its master ends
+    (``MASTER.DAEMON_SHUTDOWN``, not in its first minute) and ``/sbin/poweroff`` ends the
+    instance this many seconds later. None: images that do not follow the contract (the VM
+    stays up, master alone, until someone terminates it)."""
+    api_latency: float = 0.0
+    """Seconds from a ``terminate`` call to the instance ending (the call's round trip): the
+    caller decided on what it read before, and a job the negotiator matches to the VM in
+    between dies with it."""
+    noclaim_shutdown: float | None = None
+    """The template's ``STARTD_NOCLAIM_SHUTDOWN``: a VM's startd unclaimed this long shuts
+    HTCondor down (then ``poweroff_delay`` applies); None: not set."""
 
 
 @dataclass(frozen=True)
@@ -196,8 +209,16 @@ class SimCloud:
 
     def terminate(self, instance_ids: Sequence[str]) -> None:
         self._enter("cloud_terminate")
-        for rec in self._lookup(instance_ids):
-            self._terminate(rec, notify=True)
+        recs = self._lookup(instance_ids)
+
+        def land() -> None:
+            for rec in recs:
+                self._terminate(rec, notify=True)
+
+        if self.config.api_latency > 0:
+            self.loop.after(self.config.api_latency, land)
+        else:
+            land()
 
     # ------------------------------------------------------------------ gridmanager side
 
@@ -226,6 +247,16 @@ class SimCloud:
         rec = self._index.get(instance_id)
         if rec is not None:
             self._terminate(rec, notify=True)
+
+    def power_off(self, instance_id: str) -> None:
+        """The VM powered itself off: with ``instance-initiated-shutdown-behavior =
+        terminate`` (what the worker contract assumes) the instance ends as if terminated,
+        and is billed no more, but no API call asked for it."""
+        rec = self._index.get(instance_id)
+        if rec is None or rec.state not in LIVE:
+            return
+        self.metrics.self_shutdowns += 1
+        self._terminate(rec, notify=True)
 
     def cpus_for(self, flavor: str) -> int:
         return int(self.config.flavor_cpus.get(flavor, self.config.default_cpus))

@@ -77,6 +77,8 @@ class SimMetrics:
         """VMs whose startd never joined (the ``never_join_fraction`` of the cloud)."""
         self.interrupted = 0
         """VMs the provider ended unasked (spot interruptions)."""
+        self.self_shutdowns = 0
+        """VMs that powered themselves off once their startd exited (the worker contract)."""
         self.payload_interrupted: Counter[str] = Counter()
         """Payloads killed by an interruption, apart from ``payload_killed`` (the factory's)."""
         self.interrupting = False

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from pilotfactory.sim.panda import PandaJob, SimPanda
 
 IDLE, RUNNING, REMOVED, COMPLETED, HELD = 1, 2, 3, 4, 5
+MASTER_SHUTDOWN_AFTER = 60.0
+"""The worker template's ``MASTER.DAEMON_SHUTDOWN`` holds for a master up longer than this."""
 VANILLA, GRID = 5, 9
 NEVER = 2**31 - 1
 
@@ -254,6 +256,11 @@ class _Startd:
         self.mode = "normal"  # "normal" | "retiring" | "draining"
         self.drain_reason = ""
         self.drain_id = 0
+        self.drain_exits = False
+        """A drain with ``-exit-on-completion`` (the startd exits once empty); a quick drain
+        (``vacate``) leaves it Drained until the VM ends."""
+        self.idle_from = 0.0
+        """When no slot was claimed any more (``STARTD_NOCLAIM_SHUTDOWN`` counts from it)."""
         self.slots: dict[int, _Job] = {}
         self.used = 0
         """Cores taken by the dynamic slots (a multi-core payload takes several)."""
@@ -609,6 +616,7 @@ class SimPool:
         rec.mode = "draining"
         rec.drain_reason = reason
         rec.drain_id += 1
+        rec.drain_exits = True
         rec.since = self.loop.now
         self._refresh_free(rec)
         now = self.loop.now
@@ -644,6 +652,7 @@ class SimPool:
         rec.mode = "draining"
         rec.drain_reason = reason
         rec.drain_id += 1
+        rec.drain_exits = False
         rec.since = self.loop.now
         self._refresh_free(rec)
         interrupting = self.metrics.interrupting
@@ -1091,10 +1100,11 @@ class SimPool:
             return
         if not rec.slots:
             rec.since = self.loop.now
+            self._unclaimed(rec)
         if rec.mode == "normal":
             self._refresh_free(rec)
             self._dirty = True
-        elif not rec.slots:
+        elif not rec.slots and (rec.mode == "retiring" or rec.drain_exits):
             self._startd_exit(rec)
 
     def _drain_deadline(
@@ -1131,15 +1141,56 @@ class SimPool:
         rec.next_slot = 1
         self._refresh_free(rec)
         self._dirty = True
+        self._unclaimed(rec)
 
-    def _startd_exit(self, rec: _Startd) -> None:
-        """The startd leaves the collector; the master stays while the VM lives."""
+    def _startd_exit(self, rec: _Startd, sigterm: bool = False) -> None:
+        """The startd leaves the collector; the master stays while the VM lives, unless the
+        VM follows the worker contract (``CloudConfig.poweroff_delay``)."""
         rec.alive = False
         rec.exited_at = self.loop.now
         self._refresh_free(rec)
         if rec.restart_on_exit and rec.mode == "retiring":
             self._schedule_restart(rec)
         rec.restart_on_exit = False
+        self._master_shutdown(rec, sigterm)
+
+    def _master_shutdown(self, rec: _Startd, sigterm: bool) -> None:
+        """The worker contract: a master whose startd is gone (and not being restarted by a
+        ``condor_on``) exits, and its shutdown script powers the VM off ``poweroff_delay``
+        later. ``MASTER.DAEMON_SHUTDOWN`` holds only after the master's first minute; a
+        no-claim shutdown (``sigterm``: the startd signals its master) is not bound by that."""
+        cloud = self.cloud
+        delay = cloud.config.poweroff_delay if cloud is not None else None
+        if delay is None or rec.instance_id is None or cloud is None:
+            return
+        gen = rec.gen
+        instance_id = rec.instance_id
+        at = self.loop.now + delay
+        if not sigterm:
+            at = max(at, rec.master_since + MASTER_SHUTDOWN_AFTER)
+
+        def off() -> None:
+            if (rec.master or sigterm) and not rec.alive and not rec.starting and rec.gen == gen:
+                cloud.power_off(instance_id)
+
+        self.loop.at(at, off)
+
+    def _unclaimed(self, rec: _Startd) -> None:
+        """No slot claimed from now: ``STARTD_NOCLAIM_SHUTDOWN`` later, if still unclaimed, the
+        startd shuts HTCondor down, master included (VMs only)."""
+        rec.idle_from = self.loop.now
+        cloud = self.cloud
+        limit = cloud.config.noclaim_shutdown if cloud is not None else None
+        if limit is None or rec.instance_id is None:
+            return
+        since = rec.idle_from
+
+        def check() -> None:
+            if rec.alive and not rec.slots and rec.idle_from == since:
+                rec.master = False
+                self._startd_exit(rec, sigterm=True)
+
+        self.loop.at(since + limit, check)
 
     def _schedule_restart(self, rec: _Startd) -> None:
         """The master starts the startd 1 s after it exited (10 s if it restarted it within

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from pilotfactory.factory.clock import VirtualClock
@@ -28,7 +29,7 @@ from pilotfactory.sim.cloud import LIVE, CloudConfig
 from pilotfactory.sim.metrics import percentile
 from pilotfactory.sim.pool import PoolConfig
 from pilotfactory.sim.runner import START, _dummy_secrets, _makes_vms, pool_config
-from pilotfactory.sim.traces import Trace
+from pilotfactory.sim.traces import Trace, TraceJob
 from pilotfactory.sim.world import SimConfig, SimWorld
 
 Progress = Callable[[str, float], None]
@@ -53,6 +54,17 @@ class WorldSettings:
     """Per VM-hour."""
     activation_rate: float | None = None
     """PanDA jobs activated per minute and site."""
+    poweroff_delay: float | None = 10.0
+    """The shipped worker template's self-shutdown: a VM whose startd has exited (a peaceful
+    off, a drain with ``-exit-on-completion``) powers off this long after (about half the
+    template's 20 s master update interval, when ``MASTER.DAEMON_SHUTDOWN`` is evaluated,
+    plus the master's exit and ``/sbin/poweroff``). None: images without the contract."""
+    noclaim_shutdown: float | None = None
+    """The template's ``STARTD_NOCLAIM_SHUTDOWN`` (it ships 1200 s); None: not modelled."""
+    api_latency: float = 2.0
+    """Seconds a cloud API call takes: a terminate lands this long after the caller decided
+    on what it read (a job matched to the VM meanwhile is evicted), and a policy's loop
+    (elastiq's) is that much later for each call it made."""
 
     def __post_init__(self) -> None:
         if self.boot_distribution not in ("uniform", "lognormal"):
@@ -64,6 +76,12 @@ class WorldSettings:
             raise ConfigError("boot time, jitter, interruption rate and price must be >= 0")
         if self.activation_rate is not None and not self.activation_rate > 0:
             raise ConfigError("activation rate must be > 0 jobs per minute")
+        if not 0 <= self.api_latency < math.inf:
+            raise ConfigError("API latency must be >= 0 seconds")
+        if self.poweroff_delay is not None and not 0 <= self.poweroff_delay < math.inf:
+            raise ConfigError("power-off delay must be >= 0 seconds")
+        if self.noclaim_shutdown is not None and not 0 < self.noclaim_shutdown < math.inf:
+            raise ConfigError("no-claim shutdown must be > 0 seconds")
 
     def cloud(self) -> CloudConfig:
         return CloudConfig(
@@ -77,6 +95,9 @@ class WorldSettings:
             interruption_rate=self.interruption_rate,
             # Images built for pilotfactory set MAXJOBRETIREMENTTIME, so drain is safe.
             default_retirement_time=86400.0,
+            poweroff_delay=self.poweroff_delay,
+            noclaim_shutdown=self.noclaim_shutdown,
+            api_latency=self.api_latency,
         )
 
     def mean_join_time(self) -> float:
@@ -134,6 +155,7 @@ def measure(world: SimWorld, trace: Trace, price: float) -> dict[str, Any]:
         "idle_vm_hours": max(0.0, vm_hours - busy),
         "cost": vm_hours * price,
         "vms_lost": m.interrupted + m.never_joined,
+        "vms_powered_off": m.self_shutdowns,
         "jobs_evicted": sum(m.payload_killed.values()),
         "jobs_interrupted": sum(m.payload_interrupted.values()),
         "request_latency_p50": percentile(latencies, 50) if latencies else None,
@@ -352,7 +374,11 @@ class ElastiqParams:
 class ElastiqPolicy:
     """elastiq's loop, in the simulated world: start ceil(waiting / jobs_per_vm) VMs once jobs
     have waited ``waiting_jobs_time`` (less those still deploying), terminate VMs idle for
-    ``idle_time`` at once (no drain), and VMs not joined after ``deploy_time``."""
+    ``idle_time`` at once (no drain), and VMs not joined after ``deploy_time``.
+
+    Its cloud calls are sequential, one VM each, ``api_latency`` apiece: a terminate decided
+    on this check's read lands after the calls before it and its own round trip, and the
+    next check comes ``spent`` seconds later than ``check_every``."""
 
     QUEUE = "elastiq"
 
@@ -363,8 +389,12 @@ class ElastiqPolicy:
         self.waiting_since: float | None = None
         self.counts = {"submitted": 0, "retired": 0, "unretired": 0, "reaped": 0}
         self._seq = 0
+        self.latency = world.sim_cloud.config.api_latency
+        self.spent = 0.0
+        """Seconds this check's cloud calls took (the loop sleeps after them)."""
 
     def check(self) -> None:
+        self.spent = 0.0
         now = self.world.loop.now
         cloud = self.world.sim_cloud
         view = self.world.pool.vm_view()
@@ -373,7 +403,7 @@ class ElastiqPolicy:
         deploying = [i for i in live if not view.get(i, (False, 0, 0.0))[0]]
         stuck = [i for i in deploying if now - live[i] > self.p.deploy_time]
         if stuck:
-            cloud.terminate(stuck)
+            self._terminate(stuck)
             self.counts["reaped"] += len(stuck)
             for i in stuck:
                 del self.vms[i]
@@ -399,16 +429,27 @@ class ElastiqPolicy:
         spare = max(0, len(self.vms) - self.p.min_vms)
         victims = [i for _, i in idle[:spare]]
         if victims:
-            cloud.terminate(victims)
+            self._terminate(victims)
             self.counts["retired"] += len(victims)
             for i in victims:
                 del self.vms[i]
+
+    def _terminate(self, ids: Sequence[str]) -> None:
+        """One call per VM, each issued once the calls before it returned."""
+        cloud = self.world.sim_cloud
+        for i in ids:
+            if self.spent > 0:
+                self.world.loop.after(self.spent, partial(cloud.terminate, [i]))
+            else:
+                cloud.terminate([i])
+            self.spent += self.latency
 
     def _start(self, n: int) -> None:
         if n <= 0:
             return
         tags = {TAG_QUEUE: self.QUEUE}
         for _ in range(n):
+            self.spent += self.latency
             self._seq += 1
             ids = self.world.sim_cloud.launch(
                 LaunchSpec(image="elastiq-worker", flavor=self.p.flavor),
@@ -448,7 +489,7 @@ def run_elastiq(
             next_sample += SAMPLE_EVERY
         if progress is not None:
             progress("elastiq", horizon.fraction(world))
-        clock.sleep(params.check_every)
+        clock.sleep(params.check_every + policy.spent)
     series.append(_sample(world, settings.price))
     metrics = measure(world, trace, settings.price)
     for key, value in policy.counts.items():
@@ -460,41 +501,135 @@ def run_elastiq(
 # ---------------------------------------------------------------------------- oracle
 
 
-def oracle(trace: Trace, settings: WorldSettings, cores_per_vm: int) -> RunResult:
+@dataclass(frozen=True)
+class Quota:
+    """The VM floor and cap the oracle honours (``MinVMs`` / ``MaxVMs`` of the VM queues)."""
+
+    floor: int = 0
+    cap: int | None = None
+
+    @classmethod
+    def of(cls, queues: Sequence[QueueConfig]) -> Quota:
+        """Summed over the VM queues (the cap only when every one has a ``MaxVMs``): pooling
+        them is a relaxation, so the bound stays a bound."""
+        floor, caps = 0, []
+        vmq = [q for q in queues if _makes_vms(q)]
+        for q in vmq:
+            cap = None
+            for spec in q.sched:
+                if spec.name == "MinVMs":
+                    floor += int(spec.params["minimum"])
+                elif spec.name == "MaxVMs" and spec.params.get("maximum") is not None:
+                    cap = int(spec.params["maximum"])
+            caps.append(cap)
+        total = sum(c for c in caps if c is not None) if caps and None not in caps else None
+        return cls(floor if total is None else min(floor, total), total)
+
+    def text(self) -> str:
+        parts = [f"at least {self.floor} VMs"] if self.floor else []
+        parts += [f"at most {self.cap} VMs"] if self.cap is not None else []
+        return ", ".join(parts) or "no VM floor or cap"
+
+
+def _fifo(jobs: Sequence[TraceJob], capacity: int | None) -> list[tuple[TraceJob, float]]:
+    """(job, start) per job that runs: at its submit, or with ``capacity`` cores in all, as the
+    pool's negotiator would start them (in queue order, a job that does not fit yet not
+    blocking the ones behind it). A job bigger than the capacity never starts."""
+    if capacity is None:
+        return [(j, j.submit) for j in jobs]
+    import heapq
+
+    queue = sorted(jobs, key=lambda j: j.submit)
+    out: list[tuple[TraceJob, float]] = []
+    running: list[tuple[float, int]] = []
+    waiting: list[TraceJob] = []
+    free, nxt = capacity, 0
+    while nxt < len(queue) or (waiting and running):
+        arrive = queue[nxt].submit if nxt < len(queue) else math.inf
+        now = min(arrive, running[0][0] if running else math.inf)
+        while running and running[0][0] <= now:
+            free += heapq.heappop(running)[1]
+        while nxt < len(queue) and queue[nxt].submit <= now:
+            waiting.append(queue[nxt])
+            nxt += 1
+        still = []
+        for j in waiting:
+            if j.cores <= free:
+                free -= j.cores
+                heapq.heappush(running, (now + j.duration, j.cores))
+                out.append((j, now))
+            else:
+                still.append(j)
+        waiting = still
+    return out
+
+
+def oracle(
+    trace: Trace,
+    settings: WorldSettings,
+    cores_per_vm: int,
+    quota: Quota | None = None,
+    hours: float | None = None,
+) -> RunResult:
     """The lower bound no policy in this world can beat, from the trace alone: every job
     starts at its submit time (VMs were launched one join time earlier), VMs are packed as a
     fluid (``cores_per_vm`` cores to a VM-hour) and ended the moment they empty. The only idle
     time is each VM's boot, for the fewest VMs the peak needs. A discrete schedule would not
-    be a bound (one 1-core job on a 4-core VM costs a whole VM), hence the fluid."""
+    be a bound (one 1-core job on a 4-core VM costs a whole VM), hence the fluid.
+
+    ``quota`` bounds the same under the user's own limits: with a cap, the jobs start as the
+    negotiator would start them on every allowed VM up from the start (FIFO on the pooled
+    cores: the earliest starts any policy gets for one-core jobs); with a floor, that many VMs
+    are billed from the start to the end of the run (the last job's end + ``Horizon.TAIL``,
+    or ``hours``), their cores unused by the work counted in the VM-hours. Idle VM-hours are
+    measured as the world measures them (a VM running no job): the boots, and the floor VMs
+    left empty with the running jobs spread one to a VM. It is the cheapest way to the
+    least waiting: a policy that makes jobs wait may spend less."""
     cpv = max(1, cores_per_vm)
+    q = quota or Quota()
     jobs = trace.arrivals() if settings.activation_rate else list(trace.jobs)
+    capacity = q.cap * cpv if q.cap is not None else None
+    ran = _fifo(jobs, capacity)
+    waits = [start - j.submit for j, start in ran]
+    # (time, cores, jobs) deltas; at one instant ends come first, so a slot freed and taken
+    # again at once does not count twice in the peak
     events = sorted(
-        [(j.submit, j.cores) for j in jobs] + [(j.submit + j.duration, -j.cores) for j in jobs],
+        [(t, j.cores, 1) for j, t in ran] + [(t + j.duration, -j.cores, -1) for j, t in ran],
         key=lambda e: (e[0], e[1]),
     )
-    cores = peak = 0
-    for _, delta in events:
-        cores += delta
+    end = max((t + j.duration for j, t in ran), default=0.0)
+    span = hours * 3600.0 if hours is not None else (end if ran else trace.end) + Horizon.TAIL
+    cores = running = peak = 0
+    spare = empty = 0.0
+    last = 0.0
+    for t, dc, dn in [*events, (max(span, end), 0, 0)]:
+        width = max(0.0, min(t, span) - min(last, span))
+        spare += max(0, q.floor * cpv - cores) * width
+        empty += max(0, q.floor - running) * width
+        last = t
+        cores += dc
+        running += dn
         peak = max(peak, cores)
-    vms = math.ceil(peak / cpv)
-    busy_h = sum(j.duration * j.cores for j in jobs) / cpv / 3600.0
-    idle_h = vms * settings.mean_join_time() / 3600.0
-    end = max((j.submit + j.duration for j in jobs), default=0.0)
+    extra = max(0, math.ceil(peak / cpv) - q.floor)
+    boots = extra * settings.mean_join_time()
+    vm_h = (sum(j.duration * j.cores for j, _ in ran) / cpv + spare / cpv + boots) / 3600.0
+    idle_h = (boots + empty) / 3600.0
     metrics: dict[str, Any] = {
         "jobs": trace.total_jobs,
-        "completed": trace.total_jobs,
-        "wait_p50": 0.0,
-        "wait_p95": 0.0,
-        "wait_max": 0.0,
+        "completed": len(ran),
+        "wait_p50": percentile(waits, 50),
+        "wait_p95": percentile(waits, 95),
+        "wait_max": max(waits, default=0.0),
         "makespan_h": end / 3600.0,
-        "vm_hours": busy_h + idle_h,
+        "vm_hours": vm_h,
         "idle_vm_hours": idle_h,
-        "cost": (busy_h + idle_h) * settings.price,
-        "vms_submitted": vms,
-        "vms_retired": vms,
+        "cost": vm_h * settings.price,
+        "vms_submitted": q.floor + extra,
+        "vms_retired": extra,
         "vms_unretired": 0,
         "vms_reaped": 0,
         "vms_lost": 0,
+        "vms_powered_off": 0,
         "jobs_evicted": 0,
         "jobs_interrupted": 0,
         "orphans": 0,
@@ -529,6 +664,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("vms_unretired", "VMs un-retired", ""),
     ("vms_reaped", "VMs reaped", ""),
     ("vms_lost", "VMs lost", ""),
+    ("vms_powered_off", "VMs powered off by themselves", ""),
     ("jobs_evicted", "jobs evicted (must be 0)", ""),
     ("jobs_interrupted", "jobs killed by interruptions", ""),
     ("orphans", "orphan VMs (must be 0)", ""),
@@ -709,11 +845,14 @@ def run_request(
     ]
     first = req.configs[0][2]
     cpv = cores_per_vm(first, req.settings)
+    quota = Quota.of(first)
+    free: RunResult | None = None
     if req.baselines:
         results.append(
             run_elastiq(ElastiqParams.like(first), trace, req.settings, req.seed, hours, progress)
         )
-        results.append(oracle(trace, req.settings, cpv))
+        results.append(oracle(trace, req.settings, cpv, quota, hours))
+        free = oracle(trace, req.settings, cpv)
     labels = sorted({j.label for j in trace.jobs})
     watched = {q.wmsqueue for _, _, qs in req.configs for q in qs}
     header = {
@@ -731,10 +870,16 @@ def run_request(
             "interruptions_per_vm_hour": req.settings.interruption_rate,
             "price_per_vm_hour": req.settings.price,
             "activation_rate": req.settings.activation_rate,
+            "poweroff_delay": req.settings.poweroff_delay,
+            "noclaim_shutdown": req.settings.noclaim_shutdown,
+            "api_latency": req.settings.api_latency,
         },
         "configs": {name: [q.name for q in qs] for name, _, qs in req.configs},
         "unwatched_labels": [lb for lb in labels if lb not in watched],
+        "oracle_quota": {"floor": quota.floor, "cap": quota.cap, "text": quota.text()},
     }
+    if free is not None:
+        header["oracle_unconstrained"] = {k: _round(v) for k, v in free.metrics.items()}
     return results, header
 
 
@@ -750,11 +895,30 @@ def header_lines(h: dict[str, Any]) -> list[str]:
         + f", seed {h['seed']}, {h['cores_per_vm']} cores per VM",
         f"world: boot {w['boot_time']:g} s +- {w['boot_jitter']:g} ({w['boot_distribution']}), "
         f"never join {w['never_join']:g}, {w['interruptions_per_vm_hour']:g} interruptions "
-        f"per VM-hour, ${w['price_per_vm_hour']:g} per VM-hour"
+        f"per VM-hour, ${w['price_per_vm_hour']:g} per VM-hour, cloud API calls "
+        f"{w['api_latency']:g} s"
         + (f", PanDA activates {w['activation_rate']:g}/min" if w["activation_rate"] else ""),
+        "VMs: "
+        + (
+            f"power off {w['poweroff_delay']:g} s after their startd exits (worker contract)"
+            if w["poweroff_delay"] is not None
+            else "no self-shutdown (the image ignores the worker contract)"
+        )
+        + (
+            f", startd no-claim shutdown after {w['noclaim_shutdown']:g} s"
+            if w["noclaim_shutdown"] is not None
+            else ""
+        ),
     ]
     for name, qs in h["configs"].items():
         lines.append(f"{name}: {', '.join(qs)}")
+    free = h.get("oracle_unconstrained")
+    if free is not None:
+        lines.append(
+            f"oracle: the bound under the first config's VM quota ({h['oracle_quota']['text']}); "
+            f"unconstrained: VM-hours {free['vm_hours']:.2f}, idle {free['idle_vm_hours']:.2f}, "
+            f"wait p95 {free['wait_p95']:.0f} s (--json: oracle_unconstrained)"
+        )
     if h["unwatched_labels"]:
         lines.append(f"warning: no queue watches label(s) {', '.join(h['unwatched_labels'])}")
     lines.append("")

@@ -42,6 +42,8 @@ batchstatus.ec2.region = RegionOne
 batchstatus.ec2.collectorhost = cm.example.org
 """
 EXACT = whatif.WorldSettings(boot_time=100.0, boot_jitter=0.0, price=0.5)
+BARE = replace(EXACT, poweroff_delay=None)
+"""An image without the worker contract: a retired VM stays up until the factory reaps it."""
 
 
 def one_queue(tmp_path: Path, text: str = ONE_QUEUE) -> tuple:
@@ -59,16 +61,17 @@ def jobs(*rows: tuple[float, float, int]) -> Trace:
 def test_one_job_one_vm_through_the_users_config(tmp_path: Path) -> None:
     # Job queued at 0, seen by the cycle at 60 which launches; running at 160, joined and
     # matched at 165 (wait 165), done at 3765; the cycle at 3780 retires the idle VM (drain,
-    # no job), the follow-up reap_followup (20 s) later reaps it: billed 60 -> 3800.
+    # no job), the follow-up reap_followup (20 s) later reaps it, the terminate landing 2 s
+    # (api_latency) after the call: billed 60 -> 3802.
     r = whatif.run_config(
-        "config", default_factory_config(), one_queue(tmp_path), jobs((0, 3600, 1)), EXACT, 1, None
+        "config", default_factory_config(), one_queue(tmp_path), jobs((0, 3600, 1)), BARE, 1, None
     )
     m = r.metrics
     assert (m["wait_p50"], m["wait_p95"], m["wait_max"]) == (165.0, 165.0, 165.0)
     assert m["makespan_h"] == pytest.approx(3765 / 3600)
-    assert m["vm_hours"] == pytest.approx((3800 - 60) / 3600)
-    assert m["idle_vm_hours"] == pytest.approx((3800 - 60 - 3600) / 3600)
-    assert m["cost"] == pytest.approx(0.5 * (3800 - 60) / 3600)
+    assert m["vm_hours"] == pytest.approx((3802 - 60) / 3600)
+    assert m["idle_vm_hours"] == pytest.approx((3802 - 60 - 3600) / 3600)
+    assert m["cost"] == pytest.approx(0.5 * (3802 - 60) / 3600)
     assert m["request_latency_p50"] == m["request_latency_p99"] == 60.0
     assert (m["vms_submitted"], m["vms_retired"], m["vms_reaped"], m["vms_lost"]) == (1, 1, 1, 0)
     assert m["jobs_evicted"] == 0 and m["orphans"] == 0 and m["completed"] == 1
@@ -76,25 +79,90 @@ def test_one_job_one_vm_through_the_users_config(tmp_path: Path) -> None:
 
 def test_without_a_reap_followup_the_retired_vm_waits_a_whole_interval(tmp_path: Path) -> None:
     """reap_followup = 0: the idle VM retired by the cycle at 3780 is reaped by the next one at
-    3840, 40 s more billed than with the default follow-up 20 s after the retire."""
+    3840 (ending at 3842), 40 s more billed than with the default follow-up 20 s after the
+    retire."""
     text = ONE_QUEUE.replace("wmsqueue = ONE", "wmsqueue = ONE\nreap_followup = 0")
     r = whatif.run_config(
-        "config", default_factory_config(), one_queue(tmp_path, text), jobs((0, 3600, 1)), EXACT,
+        "config", default_factory_config(), one_queue(tmp_path, text), jobs((0, 3600, 1)), BARE,
         1, None,
     )  # fmt: skip
-    assert r.metrics["vm_hours"] == pytest.approx((3840 - 60) / 3600)
+    assert r.metrics["vm_hours"] == pytest.approx((3842 - 60) / 3600)
     assert r.metrics["vms_reaped"] == 1
 
 
+@pytest.mark.parametrize("mode", ["drain", "peaceful"])
+@pytest.mark.parametrize("followup", [20, 0])
+def test_a_retired_vm_powers_itself_off_and_is_neither_lost_nor_reaped(
+    tmp_path: Path, mode: str, followup: int
+) -> None:
+    """The worker contract (the default world): the cycle at 3780 retires the idle VM, its
+    startd exits at once (drain -exit-on-completion, or condor_off -peaceful), its master
+    powers it off 10 s later: billed 60 -> 3790 whatever the reap follow-up, and the factory
+    sees the instance end after its recorded retire (gone), never LOST, never reaped."""
+    text = ONE_QUEUE.replace("retire_mode = drain", f"retire_mode = {mode}").replace(
+        "wmsqueue = ONE", f"wmsqueue = ONE\nreap_followup = {followup}"
+    )
+    seen: list[list[str]] = []
+
+    def states(world: object, factory: whatif.Factory, traces: object) -> None:
+        info = factory.queues["ONE"].batch_source.info("ONE")
+        seen.append([w.state.value for w in info.workers] if info is not None else ["?"])
+
+    r = whatif.run_config(
+        "config", default_factory_config(), one_queue(tmp_path, text), jobs((0, 3600, 1)), EXACT,
+        1, None, observe=states,
+    )  # fmt: skip
+    m = r.metrics
+    assert m["vm_hours"] == pytest.approx((3790 - 60) / 3600)
+    assert (m["vms_retired"], m["vms_reaped"], m["vms_powered_off"]) == (1, 0, 1)
+    assert m["jobs_evicted"] == 0 and m["orphans"] == 0 and m["vms_lost"] == 0
+    flat = [state for cycle in seen for state in cycle]
+    assert "idle" in flat and "lost" not in flat and "?" not in flat
+    assert seen[-1] == []  # gone: no worker, nothing to replace or reap
+
+
 def test_one_job_one_vm_through_elastiq() -> None:
-    # Seen at 15, waited 40 s at 60: launch; joined 165; done 3765; idle_time 0: terminated
-    # at 3765 (a check instant), without draining.
+    # Seen at 15, waited 40 s at 60: launch (one 2 s call: the next checks at 77 + 15k);
+    # joined 165; done 3765; idle_time 0: terminated by the check at 3767, without draining,
+    # the terminate landing at 3769.
     params = whatif.ElastiqParams(idle_time=0.0, jobs_per_vm=4)
     m = whatif.run_elastiq(params, jobs((0, 3600, 1)), EXACT, 1, None).metrics
     assert m["wait_p95"] == 165.0
-    assert m["vm_hours"] == pytest.approx((3765 - 60) / 3600)
-    assert m["idle_vm_hours"] == pytest.approx(105 / 3600)
+    assert m["vm_hours"] == pytest.approx((3769 - 60) / 3600)
+    assert m["idle_vm_hours"] == pytest.approx(109 / 3600)
     assert (m["vms_submitted"], m["vms_retired"]) == (1, 1)
+
+
+@pytest.mark.parametrize(("latency", "evicted"), [(2.0, 1), (0.0, 0)])
+def test_elastiq_terminate_races_the_negotiator(latency: float, evicted: int) -> None:
+    """Two jobs, one 1-core VM each: launched by the check at 60 (two calls, 2 s each: the
+    next checks at 79 + 15k), both VMs joined at 165, the jobs done at 765. The check at 769 reads
+    both VMs idle and terminates them one call after the other (landing at 771 and 773); a
+    third job queued at 770 is matched by the negotiator at 770 and dies with its VM. Without
+    latency the checks fall at 15k, both VMs are gone at 765 and the third job just waits."""
+    world = replace(EXACT, api_latency=latency)
+    params = whatif.ElastiqParams(idle_time=0.0, jobs_per_vm=1, flavor="m1.small")
+    m = whatif.run_elastiq(params, jobs((0, 600, 1), (0, 600, 1), (770, 600, 1)), world, 1, None)
+    assert m.metrics["jobs_evicted"] == evicted
+    assert m.metrics["completed"] == 3
+
+
+@pytest.mark.parametrize("mode", ["drain", "peaceful"])
+@pytest.mark.parametrize("world", [EXACT, BARE], ids=["contract", "bare"])
+def test_our_retire_never_evicts_whatever_the_api_latency(
+    tmp_path: Path, mode: str, world: whatif.WorldSettings
+) -> None:
+    """The same race for the factory: jobs queued 1 s after the cycle at 3780 retires the idle
+    VM, and 1 s after the reap 20 s later terminates it (an image without the contract), each
+    while a 2 s cloud call may be in flight. A retired startd takes no job and a reaped VM has
+    no startd, so nothing is evicted."""
+    assert world.api_latency == 2.0
+    text = ONE_QUEUE.replace("retire_mode = drain", f"retire_mode = {mode}")
+    trace = jobs((0, 3600, 1), (3781, 600, 1), (3801, 600, 1))
+    m = whatif.run_config(
+        "config", default_factory_config(), one_queue(tmp_path, text), trace, world, 1, None
+    ).metrics
+    assert m["vms_retired"] >= 1 and m["jobs_evicted"] == 0 and m["completed"] == 3
 
 
 @pytest.mark.parametrize(("count", "vms"), [(4, 1), (5, 2), (8, 2), (12, 3)])
@@ -125,6 +193,77 @@ def test_oracle_vm_hours_are_the_core_hours_when_boot_time_is_zero() -> None:
     assert booted["idle_vm_hours"] == pytest.approx(4 * 105 / 3600)
 
 
+def test_oracle_floor_bills_the_floor_vm_over_the_whole_run() -> None:
+    # One VM kept over T hours, one 10-minute job on it: idle all but the job (boot 0).
+    free = whatif.WorldSettings(boot_time=0.0, boot_jitter=0.0)
+    trace = jobs((600, 600, 1))
+    floor = whatif.Quota(floor=1)
+    m = whatif.oracle(trace, free, 1, floor, hours=5.0).metrics
+    assert m["vm_hours"] == pytest.approx(5.0)
+    assert m["idle_vm_hours"] == pytest.approx(5.0 - 600 / 3600)
+    assert m["wait_max"] == 0.0 and m["vms_submitted"] == 1 and m["vms_retired"] == 0
+    # without --hours the run ends 2 h after the last job: 1200 + 7200 s
+    m = whatif.oracle(trace, free, 1, floor).metrics
+    assert m["idle_vm_hours"] == pytest.approx((1200 + 7200 - 600) / 3600)
+    assert whatif.oracle(trace, free, 1).metrics["idle_vm_hours"] == 0.0  # unconstrained
+
+
+def test_oracle_floor_and_boots_above_it() -> None:
+    # Three 1-core jobs at 0 need 3 VMs (1 core each); the floor VM is up anyway, the other
+    # two boot just in time (105 s each) and end with their jobs at 600.
+    m = whatif.oracle(jobs(*[(0, 600, 1)] * 3), EXACT, 1, whatif.Quota(floor=1)).metrics
+    assert m["idle_vm_hours"] == pytest.approx((2 * 105 + 7200) / 3600)
+    assert m["vm_hours"] == pytest.approx((3 * 600 + 2 * 105 + 7200) / 3600)
+    assert (m["vms_submitted"], m["vms_retired"]) == (3, 2)
+
+
+def test_oracle_cap_serializes_the_jobs() -> None:
+    # At most one 1-core VM, two jobs of d at 0: the second starts when the first ends.
+    free = whatif.WorldSettings(boot_time=0.0, boot_jitter=0.0)
+    d = 900.0
+    m = whatif.oracle(jobs((0, d, 1), (0, d, 1)), free, 1, whatif.Quota(cap=1)).metrics
+    assert (m["wait_p50"], m["wait_p95"], m["wait_max"]) == (0.0, d, d)
+    assert m["makespan_h"] == pytest.approx(2 * d / 3600)
+    assert m["vm_hours"] == pytest.approx(2 * d / 3600) and m["vms_submitted"] == 1
+    # a job that fits while an earlier bigger one waits is not held up by it (the negotiator
+    # skips what does not fit): 4 cores, 3 busy until d; the 2-core job waits, the 1-core runs
+    m = whatif.oracle(jobs((0, d, 3), (10, d, 2), (20, d, 1)), free, 4, whatif.Quota(cap=1)).metrics
+    assert m["wait_max"] == d - 10 and m["completed"] == 3
+    assert whatif.oracle(jobs((0, d, 5)), free, 4, whatif.Quota(cap=1)).metrics["completed"] == 0
+
+
+def test_quota_is_read_from_the_vm_queues(tmp_path: Path) -> None:
+    ecm = load_queues([str(Path(__file__).parents[3] / "etc/examples/ecm-elastiq-queues.conf")])
+    assert whatif.Quota.of(ecm.queues) == whatif.Quota(floor=1, cap=3)
+    assert whatif.Quota.of(one_queue(tmp_path)) == whatif.Quota(floor=0, cap=10)
+    nocap = ONE_QUEUE.replace("MaxVMs", "MinVMs").replace(
+        "sched.maxvms.maximum = 10", "sched.minvms.minimum = 2"
+    )
+    assert whatif.Quota.of(one_queue(tmp_path, nocap)) == whatif.Quota(floor=2, cap=None)
+
+
+def test_report_shows_the_quota_oracle_and_keeps_the_unconstrained_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "one.conf"
+    conf.write_text(
+        ONE_QUEUE.replace("IdleShutdown, MaxVMs", "IdleShutdown, MinVMs, MaxVMs").replace(
+            "sched.maxvms.maximum = 10", "sched.maxvms.maximum = 1\nsched.minvms.minimum = 1"
+        )
+    )
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("submit,duration,cores,queue\n" + "0,600,1,ONE\n" * 8)
+    assert main(["sim", "-q", str(conf), "--workload", str(csv), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    orc, free = report["results"]["oracle"], report["oracle_unconstrained"]
+    assert report["oracle_quota"] == {"floor": 1, "cap": 1, "text": "at least 1 VMs, at most 1 VMs"}
+    assert free["wait_p95"] == 0.0 and orc["wait_p95"] == 600.0  # 8 jobs, 4 at a time
+    assert orc["idle_vm_hours"] > free["idle_vm_hours"]
+    assert main(["sim", "-q", str(conf), "--workload", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "oracle: the bound under the first config's VM quota (at least 1 VMs, at most 1" in out
+
+
 def test_the_oracle_is_a_lower_bound_of_both_policies(tmp_path: Path) -> None:
     trace = shape("quiet", ["ONE"], seed=2, scale=0.2)
     cfg = whatif.run_config(
@@ -136,6 +275,27 @@ def test_the_oracle_is_a_lower_bound_of_both_policies(tmp_path: Path) -> None:
         assert m["completed"] == trace.total_jobs
         assert m["vm_hours"] >= orc["vm_hours"] and m["idle_vm_hours"] >= orc["idle_vm_hours"]
         assert m["makespan_h"] >= orc["makespan_h"]
+
+
+@pytest.mark.parametrize("name", ["quiet", "burst", "trickle"])
+def test_the_quota_oracle_is_a_lower_bound_under_the_same_floor_and_cap(
+    tmp_path: Path, name: str
+) -> None:
+    """At least 1 and at most 2 VMs: the cap makes every run wait, the floor bills a VM for
+    the whole run; the oracle under that quota stays below both policies on each metric."""
+    text = ONE_QUEUE.replace("IdleShutdown, MaxVMs", "IdleShutdown, MinVMs, MaxVMs").replace(
+        "sched.maxvms.maximum = 10", "sched.maxvms.maximum = 2\nsched.minvms.minimum = 1"
+    )
+    queues = one_queue(tmp_path, text)
+    trace = shape(name, ["ONE"], seed=1, scale=0.1)
+    cfg = whatif.run_config("c", default_factory_config(), queues, trace, EXACT, 1, None).metrics
+    ela = whatif.run_elastiq(whatif.ElastiqParams.like(queues), trace, EXACT, 1, None).metrics
+    orc = whatif.oracle(trace, EXACT, 4, whatif.Quota.of(queues)).metrics
+    free = whatif.oracle(trace, EXACT, 4).metrics
+    for m in (cfg, ela):
+        for key in ("vm_hours", "idle_vm_hours", "wait_p95", "wait_max", "makespan_h"):
+            assert m[key] >= orc[key] - 1e-6, key  # equal when nothing waits
+    assert orc["idle_vm_hours"] > free["idle_vm_hours"]  # the floor VM's empty hours
 
 
 def test_same_seed_same_report_other_seed_other_work(tmp_path: Path) -> None:

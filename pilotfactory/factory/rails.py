@@ -28,8 +28,11 @@ class CircuitBreaker:
     en masse, or when the collector returns far fewer slot ads than last cycle.
 
     A worker that retires legitimately loses its startd but keeps its master (the VM is up until
-    reaped); a collector that lost ads loses both. So "vanished" counts workers that were joined
-    last cycle and now show neither. A freeze keeps the old reference, so a lasting outage stays
+    reaped), or, under the worker contract, powers itself off, and then the request side (its
+    job, its instance) says it ended; a collector that lost ads loses startd and master of VMs
+    still running. So "vanished" counts workers that were joined last cycle and now show
+    neither, and the gauge leaves out the ads of VMs that left on purpose or ended
+    (``BatchQueueInfo.pool_left``). A freeze keeps the old reference, so a lasting outage stays
     frozen; after ``accept_after`` frozen cycles the new picture is accepted (and said so), since
     real mass deaths also happen.
     """

@@ -272,7 +272,8 @@ class CloudBatchStatus(SnapshotStatus):
             if rec.active_retire is not None or rec.interrupted_at is not None
             for k in rec.keys
         }
-        pool = self.vms.read(self.port, (rec.id for _, rec in live), leaving)
+        running = {k for _, rec in live if rec.phase is Phase.RUNNING for k in rec.keys}
+        pool = self.vms.read(self.port, (rec.id for _, rec in live), leaving, running)
         workers: dict[str, list[Worker]] = {}
         unlabelled: list[Worker] = []
         by_queue: dict[str, list[str]] = {}

@@ -96,6 +96,8 @@ def pilot_state(status: int) -> WorkerState | None:
 
 RUNNING = RUNNING_STATUSES
 GRID = int(Universe.GRID)
+NO_INSTANCE: frozenset[int] = frozenset({JobStatus.IDLE, JobStatus.REMOVED, JobStatus.COMPLETED})
+"""Statuses of a VM job with no instance running (any other, held included, may have one)."""
 
 
 def _time(ad: Ad, key: str) -> float | None:
@@ -502,15 +504,23 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         self.vms = StartdJoin.from_params(params)
 
     def collect(self, jobs: Sequence[Ad], now: float) -> Pool:
-        vms = self.index(jobs).vms
-        leaving = {
-            key
-            for ad in vms
-            if RETIRE_REQUESTED in ad
-            and retire_active(_time(ad, RETIRE_REQUESTED), _time(ad, UNRETIRED_AT))
-            for key in ("w:" + job_id(ad), "i:" + str(ad.get("EC2InstanceName")))
-        }
-        return self.vms.read(self.port, (job_id(ad) for ad in vms), leaving)
+        """The startd and master ads, with what the circuit breaker's gauge needs: the VMs
+        being retired (``leaving``) and those whose job says no instance runs (``running``
+        leaves them out: idle, removed or completed; held ones may still run)."""
+        alive: list[str] = []
+        leaving: set[str] = set()
+        running: set[str] = set()
+        for ad in self.index(jobs).vms:
+            wid = job_id(ad)
+            alive.append(wid)
+            keys = ("w:" + wid, "i:" + str(ad.get("EC2InstanceName")))
+            if RETIRE_REQUESTED in ad and retire_active(
+                _time(ad, RETIRE_REQUESTED), _time(ad, UNRETIRED_AT)
+            ):
+                leaving.update(keys)
+            if ad.get("JobStatus") not in NO_INSTANCE:
+                running.update(keys)
+        return self.vms.read(self.port, alive, leaving, running)
 
     def workers_of(
         self,

@@ -112,9 +112,11 @@ class Pool:
         attr: str,
         leaving: Collection[str] = (),
         previous: Mapping[str, int] | None = None,
+        running: Collection[str] | None = None,
     ) -> Pool:
         """``leaving``: join keys of the VMs the factory is retiring (not in the gauge);
-        ``previous``: the last cycle's gauge by VM, to count what left it on purpose."""
+        ``previous``: the last cycle's gauge by VM, to count what left it on purpose;
+        ``running``: join keys of the VMs the request side says run (None: not known)."""
         pool = cls()
         index = pool.slots
         steady = 0
@@ -162,13 +164,19 @@ class Pool:
         for ad in masters:
             for key in _ad_keys(ad, attr):
                 pool.masters[key] = ad
-        if previous and leaving:
-            # Only an idle VM (no claimed slot last cycle) whose master still advertises left
-            # on purpose: a peaceful retire ends its startd at once. A busy one's startd stays
-            # until its jobs end, so its slots vanishing the cycle after its retire is a
-            # collector losing ads (simulated in test_collector_losing_ads_freezes_reaping).
+        if previous and (leaving or running is not None):
+            # An idle VM (no claimed slot last cycle) being retired whose master still
+            # advertises left on purpose: a peaceful retire ends its startd at once. A busy
+            # one's startd stays until its jobs end, so its slots vanishing the cycle after its
+            # retire is a collector losing ads (test_collector_losing_ads_freezes_reaping).
+            # A VM the request side no longer runs (it powered itself off after its retire,
+            # as the worker contract has it, master and all; or its instance ended) left the
+            # collector with it: no collector lost those ads.
+            heard = pool.masters
             pool.left = sum(
-                n for key, n in previous.items() if key in leaving and key in pool.masters
+                n
+                for key, n in previous.items()
+                if (key in leaving and key in heard) or (running is not None and key not in running)
             )
         return pool
 
@@ -371,9 +379,16 @@ class StartdJoin:
         )  # fmt: skip
         return port.query_startds({}, attrs, constraint)
 
-    def read(self, port: CondorPort, alive: Iterable[str], leaving: Collection[str] = ()) -> Pool:
+    def read(
+        self,
+        port: CondorPort,
+        alive: Iterable[str],
+        leaving: Collection[str] = (),
+        running: Collection[str] | None = None,
+    ) -> Pool:
         """Every startd and master carrying a join key; forgets VMs no longer alive.
-        ``leaving``: join keys of the VMs being retired (see ``Pool.ads``)."""
+        ``leaving`` / ``running``: join keys of the VMs being retired / running on the request
+        side (see ``Pool.build``)."""
         carriers = f"{self.join} =!= undefined || {WORKER_ATTR} =!= undefined"
         slots = self._slots(port, carriers)
         masters = port.query_masters({}, ("Name", "Machine", WORKER_ATTR, self.join), carriers)
@@ -381,7 +396,7 @@ class StartdJoin:
         for memory in (self._last_joined, self._idle_from):
             for gone in set(memory) - alive:
                 del memory[gone]
-        pool = Pool.build(slots, masters, self.join, leaving, self._steady)
+        pool = Pool.build(slots, masters, self.join, leaving, self._steady, running)
         self._steady = pool.steady
         return pool
 

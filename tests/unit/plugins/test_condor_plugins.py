@@ -863,6 +863,28 @@ def test_the_gauge_says_which_ads_left_it_on_purpose():
     assert third is not None and third.pool_left == 0  # said once
 
 
+def test_the_gauge_leaves_out_vms_whose_job_says_no_instance_runs_any_more():
+    """The worker contract powers a retired VM off, master and all, before the next cycle; its
+    grid job completes (or an instance ends and its job goes back to idle). The request side
+    says the VM is gone, so its ads left the gauge with it, not through a collector losing
+    them. A held job may still have its instance: its vanished ads stay suspicious."""
+    startds = [slot(f"vm{i}", f"i-{i}", kind="Partitionable", Cpus=4) for i in (1, 2, 3, 4)]
+    jobs = [job(i, 2, JobStartDate=NOW - 500, EC2InstanceName=f"i-{i}") for i in (1, 2, 3, 4)]
+    port = FakeCondor(jobs=jobs, startds=startds, masters=[])
+    plugin, _ = batch(CondorEC2BatchStatus, port)
+    plugin.refresh()
+    first = plugin.info(Q)
+    assert first is not None and (first.pool_startds, first.pool_left) == (4, 0)
+    port.jobs[0] = {**port.jobs[0], "JobStatus": 4, "PilotFactoryRetireRequested": NOW - 5}
+    port.jobs[1] = {**port.jobs[1], "JobStatus": 1}
+    port.jobs[2] = {**port.jobs[2], "JobStatus": 5}
+    port.startds = [startds[3]]
+    plugin.refresh()
+    second = plugin.info(Q)
+    # vm1 (completed) and vm2 (idle again) left with their VMs; vm3 (held) did not say so
+    assert second is not None and (second.pool_startds, second.pool_left) == (1, 2)
+
+
 def test_requirements_split_into_top_level_terms():
     from pilotfactory.plugins.wmsstatus.condor import conjuncts
 

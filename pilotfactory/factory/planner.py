@@ -660,7 +660,10 @@ def _scale_down(
     # Newest pending first: the oldest request is the closest to being fulfilled.
     pending.sort(key=_newest_first)
     ordered: list[tuple[Worker, ActionKind]] = [(w, ActionKind.CANCEL) for w in held + pending]
-    if inp.worker_kind is WorkerKind.VM or kill_mode:
+    cancellable = sum(1 for w in held + pending if w.id not in reaped)
+    # Pilots in kill mode: the running ones (most of a site's jobs, built only when read) are
+    # needed only when cancelling every held and pending one is not enough.
+    if inp.worker_kind is WorkerKind.VM or (kill_mode and cancellable < -inp.n):
         leaving = {w.id for w in life.drifted} if life else set()
         idle = list(inp.workers.in_states(WorkerState.IDLE))
         # drifted VMs first (they are to be replaced anyway), then longest idle first

@@ -502,6 +502,8 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     def __init__(self, params: Mapping[str, Any], env: Env) -> None:
         super().__init__(params, env)
         self.vms = StartdJoin.from_params(params)
+        self._known: set[str] | None = None
+        """The join keys of every VM job of the answer ``collect`` read (``unmatched``'s)."""
 
     def collect(self, jobs: Sequence[Ad], now: float) -> Pool:
         """The startd and master ads, with what the circuit breaker's gauge needs: the VMs
@@ -510,10 +512,15 @@ class CondorEC2BatchStatus(CondorBatchStatus):
         alive: list[str] = []
         leaving: set[str] = set()
         running: set[str] = set()
+        known = self._known = set()
         for ad in self.index(jobs).vms:
             wid = job_id(ad)
             alive.append(wid)
-            keys = ("w:" + wid, "i:" + str(ad.get("EC2InstanceName")))
+            instance = ad.get("EC2InstanceName")
+            keys = ("w:" + wid, "i:" + str(instance))
+            known.add(keys[0])
+            if instance:
+                known.add(keys[1])
             if RETIRE_REQUESTED in ad and retire_active(
                 _time(ad, RETIRE_REQUESTED), _time(ad, UNRETIRED_AT)
             ):
@@ -542,20 +549,26 @@ class CondorEC2BatchStatus(CondorBatchStatus):
     def unmatched(self, jobs: Sequence[Ad], extra: Any) -> tuple[str, ...]:
         if not isinstance(extra, Pool):
             return ()
-        vms = self.index(jobs).vms
-        known = {"w:" + job_id(ad) for ad in vms}
-        known.update("i:" + str(i) for ad in vms if (i := ad.get("EC2InstanceName")))
+        known, self._known = self._known, None  # collect's, of this same answer
+        if known is None:
+            vms = self.index(jobs).vms
+            known = {"w:" + job_id(ad) for ad in vms}
+            known.update("i:" + str(i) for ad in vms if (i := ad.get("EC2InstanceName")))
         return self.vms.unmatched(known, extra, self.env.factory_id)
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
         """One constrained job query, then one startd query for the VMs that may be joined."""
         now = self.env.clock.now()
         jobs = self.recheck_jobs(workers)
-        pool = self.vms.reread(self.port, [vm_record(ad, now) for ad in jobs if not _is_pilot(ad)])
+        records = [(ad, None if _is_pilot(ad) else vm_record(ad, now)) for ad in jobs]
+        pool = self.vms.reread(self.port, [rec for _, rec in records if rec is not None])
         out: dict[str, Worker] = {}
-        for ad in jobs:
-            w = self.worker(ad, queue_of(ad) or "", now, pool)
-            if w is None:
-                continue
-            out[w.id] = w
+        for ad, rec in records:
+            queue = queue_of(ad) or ""
+            if rec is None:
+                w = pilot_worker(ad, queue, now)
+            else:
+                w = self.vms.worker(rec, queue, now, pool)
+            if w is not None:
+                out[w.id] = w
         return keep_machines(out, workers)

@@ -184,6 +184,33 @@ def test_pilots_kill_mode_newest_first() -> None:
     }
 
 
+def test_pilots_kill_mode_builds_running_pilots_only_when_cancels_fall_short() -> None:
+    """A site's running pilots are most of its jobs and stay raw until a decision reads them:
+    cancelling pending ones that suffice must not build them; falling short, it does."""
+    from pilotfactory.factory.info import WorkerSet
+
+    s = replace(S, retire_mode=RetireMode.KILL)
+    built: list[str] = []
+
+    def build(wid: str) -> Worker:
+        built.append(wid)
+        return w(wid, U if wid.startswith("run") else P, since=float(len(wid)))
+
+    def workers() -> WorkerSet:
+        return WorkerSet(
+            lazy={P: ["pend1", "pend2"], U: ["run1", "run2", "run3"]}, build=build, id_of=str
+        )
+
+    inp = PlanInput(n=-2, workers=workers(), now=NOW, settings=s, worker_kind=WorkerKind.PILOT)
+    assert [x.id for a in plan(inp).actions for x in a.workers] == ["pend1", "pend2"]
+    assert sorted(built) == ["pend1", "pend2"]
+    built.clear()
+    inp = replace(inp, n=-3, workers=workers())
+    kinds = [a.kind for a in plan(inp).actions]
+    assert kinds == [ActionKind.CANCEL, ActionKind.RETIRE]
+    assert sorted(built) == ["pend1", "pend2", "run1", "run2", "run3"]
+
+
 def test_retire_needs_confirmation_cycles() -> None:
     s = replace(S, retire_confirm_cycles=2)
     inp = PlanInput(n=-1, workers=(w("i", I),), now=NOW, settings=s)

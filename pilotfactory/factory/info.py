@@ -190,6 +190,8 @@ class JobRecord(NamedTuple):
 Build = Callable[[Any], Worker]
 """Turns one raw item (a job ad) of a known state into its worker."""
 IdOf = Callable[[Any], str]
+SubmittedOf = Callable[[Any], float | None]
+"""A raw item's submission time (``Worker.submitted_at``) read without building the worker."""
 """The worker id of one raw item, without building the worker."""
 
 
@@ -203,7 +205,7 @@ class WorkerSet(Sequence[Worker]):
     (benchmarks/scale.py). Built eagerly (``workers``), it keeps the given order.
     """
 
-    __slots__ = ("_built", "_id_of", "_lazy", "_order")
+    __slots__ = ("_built", "_id_of", "_lazy", "_order", "_submitted_of")
 
     def __init__(
         self,
@@ -211,6 +213,7 @@ class WorkerSet(Sequence[Worker]):
         lazy: Mapping[WorkerState, Sequence[Any]] | None = None,
         build: Build | None = None,
         id_of: IdOf | None = None,
+        submitted_of: SubmittedOf | None = None,
     ) -> None:
         self._order: tuple[Worker, ...] | None = tuple(workers) if lazy is None else None
         built: dict[WorkerState, list[Worker]] = {}
@@ -225,6 +228,7 @@ class WorkerSet(Sequence[Worker]):
                 raise ValueError("a lazy WorkerSet needs build")
             self._lazy = {st: (build, items) for st, items in lazy.items() if items}
         self._id_of = id_of
+        self._submitted_of = submitted_of
 
     def _state(self, state: WorkerState) -> tuple[Worker, ...]:
         hit = self._built.get(state)
@@ -250,6 +254,20 @@ class WorkerSet(Sequence[Worker]):
             else:
                 out.update(w.id for w in self._state(st))
         return out
+
+    def submitted_since(self, since: float, *states: WorkerState) -> bool:
+        """Whether a worker in these states was submitted at ``since`` or later, building none
+        that ``submitted_of`` can date (the failure back-off asks it of every running pilot)."""
+        for st in states:
+            pending = self._lazy.get(st)
+            dates: Iterable[float | None]
+            if pending is not None and self._submitted_of is not None:
+                dates = map(self._submitted_of, pending[1])
+            else:
+                dates = (w.submitted_at for w in self._state(st))
+            if any((t or 0.0) >= since for t in dates):
+                return True
+        return False
 
     def count(self, *states: WorkerState) -> int:
         total = 0

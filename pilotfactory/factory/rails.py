@@ -134,9 +134,7 @@ class Backoff:
         """Why no new workers may be submitted this cycle, or None."""
         if not isinstance(workers, WorkerSet):
             workers = WorkerSet(workers)
-        if self.failed_since is not None and any(
-            (w.submitted_at or 0.0) >= self.failed_since for w in workers.in_states(*JOINED)
-        ):
+        if self.failed_since is not None and workers.submitted_since(self.failed_since, *JOINED):
             self.failure_delay = 0.0
             self.failed_since = None
         if now < self.until:

@@ -155,6 +155,11 @@ def pilot_worker(ad: Ad, queue: str, now: float) -> Worker | None:
     )
 
 
+def _submitted(ad: Ad) -> float | None:
+    """A pilot's ``submitted_at`` (its QDate), read without building it."""
+    return timestamp(ad.get("QDate"))
+
+
 def _pilot(ad: Ad, queue: str, now: float) -> Worker:
     w = pilot_worker(ad, queue, now)
     assert w is not None  # sorted by a known JobStatus before it is built
@@ -295,7 +300,12 @@ class CondorBatchStatus(SnapshotStatus):
             state = pilot_state(status if type(status) is int else _number(status))
             if state is not None:
                 by_state.setdefault(state, []).extend(group)
-        return WorkerSet(lazy=by_state, build=lambda ad: _pilot(ad, queue, now), id_of=job_id)
+        return WorkerSet(
+            lazy=by_state,
+            build=lambda ad: _pilot(ad, queue, now),
+            id_of=job_id,
+            submitted_of=_submitted,
+        )
 
     def unmatched(self, jobs: Sequence[Ad], extra: Any) -> tuple[str, ...]:
         return ()

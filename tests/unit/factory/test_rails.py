@@ -142,3 +142,28 @@ def test_only_a_worker_that_joins_after_the_stop_resets_it() -> None:
     assert b.failed_since == 100.0 and b.failure_delay == 60.0
     b.blocked(400.0, [vm("new", S.IDLE, submitted=200.0)])
     assert b.failed_since is None and b.failure_delay == 0.0
+
+
+def test_the_failure_stop_dates_lazy_pilots_without_building_them() -> None:
+    """A pilot queue in its failure stop asks every cycle whether a running pilot was submitted
+    since: answered from the raw items' dates (a large site runs tens of thousands)."""
+    from pilotfactory.factory.info import Worker, WorkerSet
+
+    built: list[float] = []
+
+    def build(qdate: float) -> Worker:
+        built.append(qdate)
+        return Worker(f"{qdate:g}.0", "q", S.BUSY, qdate, submitted_at=qdate)
+
+    def running(*dates: float) -> WorkerSet:
+        return WorkerSet(lazy={S.BUSY: list(dates)}, build=build, submitted_of=lambda q: q)
+
+    b = Backoff(initial=60, maximum=1800, failure_limit=1)
+    b.ended(True, "held")
+    assert b.blocked(100.0, running(10.0, 20.0)) is not None
+    assert b.failed_since == 100.0
+    b.blocked(200.0, running(10.0, 20.0))
+    assert b.failed_since == 100.0  # none submitted since: still stopped
+    b.blocked(300.0, running(10.0, 150.0))
+    assert b.failed_since is None and b.failure_delay == 0.0
+    assert built == []

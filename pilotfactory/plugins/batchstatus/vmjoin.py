@@ -180,19 +180,19 @@ class Pool:
             )
         return pool
 
-    def lookup(self, rec: VMRecord) -> tuple[list[Ad], Ad | None]:
-        """The VM's slot ads (by worker id and instance id, each once) and its master ad (the
-        one naming its worker id first)."""
+    def lookup(self, rec: VMRecord) -> tuple[Sequence[Ad], Ad | None]:
+        """The VM's slot ads (by worker id and instance id, each once; the pool's own list,
+        not to be changed) and its master ad (the one naming its worker id first)."""
         wkey = "w:" + rec.id
         by_worker = self.slots.get(wkey)
         master = self.masters.get(wkey)
         if rec.instance_id is None:
-            return list(by_worker or ()), master
+            return by_worker or (), master
         ikey = "i:" + rec.instance_id
         by_instance = self.slots.get(ikey)
         master = master or self.masters.get(ikey)
         if by_worker is by_instance or not by_worker or not by_instance:
-            return list(by_worker or by_instance or ()), master
+            return by_worker or by_instance or (), master
         slots = {str(s.get("Name")): s for s in by_worker}
         for s in by_instance:
             slots[str(s.get("Name"))] = s

@@ -144,6 +144,39 @@ def test_launch_ends_on_poweroff_and_list_tells_a_poweroff_from_a_stop(
     cloud.terminate(ids)
 
 
+def test_vm_emulator_ends_a_poweroff_by_the_launchs_shutdown_behaviour(
+    cloud: Ec2Cloud, spec: LaunchSpec, tmp_path: Path
+) -> None:
+    """tests/integration/vmemu.py (no pool needed for this part): a VM that powers itself off
+    ends as EC2 ends it, by its shutdown behaviour, with EC2's reason: the factory's launch
+    terminates; one launched with EC2's default only stops (the emulator no longer hides
+    that, as it did by always terminating)."""
+    from tests.integration.vmemu import Emulator
+
+    mine = labels()
+    (ours,) = cloud.launch(spec, 1, mine)
+    pairs = [{"Key": k, "Value": v} for k, v in mine.items()]
+    (bare,) = cloud.client.run_instances(
+        ImageId=spec.image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": pairs}],
+    )["Instances"]  # fmt: skip
+    emu = Emulator(cloud.client, tmp_path, tmp_path / "vms")
+    try:
+        found = cloud.client.describe_instances(InstanceIds=[ours, bare["InstanceId"]])
+        raw = {i["InstanceId"]: i for r in found["Reservations"] for i in r["Instances"]}
+        assert emu.power_off(raw[ours], "powered off") == "terminate"
+        assert emu.power_off(raw[bare["InstanceId"]], "powered off") == "stop"
+    finally:
+        emu.metadata.server_close()
+    seen = by_id(cloud, mine)
+    assert (seen[ours].state, seen[ours].self_shutdown) == ("terminated", True)
+    assert (seen[bare["InstanceId"]].state, seen[bare["InstanceId"]].self_shutdown) == (
+        "stopped",
+        True,
+    )
+    cloud.terminate(list(seen))
+
+
 def test_spot_fulfilled_gets_tags_and_terminate_by_request(
     cloud: Ec2Cloud, spec: LaunchSpec
 ) -> None:

@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sweep",
-        help="terminate this factory's instances whose lease (plus grace) has passed, on every "
-        "cloud account the queues use; no daemon needed",
+        help="terminate this factory's instances whose lease (plus grace) has passed, and its "
+        "stopped ones, on every cloud account the queues use; no daemon needed",
     )
     _common(p)
     p.add_argument("--dry-run", action="store_true", help="list what is due; terminate nothing")
@@ -695,8 +695,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace, world: Any = None) -> int:
     """The dead-man's lease from outside (issue 18): list every instance tagged with this
     factory id on every account the queues reach (instances of queues no longer configured
-    included) and terminate those past lease + grace. 0: nothing due or all done; 1: an
-    account could not be listed or an instance terminated; 2: usage or configuration."""
+    included) and terminate those past lease + grace, and the stopped ones (powered off where
+    the provider stops: they only cost). 0: nothing due or all done; 1: an account could not
+    be listed or an instance terminated; 2: usage or configuration."""
     from pilotfactory.plugins.sweep import sweep_all
 
     if args.grace < 0 or args.grace != args.grace:
@@ -731,6 +732,7 @@ def cmd_sweep(args: argparse.Namespace, world: Any = None) -> int:
                         }
                         for d in r.due
                     ],
+                    "stopped": r.stopped,
                     "terminated": r.terminated,
                     "error": r.error,
                 }
@@ -743,11 +745,14 @@ def cmd_sweep(args: argparse.Namespace, world: Any = None) -> int:
             print(f"factory {fid}: no queue reaches a cloud account; nothing to sweep")
         for r in results:
             head = f"{printable(r.account)}: {r.listed} instance(s) of factory {fid}"
-            print(f"{head}, {len(r.due)} past lease + grace")
+            print(f"{head}, {len(r.due)} past lease + grace, {len(r.stopped)} stopped")
             verb = "would terminate" if args.dry_run else "terminated"
             for d in r.due:
                 done = args.dry_run or d.instance_id in r.terminated
                 print(f"  {verb if done else 'NOT terminated'} {printable(d.text(now))}")
+            for iid in r.stopped:
+                done = args.dry_run or iid in r.terminated
+                print(f"  {verb if done else 'NOT terminated'} {printable(iid)} (stopped)")
             if r.error:
                 print(f"  FAILED: {printable(r.error, 2000)}")
     return EXIT_CONFIG if failed else EXIT_OK

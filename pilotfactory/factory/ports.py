@@ -310,13 +310,20 @@ class LaunchSpec:
 class Instance:
     id: str
     state: str
-    """Provider-neutral: ``pending``, ``running``, ``stopping``, ``terminated``, ``error``."""
+    """Provider-neutral: ``pending``, ``running``, ``stopping`` (shutting down, or paused /
+    suspended / shelved), ``stopped`` (powered off, still holding its quota and volumes:
+    the factory terminates it), ``terminated``, ``error``."""
     launched_at: float
     tags: Mapping[str, str] = field(default_factory=dict)
     spot_request_id: str | None = None
     fault: str | None = None
     placed: str | None = None
     """What the provider says the instance is, where it says it (EC2: type, zone, market)."""
+    self_shutdown: bool = False
+    """The provider says the VM ended because it powered itself off (EC2: state reason
+    ``Client.InstanceInitiatedShutdown``; OpenStack: shut off with no stop from the factory,
+    which never asks for one). The worker contract ends every VM that way, so such an end is
+    no failure, whether the instance then terminated or only stopped."""
 
 
 @runtime_checkable

@@ -1,5 +1,7 @@
 """The dead-man's lease, enforced from outside the VM (issue 18): instances of this factory
-whose ``pilotfactory:lease_until`` plus its grace has passed are terminated.
+whose ``pilotfactory:lease_until`` plus its grace has passed are terminated, and so are its
+stopped ones (a VM that powered itself off where the provider stops rather than terminates:
+it does no work, and still holds its quota and volumes).
 
 Shared by ``pilotfactory sweep`` (no daemon: every cloud account the config names, queues no
 longer configured included) and the daemon's own sweep each cycle (the cloud status source's
@@ -35,8 +37,8 @@ DEFAULT_GRACE = 600.0
 """``lease_grace``'s default: the grace of an instance whose queue is not configured and whose
 launch predates the grace tag."""
 LIVE_STATES = frozenset({"pending", "running", "stopping", "stopped", "error"})
-"""States an instance still costs (or may come back) in (the ports say ``stopping`` for
-stopped and shut-off ones too); one the factory has marked ended is shutting down already."""
+"""States an instance still costs (or may come back) in (``stopping`` covers paused, suspended
+and shelved ones too); one the factory has marked ended is shutting down already."""
 
 
 def _number(text: str | None) -> float | None:
@@ -94,6 +96,21 @@ def due(
     return out
 
 
+def stopped(
+    instances: Iterable[Instance],
+    factory_id: str,
+    reap: Callable[[Instance], bool] = lambda inst: True,
+) -> list[str]:
+    """The ``stopped`` instances of ``factory_id`` that ``reap`` allows (the daemon leaves
+    those its planner reaps as lost to it). The factory never stops an instance nor starts
+    one again: a stopped one is over, and only costs."""
+    return [
+        inst.id
+        for inst in instances
+        if inst.state == "stopped" and inst.tags.get(TAG_FACTORY) == factory_id and reap(inst)
+    ]
+
+
 @dataclass
 class SweepResult:
     """What one account's sweep saw and did."""
@@ -101,8 +118,15 @@ class SweepResult:
     account: str
     listed: int = 0
     due: list[Due] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    """Stopped instances (not already due), terminated in the same call."""
     terminated: list[str] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def targets(self) -> list[str]:
+        """Every instance this sweep terminates (or, dry, would)."""
+        return [d.instance_id for d in self.due] + self.stopped
 
 
 def sweep_account(
@@ -114,9 +138,11 @@ def sweep_account(
     default_grace: float = DEFAULT_GRACE,
     dry_run: bool = False,
     instances: list[Instance] | None = None,
+    reap_stopped: Callable[[Instance], bool] = lambda inst: True,
 ) -> SweepResult:
     """List the factory's instances on one account (unless ``instances`` are given), then mark
-    and terminate the due ones in one call each (a dry run only lists them)."""
+    and terminate the due and the stopped ones (``reap_stopped`` chooses among the latter) in
+    one call each (a dry run only lists them)."""
     result = SweepResult(account)
     try:
         found = instances if instances is not None else port.list({TAG_FACTORY: factory_id})
@@ -125,9 +151,11 @@ def sweep_account(
         return result
     result.listed = len(found)
     result.due = due(found, factory_id, now, grace_of, default_grace)
-    if dry_run or not result.due:
+    lapsed = {d.instance_id for d in result.due}
+    result.stopped = [i for i in stopped(found, factory_id, reap_stopped) if i not in lapsed]
+    ids = result.targets
+    if dry_run or not ids:
         return result
-    ids = [d.instance_id for d in result.due]
     try:
         port.set_tags(ids, {TAG_ENDED: str(int(now))})
     except CloudError as exc:  # never in the way of the terminate

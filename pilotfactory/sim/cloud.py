@@ -132,6 +132,8 @@ class SimInstance:
         self.terminated_at: float | None = None
         self.machine = ""
         self.fault: str | None = None
+        self.self_shutdown = False
+        """It powered itself off (``power_off``), as the provider's state reason would say."""
 
     @property
     def public_id(self) -> str:
@@ -197,6 +199,7 @@ class SimCloud:
                 tags=dict(r.tags),
                 spot_request_id=r.request_id,
                 fault=r.fault,
+                self_shutdown=r.self_shutdown,
             )
             for r in self._records
             if all(r.tags.get(k) == v for k, v in tags.items())
@@ -251,11 +254,13 @@ class SimCloud:
     def power_off(self, instance_id: str) -> None:
         """The VM powered itself off: with ``instance-initiated-shutdown-behavior =
         terminate`` (what the worker contract assumes) the instance ends as if terminated,
-        and is billed no more, but no API call asked for it."""
+        and is billed no more, but no API call asked for it: its listing says so
+        (``Instance.self_shutdown``), as the provider's state reason would."""
         rec = self._index.get(instance_id)
         if rec is None or rec.state not in LIVE:
             return
         self.metrics.self_shutdowns += 1
+        rec.self_shutdown = True
         self._terminate(rec, notify=True)
 
     def cpus_for(self, flavor: str) -> int:

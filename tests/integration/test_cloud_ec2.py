@@ -20,6 +20,7 @@ import pytest
 from botocore.stub import Stubber
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends, spot_requests
+from moto.ec2.models.instances import StateReason
 
 from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
@@ -100,6 +101,80 @@ def test_on_demand_launch_list_tag_terminate(cloud: Ec2Cloud, spec: LaunchSpec) 
     assert {i.state for i in cloud.list(mine)} == {"terminated"}
     assert [i.state for i in cloud.list(theirs)] == ["running"]
     cloud.terminate(ids + other)  # terminating again is harmless
+
+
+def power_off(instance_id: str, behaviour: str) -> None:
+    """The VM powers itself off, as EC2 ends it: stopped or terminated by its shutdown
+    behaviour, with the state reason EC2 gives (moto has no API for it: its in-process model,
+    shared with the threaded server)."""
+    inst = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_instance(instance_id)
+    inst.terminate() if behaviour == "terminate" else inst.stop()
+    inst.state_reason = StateReason(
+        "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+        "Client.InstanceInitiatedShutdown",
+    )
+
+
+def test_launch_ends_on_poweroff_and_list_tells_a_poweroff_from_a_stop(
+    cloud: Ec2Cloud, spec: LaunchSpec
+) -> None:
+    """RunInstances asks for ``terminate`` on an instance-initiated shutdown (EC2's default
+    for an EBS-backed instance is ``stop``); the listing carries the state reason that tells
+    the VM's own poweroff from an API stop or terminate, and a stopped instance is
+    ``stopped``."""
+    mine = labels()
+    ids = cloud.launch(spec, 4, mine)
+    for iid in ids:
+        attr = cloud.client.describe_instance_attribute(
+            InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior"
+        )
+        assert attr["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    power_off(ids[0], "terminate")
+    power_off(ids[1], "stop")
+    cloud.client.stop_instances(InstanceIds=[ids[2]])
+    cloud.client.terminate_instances(InstanceIds=[ids[3]])
+    seen = by_id(cloud, mine)
+    got = [(seen[i].state, seen[i].self_shutdown, seen[i].fault) for i in ids]
+    assert got == [
+        ("terminated", True, None),
+        ("stopped", True, None),
+        ("stopped", False, None),
+        ("terminated", False, None),
+    ]
+    cloud.terminate(ids)
+
+
+def test_vm_emulator_ends_a_poweroff_by_the_launchs_shutdown_behaviour(
+    cloud: Ec2Cloud, spec: LaunchSpec, tmp_path: Path
+) -> None:
+    """tests/integration/vmemu.py (no pool needed for this part): a VM that powers itself off
+    ends as EC2 ends it, by its shutdown behaviour, with EC2's reason: the factory's launch
+    terminates; one launched with EC2's default only stops (the emulator no longer hides
+    that, as it did by always terminating)."""
+    from tests.integration.vmemu import Emulator
+
+    mine = labels()
+    (ours,) = cloud.launch(spec, 1, mine)
+    pairs = [{"Key": k, "Value": v} for k, v in mine.items()]
+    (bare,) = cloud.client.run_instances(
+        ImageId=spec.image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": pairs}],
+    )["Instances"]  # fmt: skip
+    emu = Emulator(cloud.client, tmp_path, tmp_path / "vms")
+    try:
+        found = cloud.client.describe_instances(InstanceIds=[ours, bare["InstanceId"]])
+        raw = {i["InstanceId"]: i for r in found["Reservations"] for i in r["Instances"]}
+        assert emu.power_off(raw[ours], "powered off") == "terminate"
+        assert emu.power_off(raw[bare["InstanceId"]], "powered off") == "stop"
+    finally:
+        emu.metadata.server_close()
+    seen = by_id(cloud, mine)
+    assert (seen[ours].state, seen[ours].self_shutdown) == ("terminated", True)
+    assert (seen[bare["InstanceId"]].state, seen[bare["InstanceId"]].self_shutdown) == (
+        "stopped",
+        True,
+    )
+    cloud.terminate(list(seen))
 
 
 def test_spot_fulfilled_gets_tags_and_terminate_by_request(

@@ -26,6 +26,8 @@ from xml.sax.saxutils import escape
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
 
 from pilotfactory.backends.cloud.ec2 import Ec2Cloud
 from pilotfactory.cli import format_workers
@@ -198,6 +200,29 @@ def test_spot_refused_everywhere_falls_back_to_an_on_demand_fleet(
     reasons = {k: v.reason.split(":")[0] for k, v in sub.choice_backoff.states.items()}
     assert reasons == {"m5.large/-/-/spot": "capacity", "t3.micro/-/-/spot": "capacity"}
     assert tag(inst, TAG_LAUNCHED_AS) == "t3.micro on-demand 0.0104/h"
+
+
+@pytest.mark.parametrize("spot", [True, False])
+def test_fleet_template_terminates_on_poweroff(moto_url: str, tmp_path: Path, spot: bool) -> None:
+    """The worker's launch template asks for ``terminate`` on an instance-initiated shutdown
+    (EC2's default, ``stop``, would keep a VM that powered itself off, stopped, for ever),
+    spot or not. Read from moto's model while the fleet call is under way (the template is
+    deleted once it answers); moto itself does not apply it to the fleet's instances."""
+    price = {"spot_price": 0.05} if spot else {}
+    sub, cloud = fleet_queue(moto_url, tmp_path, flavor="t3.micro", **price)
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    seen: list[dict[str, Any]] = []
+
+    def read_templates(**_: Any) -> None:
+        for name in templates(cloud, sub.env.factory_id):
+            tpl = backend.get_launch_template_by_name(name)
+            seen.append(tpl.get_version(tpl.latest_version_number).data)
+
+    cloud.client.meta.events.register("before-send.ec2.CreateFleet", read_templates)
+    (wid,) = sub.submit(1)
+    assert len(seen) == 1 and seen[0]["InstanceInitiatedShutdownBehavior"] == "terminate"
+    assert wid in base64.b64decode(str(seen[0]["UserData"])).decode()
+    assert templates(cloud, sub.env.factory_id) == []
 
 
 def test_invalid_fleet_request_stops_the_queue(moto_url: str, tmp_path: Path) -> None:

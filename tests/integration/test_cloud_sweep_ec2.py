@@ -133,3 +133,41 @@ def test_sweep_with_the_factory_stopped(
     assert "FAILED" in capsys.readouterr().out
     assert cli.main(["sweep", "-c", fconf, "-q", qconf, "--grace", "-5"]) == 2
     assert {states(client, spared)[i] for i in spared} == {"running"}
+
+
+def test_sweep_terminates_the_factorys_stopped_instances(
+    moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stopped instance does no work and holds its volumes: the sweep terminates this
+    factory's stopped ones (lease or not), never another factory's nor a running one."""
+    fid = f"pf-{uuid.uuid4().hex[:8]}"
+    settings = {"endpoint_url": moto_url, "retries": 0, "timeout": 10.0, **key_files(tmp_path)}
+    client = RealWorld().cloud(account_of("ec2", settings)).client
+    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+
+    def run(tags: dict[str, str]) -> str:
+        pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
+        spec = [{"ResourceType": "instance", "Tags": pairs}]
+        out = client.run_instances(
+            ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec
+        )
+        return str(out["Instances"][0]["InstanceId"])
+
+    stopped = run({TAG_FACTORY: fid, TAG_QUEUE: "q1"})
+    removed = run({TAG_FACTORY: fid, TAG_QUEUE: "REMOVED"})
+    running = run({TAG_FACTORY: fid, TAG_QUEUE: "q1"})
+    other = run({TAG_FACTORY: "someone-else", TAG_QUEUE: "q1"})
+    client.stop_instances(InstanceIds=[stopped, removed, other])
+    fconf, qconf = configs(tmp_path, fid, settings)
+    assert cli.main(["sweep", "-c", fconf, "-q", qconf, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "0 past lease + grace, 2 stopped" in text
+    assert f"would terminate {stopped} (stopped)" in text
+    assert states(client, [stopped, removed])[stopped] == "stopped"
+    assert cli.main(["sweep", "-c", fconf, "-q", qconf, "--json"]) == 0
+    (account,) = json.loads(capsys.readouterr().out)["accounts"]
+    assert sorted(account["terminated"]) == sorted(account["stopped"]) == sorted([stopped, removed])
+    got = states(client, [stopped, removed, running, other])
+    assert [got[i] for i in (stopped, removed, running, other)] == [
+        "terminated", "terminated", "running", "stopped"
+    ]  # fmt: skip

@@ -28,10 +28,18 @@ no pool credential (no signing key, IDTOKENS only): it joins only with a token i
 writes to ``/etc/condor/tokens.d``.
 
 When an instance is stopped or terminated its VM dies at once (SIGKILL to the master and every
-descendant: no graceful exit, ads linger until the collector expires them). When a VM's master
-exits by itself (self-shutdown), the emulator terminates the instance, as
-``instance-initiated-shutdown-behavior = terminate`` does. Chosen instances never join (no
-master at all: a broken image) or join late (``join_delay``).
+descendant: no graceful exit, ads linger until the collector expires them). When a VM powers
+itself off (or its master exits by itself), the emulator ends the instance as EC2 would: by its
+``InstanceInitiatedShutdownBehavior`` as moto reports it (``terminate``, or moto's default
+``stop``, which is EC2's for an EBS-backed instance; a spot instance is terminated: EC2 will
+not stop one of a one-time request), with EC2's state reason
+``Client.InstanceInitiatedShutdown`` (``self_shutdown``). moto has no API for that reason: the
+emulator sets it on moto's model when the server runs in this process (the tests'
+``ThreadedMotoServer``); against a server in another process the instance ends through the
+API, and says ``Client.UserInitiatedShutdown`` (the factory then sees someone else's end).
+moto (5.2) ignores the shutdown behaviour of a fleet's launch template: a fleet's instance is
+stopped. Chosen instances never join (no master at all: a broken image) or join late
+(``join_delay``).
 """
 
 from __future__ import annotations
@@ -377,8 +385,7 @@ class Emulator:
                         vm = self._new_vm(inst, now)
                     if vm is not None and not vm.killed and (vm.root / "powered-off").exists():
                         self._kill(vm, "powered off from inside")
-                        log.info("%s: powered off: terminating", iid)
-                        self.client.terminate_instances(InstanceIds=[iid])
+                        self.power_off(inst, "powered off")
                         continue
                     if vm.proc is None and not vm.killed:
                         if self.never_join(inst):
@@ -390,8 +397,7 @@ class Emulator:
                         for pid in vm_pids(iid):  # the VM is off: nothing it ran survives
                             kill_tree(pid)
                         vm.events.append(f"{now:.1f} master exited {vm.proc.returncode}")
-                        log.info("%s: master exited by itself: terminating", iid)
-                        self.client.terminate_instances(InstanceIds=[iid])
+                        self.power_off(inst, "master exited by itself")
                 elif vm is not None and state in (
                     "stopping",
                     "stopped",
@@ -399,6 +405,52 @@ class Emulator:
                     "terminated",
                 ):
                     self._kill(vm, f"instance {state}")
+
+    def power_off(self, inst: Mapping[str, Any], why: str) -> str:
+        """The instance of a VM that powered itself off ends as EC2 ends it (see the module
+        docstring); returns how (``terminate`` or ``stop``)."""
+        iid = inst["InstanceId"]
+        if inst.get("InstanceLifecycle") == "spot":
+            how = "terminate"
+        else:
+            attr = self.client.describe_instance_attribute(
+                InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior"
+            )
+            how = attr.get("InstanceInitiatedShutdownBehavior", {}).get("Value") or "stop"
+        model = self._moto_instance(iid)
+        if model is None:
+            (self.client.terminate_instances if how == "terminate" else self.client.stop_instances)(
+                InstanceIds=[iid]
+            )
+            log.warning("%s: %s: %s through the API (moto not in this process: no "
+                        "InstanceInitiatedShutdown reason)", iid, why, how)  # fmt: skip
+        else:
+            from moto.ec2.models.instances import StateReason
+
+            backend, instance = model
+            (backend.terminate_instances if how == "terminate" else backend.stop_instances)([iid])
+            instance.state_reason = StateReason(
+                "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                "Client.InstanceInitiatedShutdown",
+            )
+            log.info("%s: %s: %s", iid, why, how)
+        vm = self.vms.get(iid)
+        if vm is not None:
+            vm.events.append(f"{time.time():.1f} {why}: {how}")
+        return how
+
+    def _moto_instance(self, iid: str) -> tuple[Any, Any] | None:
+        """(backend, instance) of moto's in-process model, or None (another process)."""
+        try:
+            from moto.core.models import DEFAULT_ACCOUNT_ID
+            from moto.ec2.models import ec2_backends
+        except ImportError:
+            return None
+        backend = ec2_backends[DEFAULT_ACCOUNT_ID][self.client.meta.region_name]
+        try:
+            return backend, backend.get_instance(iid)
+        except Exception:  # moto's InvalidInstanceIdError: not this process's server
+            return None
 
     def _new_vm(self, inst: Mapping[str, Any], now: float) -> VM:
         iid = inst["InstanceId"]

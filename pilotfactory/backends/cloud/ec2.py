@@ -72,10 +72,16 @@ AUTH_CODES = frozenset({
 })
 # fmt: on
 _STATES = {"pending": "pending", "running": "running", "terminated": "terminated"}
-_STATES.update({name: "stopping" for name in ("shutting-down", "stopping", "stopped")})
+_STATES.update({"shutting-down": "stopping", "stopping": "stopping", "stopped": "stopped"})
 _SPOT = {"open": "pending", "failed": "error", "cancelled": "terminated", "closed": "terminated"}
 _SPOT_WAITING = frozenset({"pending-evaluation", "pending-fulfillment"})
-_NORMAL_SHUTDOWN = frozenset({"Client.UserInitiatedShutdown", "Client.InstanceInitiatedShutdown"})
+_SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"
+_NORMAL_SHUTDOWN = frozenset({"Client.UserInitiatedShutdown", _SELF_SHUTDOWN})
+SHUTDOWN_BEHAVIOR = "terminate"
+"""``InstanceInitiatedShutdownBehavior`` of every launch: the worker contract ends a VM by
+powering it off, and EC2's default for an EBS-backed instance (``stop``) would keep it stopped,
+holding its volumes, for ever. RequestSpotInstances takes no such field: should one of its
+instances stop all the same, the status source terminates it (as any stopped instance of ours)."""
 _CHUNK = 500
 _PAGE = 1000  # the most one Describe* page may hold: a list of 1,000 VMs is one call
 _TEMPLATE_PAGE = 200  # DescribeLaunchTemplates' largest page
@@ -123,12 +129,13 @@ def error_of(code: str, status: int | None, text: str) -> CloudError:
 def fleet_template_data(spec: LaunchSpec, placement: Mapping[str, Any]) -> dict[str, Any]:
     """The launch template of one fleet launch: what RunInstances would get, less what the
     fleet's overrides choose (type, zone, subnet), plus the worker's own user data (base64,
-    as launch templates take it)."""
+    as launch templates take it) and the shutdown behaviour (``SHUTDOWN_BEHAVIOR``)."""
     data = {
         k: v for k, v in placement.items() if k not in ("InstanceType", "SubnetId", "Placement")
     }
     if spec.user_data:
         data["UserData"] = base64.b64encode(spec.user_data.encode()).decode("ascii")
+    data["InstanceInitiatedShutdownBehavior"] = SHUTDOWN_BEHAVIOR
     return data
 
 
@@ -343,6 +350,7 @@ class Ec2Cloud(CloudPort):
             if spec.user_data:
                 params["UserData"] = spec.user_data  # botocore base64-encodes it for RunInstances
             params["TagSpecifications"] = [{"ResourceType": "instance", "Tags": _tag_list(tags)}]
+            params["InstanceInitiatedShutdownBehavior"] = SHUTDOWN_BEHAVIOR
             if spec.client_token:
                 params["ClientToken"] = spec.client_token
             with self._calling("RunInstances"):
@@ -519,6 +527,7 @@ class Ec2Cloud(CloudPort):
             spot_request_id=spot_id,
             fault=fault,
             placed=clip(placed, 120) if raw.get("InstanceType") else None,
+            self_shutdown=state != "running" and reason.get("Code") == _SELF_SHUTDOWN,
         )
 
     @staticmethod

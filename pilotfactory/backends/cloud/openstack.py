@@ -52,7 +52,7 @@ _STATES = {
     "ACTIVE": "running", "REBOOT": "running", "HARD_REBOOT": "running", "PASSWORD": "running",
     "REBUILD": "running", "RESCUE": "running", "RESIZE": "running", "VERIFY_RESIZE": "running",
     "REVERT_RESIZE": "running", "MIGRATING": "running",
-    "SHUTOFF": "stopping", "STOPPED": "stopping", "PAUSED": "stopping", "SUSPENDED": "stopping",
+    "SHUTOFF": "stopped", "STOPPED": "stopped", "PAUSED": "stopping", "SUSPENDED": "stopping",
     "SHELVED": "stopping", "SHELVED_OFFLOADED": "stopping",
 }
 # fmt: on
@@ -260,9 +260,16 @@ class OpenStackCloud(CloudPort):
 
     @staticmethod
     def _instance(server: Any, meta: Mapping[str, str]) -> Instance:
+        """A server as an instance. One shut off with no task under way and Nova's ``stopped``
+        vm_state powered itself off: Nova answers a guest's poweroff by calling its own stop
+        API, so the server record cannot tell it from an operator's ``server stop``, and the
+        factory never stops a server; only the instance-action log (a call per server) could."""
         state = _STATES.get(str(getattr(server, "status", "")).upper(), "error")
-        if getattr(server, "OS-EXT-STS:task_state", None) == "deleting" and state != "terminated":
+        task = getattr(server, "OS-EXT-STS:task_state", None)
+        if task == "deleting" and state != "terminated":
             state = "stopping"
+        vm_state = getattr(server, "OS-EXT-STS:vm_state", None)
+        self_off = state == "stopped" and task is None and vm_state in (None, "stopped")
         fault = getattr(server, "fault", None)
         message = fault.get("message") if isinstance(fault, Mapping) else None
         try:
@@ -275,6 +282,7 @@ class OpenStackCloud(CloudPort):
             launched_at=launched,
             tags=dict(meta),
             fault=clip(str(message)) if message else None,
+            self_shutdown=self_off,
         )
 
     def set_tags(self, instance_ids: Sequence[str], tags: Mapping[str, str]) -> None:

@@ -9,7 +9,10 @@ is its worker tag) and ``StartdJoin`` judges it by the same state table as a gri
     running     none             BOOTING (LOST past boot_timeout), RETIRED if retire recorded
     running     joined           IDLE / BUSY, RETIRING if retire recorded
     error       -                HELD, the provider's fault as hold reason
-    stopping / terminated        not a worker (the factory or someone else is ending it)
+    stopping / stopped / terminated, ended by the factory, a retire, an interruption or the
+                VM's own poweroff (the worker contract): not a worker; else LOST (someone
+                else ended it), as is a VM that powered itself off without ever joining
+    stopped, not a worker        terminated by ``reconcile`` (it holds quota and volumes)
 
 Orphans are reported in ``unmatched_startds``, never touched: instances whose queue tag names
 no queue of this factory, and startds advertising ``PilotFactoryWorker`` that match no instance.
@@ -87,8 +90,15 @@ PHASE = {
 """Provider-neutral instance state as a phase; an unknown state counts as running."""
 
 
-def instance_record(inst: Instance, now: float) -> VMRecord:
-    """The adapter from a cloud instance: times and the retire record come from its tags."""
+def instance_record(inst: Instance, now: float, never_joined: bool = False) -> VMRecord:
+    """The adapter from a cloud instance: times and the retire record come from its tags.
+
+    An instance that ended with no record of the factory's is LOST, unless the provider says
+    the VM powered itself off: the worker contract ends every VM that way (no claim for
+    ``STARTD_NOCLAIM_SHUTDOWN``, a peaceful retire, the lease), so it is no failure.
+    ``never_joined``: this source watched the VM run and never saw its startd; then its
+    poweroff is a boot failure (the master powers off a VM whose startd is not running) and
+    stays LOST."""
     tags = inst.tags
     phase = PHASE.get(inst.state, Phase.RUNNING)
     # The later of the factory's launch mark and the provider's stamp: a fulfilled spot
@@ -104,6 +114,7 @@ def instance_record(inst: Instance, now: float) -> VMRecord:
         and not tags.get(TAG_ENDED)
         and interrupted is None  # the provider's announced end: no failure
         and not retire_active(retire, unretired)
+        and (never_joined or not inst.self_shutdown)
     ):
         phase = Phase.ENDED_UNASKED
     return VMRecord(
@@ -150,6 +161,8 @@ def _cause(inst: Instance, phase: Phase) -> str | None:
     text: str | None
     if phase is Phase.HELD:
         text = inst.fault or f"instance {inst.id} is in state {inst.state}"
+    elif phase is Phase.ENDED_UNASKED and inst.self_shutdown:
+        text = f"instance {inst.id} powered itself off ({inst.state}) and never joined the pool"
     elif phase is Phase.ENDED_UNASKED:
         text = (
             f"instance {inst.id} is {inst.state} but the factory never asked: ended by "
@@ -158,6 +171,11 @@ def _cause(inst: Instance, phase: Phase) -> str | None:
     else:
         text = inst.fault  # pending: why the provider does not fulfil the request
     return clip(text, 300) if text else None
+
+
+def _sweep_text(due: int, stopped: int) -> str:
+    parts = [f"{due} past their lease"] if due else []
+    return " and ".join([*parts, *([f"{stopped} stopped"] if stopped else [])])
 
 
 ORPHAN_PARAMS: tuple[Param, ...] = (
@@ -210,6 +228,8 @@ class CloudBatchStatus(SnapshotStatus):
         self._orphans_since: dict[str, float] = {}  # instance id -> first cycle seen orphaned
         self._orphan_workers: list[Worker] = []  # last refresh: workers of unlabelled instances
         self._listed: list[Instance] = []  # last refresh: every instance of this factory
+        self._ended: frozenset[str] = frozenset()  # last refresh: ids of instances not workers
+        self._joined: dict[str, bool] = {}  # VM id -> ever joined, since this source saw it run
 
     @classmethod
     def source_key(cls, params: Mapping[str, Any]) -> Hashable:
@@ -254,8 +274,10 @@ class CloudBatchStatus(SnapshotStatus):
         listed = self.cloud.list(tags)
         if keep is not None:
             keep.extend(listed)
+        joined = self._joined
         for inst in listed:
-            rec = instance_record(inst, now)
+            never = inst.self_shutdown and joined.get(inst.tags.get(TAG_WORKER) or inst.id) is False
+            rec = instance_record(inst, now, never)
             if inst.state != "terminated" or rec.phase is not Phase.GONE:
                 out.append((inst.tags.get(TAG_QUEUE) or "", rec))
                 prices[inst.id] = _price(inst.tags.get(TAG_PRICE))
@@ -277,16 +299,27 @@ class CloudBatchStatus(SnapshotStatus):
         workers: dict[str, list[Worker]] = {}
         unlabelled: list[Worker] = []
         by_queue: dict[str, list[str]] = {}
+        ended: set[str] = set()
+        before, joined = self._joined, {}
         for queue, rec in live:
             if rec.phase is not Phase.GONE:
                 by_queue.setdefault(queue, []).append(rec.instance_id or rec.id)
+            else:
+                ended.add(rec.instance_id or rec.id)
             w = self.vms.worker(rec, queue, now, pool)
+            was = before.get(rec.id)
+            if rec.phase is Phase.RUNNING:
+                joined[rec.id] = bool(was) or (w is not None and w.slots_total > 0)
+            elif was is not None:
+                joined[rec.id] = was
             if w is not None and queue:
                 workers.setdefault(queue, []).append(w)
             elif w is not None:
                 unlabelled.append(w)
         self._by_queue = by_queue
         self._orphan_workers = unlabelled
+        self._ended = frozenset(ended)
+        self._joined = joined
         spend: dict[str, tuple[int, float]] = {}
         for queue, rec in live:
             if rec.phase not in (Phase.GONE, Phase.ENDED_UNASKED):
@@ -426,8 +459,12 @@ class CloudBatchStatus(SnapshotStatus):
         marked ended and terminated in one call, configured queue or not (the VM has powered
         itself off by then, or should have). The running daemon renews the leases of the
         workers it wants, so only workers it let go (retiring past their lease, orphans) or a
-        renewal that keeps failing come here."""
+        renewal that keeps failing come here. The same call terminates the stopped instances
+        that are no worker (a VM that powered itself off, on a provider that stops it): no one
+        else would, and they hold quota and volumes; a stopped LOST one is the planner's (or
+        the orphan reaper's), which counts it."""
         self._swept = ()
+        ended = self._ended
         result = sweep_account(
             self.cloud,
             self.source_label(),
@@ -435,19 +472,20 @@ class CloudBatchStatus(SnapshotStatus):
             now,
             dry_run=dry_run,
             instances=self._listed,
+            reap_stopped=lambda inst: inst.id in ended,
         )
-        if not result.due:
+        if not result.targets:
             return []
-        shown = ", ".join(d.text(now) for d in result.due[:5])
+        shown = ", ".join([d.text(now) for d in result.due[:5]] + result.stopped[:5])
+        what = _sweep_text(len(result.due), len(result.stopped))
         if dry_run:
-            return [f"dry run: would terminate {len(result.due)} past their lease: {shown}"]
+            return [f"dry run: would terminate {what}: {shown}"]
         if result.error:
-            log.error("[%s] lease sweep: %s", self.NAME, result.error)
-            return [f"terminating {len(result.due)} past their lease failed: {result.error}"]
+            log.error("[%s] sweep: %s", self.NAME, result.error)
+            return [f"terminating {what} failed: {result.error}"]
         self._swept = tuple(result.terminated)
-        log.warning("[%s] terminated %d instance(s) past their lease: %s", self.NAME,
-                    len(result.terminated), shown)  # fmt: skip
-        return [f"terminated {len(result.terminated)} past their lease: {shown}"]
+        log.warning("[%s] terminated %s: %s", self.NAME, what, shown)
+        return [f"terminated {what}: {shown}"]
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:
         """One list (narrowed to the queue when all candidates share one), then one startd

@@ -103,6 +103,8 @@ def test_template_carries_the_worker_user_data_not_what_the_overrides_choose() -
     assert data["ImageId"] == "ami-1" and data["KeyName"] == "k"
     assert data["SecurityGroupIds"] == ["sg-1"] and data["SecurityGroups"] == ["default"]
     assert not {"InstanceType", "SubnetId", "Placement"} & set(data)
+    # EC2's default (stop) would keep a VM that powered itself off, stopped, for ever
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
 
 
 def answer_error(flavor: str, code: str, zone: str | None = None) -> dict[str, Any]:

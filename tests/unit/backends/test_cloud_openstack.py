@@ -18,7 +18,7 @@ import requests
 import responses
 
 from pilotfactory.backends.cloud.openstack import OpenStackCloud
-from pilotfactory.factory.contract import TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
+from pilotfactory.factory.contract import TAG_ENDED, TAG_FACTORY, TAG_QUEUE, TAG_RETIRE
 from pilotfactory.factory.ports import (
     CloudAuthError,
     CloudError,
@@ -29,6 +29,7 @@ from pilotfactory.factory.ports import (
     LaunchSpec,
 )
 from pilotfactory.plugins.cloudaccount import account_of
+from pilotfactory.plugins.sweep import sweep_account
 
 KEYSTONE = "http://keystone.test:5000/v3"
 NOVA = "http://nova.test:8774/v2.1"
@@ -168,6 +169,7 @@ def test_list_filters_on_metadata_and_maps_states(
         server("d", "SHUTOFF", MINE),
         server("e", "ACTIVE", MINE, **deleting),
         server("f", "SOFT_DELETED", MINE),
+        server("g", "PAUSED", MINE),
         server("x", "ACTIVE", {TAG_FACTORY: "fac-b", TAG_QUEUE: "q1"}),
         server("y", "ACTIVE", {}),
     ]
@@ -183,17 +185,84 @@ def test_list_filters_on_metadata_and_maps_states(
         "a": "running",
         "b": "pending",
         "c": "error",
-        "d": "stopping",
+        "d": "stopped",
         "e": "stopping",
         "f": "terminated",
+        "g": "stopping",
     }
     assert seen["c"].fault == "No valid host was found."
     assert seen["a"].fault is None and seen["a"].tags == MINE
     assert seen["a"].launched_at == 1772366400.0  # 2026-03-01T12:00:00Z
-    assert {i.id for i in cloud.list(MINE)} == {"a", "c", "d", "e", "f"}
+    assert {i.id for i in cloud.list(MINE)} == {"a", "c", "d", "e", "f", "g"}
     assert rsps.calls[-1].request.url == f"{NOVA}/servers/detail?marker=y"
     with pytest.raises(ValueError, match=TAG_FACTORY):
         cloud.list({TAG_QUEUE: "q1"})
+
+
+SHUTOFF = {"OS-EXT-STS:vm_state": "stopped", "OS-EXT-STS:power_state": 4}
+
+
+def listing(rsps: responses.RequestsMock, page: list[dict[str, Any]]) -> None:
+    """GET /servers/detail answers ``page``, then (novaclient pages on) an empty one."""
+
+    def pages(request: Any) -> tuple[int, dict[str, str], str]:
+        return 200, {}, json.dumps({"servers": [] if "marker=" in (request.url or "") else page})
+
+    rsps.add_callback(responses.GET, f"{NOVA}/servers/detail", callback=pages)
+
+
+@pytest.mark.parametrize(
+    ("status", "extra", "state", "self_off"),
+    [
+        # Nova answers a guest's poweroff by calling its own stop API: SHUTOFF, vm_state
+        # stopped, no task left; the factory never stops a server
+        ("SHUTOFF", SHUTOFF, "stopped", True),
+        ("SHUTOFF", {}, "stopped", True),  # a policy that hides the extended status
+        ("SHUTOFF", {**SHUTOFF, "OS-EXT-STS:task_state": "powering-on"}, "stopped", False),
+        ("SHUTOFF", {**SHUTOFF, "OS-EXT-STS:task_state": "deleting"}, "stopping", False),
+        ("SHUTOFF", {"OS-EXT-STS:vm_state": "error"}, "stopped", False),
+        ("ACTIVE", {"OS-EXT-STS:task_state": "powering-off"}, "running", False),
+        ("SUSPENDED", {"OS-EXT-STS:vm_state": "suspended"}, "stopping", False),
+        ("DELETED", {"OS-EXT-STS:vm_state": "deleted"}, "terminated", False),
+    ],
+)
+def test_shut_off_by_itself(
+    rsps: responses.RequestsMock,
+    cloud: OpenStackCloud,
+    status: str,
+    extra: dict[str, Any],
+    state: str,
+    self_off: bool,
+) -> None:
+    keystone(rsps)
+    listing(rsps, [server("d", status, MINE, **extra)])
+    [inst] = cloud.list(MINE)
+    assert (inst.state, inst.self_shutdown) == (state, self_off)
+
+
+def test_sweep_deletes_a_server_shut_off(
+    rsps: responses.RequestsMock, cloud: OpenStackCloud
+) -> None:
+    """A SHUTOFF server holds its instance, core and RAM quota: the sweep (the daemon's
+    reconcile and ``pilotfactory sweep``) marks it ended and deletes it; a running one and
+    another factory's shut-off one are left alone."""
+    keystone(rsps)
+    other = {TAG_FACTORY: "fac-b", TAG_QUEUE: "q1"}
+    page = [
+        server("d", "SHUTOFF", MINE, **SHUTOFF),
+        server("a", "ACTIVE", MINE),
+        server("x", "SHUTOFF", other, **SHUTOFF),
+    ]
+    listing(rsps, page)
+    rsps.add(responses.POST, f"{NOVA}/servers/d/metadata", json={"metadata": {}})
+    rsps.add(responses.DELETE, f"{NOVA}/servers/d", status=204)
+    result = sweep_account(cloud, "os", "fac-a", 1_700_000_000.0)
+    assert (result.stopped, result.terminated, result.error) == (["d"], ["d"], None)
+    assert bodies(rsps, "POST", f"{NOVA}/servers/d/metadata") == [
+        {"metadata": {TAG_ENDED: "1700000000"}}
+    ]
+    deleted = [c.request.url for c in rsps.calls if c.request.method == "DELETE"]
+    assert deleted == [f"{NOVA}/servers/d"]
 
 
 def test_set_tags_merges_metadata_and_skips_gone(

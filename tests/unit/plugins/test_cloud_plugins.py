@@ -93,6 +93,12 @@ class FakeCloud:
         for iid in set(ids) & set(self.instances):
             self.instances[iid] = replace(self.instances[iid], state="stopping")
 
+    def power_off(self, iid: str, behaviour: str = "terminate") -> None:
+        """The VM powers itself off (no call): the provider ends or stops the instance by
+        its shutdown behaviour and says why, as EC2's state reason does."""
+        state = "terminated" if behaviour == "terminate" else "stopped"
+        self.instances[iid] = replace(self.instances[iid], state=state, self_shutdown=True)
+
 
 class CloudWorld(FakeWorld):
     def __init__(self, port: FakeCondor, cloud: FakeCloud) -> None:

@@ -277,3 +277,27 @@ def test_condorec2_spot_notice_vacated_and_replaced_never_a_failure(tmp_path: Pa
     assert all(not failure for failure, _ in factory.queues["VMS"].backoff.endings)
     assert world.metrics.instances_launched.total() == 5
     assert sum(world.metrics.payload_killed.values()) == 0
+
+
+def test_vms_that_power_themselves_off_are_replaced_never_a_failure(tmp_path: Path) -> None:
+    """STARTD_NOCLAIM_SHUTDOWN with no payload: each VM powers itself off (etc/worker item 5)
+    and the factory buys another. That end is the contract's, no failure: the failure window
+    ("the last 5 workers all failed") never stops the queue, and nothing is LOST."""
+    clock = VirtualClock()
+    cloud = CloudConfig(default_retirement_time=86400.0, poweroff_delay=10.0,
+                        noclaim_shutdown=600.0)  # fmt: skip
+    world = SimWorld(clock, SimConfig(seed=3, pool=PoolConfig(static_nodes=0), cloud=cloud))
+    fcfg = replace(default_factory_config(), factory_id="off", raw={"baseLogDir": str(tmp_path)})
+    factory = Factory(fcfg, queues(tmp_path), world, clock)
+    traces: list[CycleTrace] = []
+    run(world, factory, 3 * 3600, traces)
+    q = factory.queues[Q]
+    assert world.metrics.self_shutdowns >= 3 * TARGET  # each VM lives ~12 minutes
+    assert all(not failure for failure, _ in q.backoff.endings)
+    for tr in traces:
+        assert not any(a.failure for a in tr.planned), tr.planned
+        assert not any(w.state is WorkerState.LOST for w in (tr.batch.workers if tr.batch else ()))
+    # every VM that powered itself off was replaced, and none ended any other way
+    assert q.counters["submitted"] == TARGET + world.metrics.self_shutdowns
+    live = [r for r in world.sim_cloud.instances() if r.state in ("pending", "running")]
+    assert len(live) == TARGET

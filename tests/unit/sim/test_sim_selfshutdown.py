@@ -45,6 +45,17 @@ def test_a_peaceful_off_powers_the_vm_off_after_the_delay() -> None:
     w.advance(3600.0)
     assert billed(w) == pytest.approx(215.0)  # launch -> power-off, nothing after
     assert vm.state == "terminated"
+    # the listing says why, as EC2's state reason does (the factory: no failure)
+    [inst] = w.sim_cloud.list({})
+    assert (inst.state, inst.self_shutdown) == ("terminated", True)
+
+
+def test_a_terminate_is_no_self_shutdown() -> None:
+    w, vm = world(poweroff_delay=10.0)
+    w.sim_cloud.terminate([str(vm.instance_id)])
+    w.advance(60.0)
+    [inst] = w.sim_cloud.list({})
+    assert (inst.state, inst.self_shutdown) == ("terminated", False)
 
 
 def test_without_the_contract_the_vm_stays_up_with_its_master() -> None:

@@ -25,7 +25,8 @@ class MotoWorld(FakeWorld):
         return RealWorld().cloud(account)
 
 
-def test_ec2_queue_on_moto(moto_url: str, tmp_path: Path) -> None:
+def ec2_queue(moto_url: str, tmp_path: Path) -> tuple[FakeCondor, Any, EC2Submit, EC2BatchStatus]:
+    """Queue q1's EC2 submit and status plugins on moto, a fresh factory id, a fake pool."""
     settings = {"endpoint_url": moto_url, "retries": 0, "timeout": 10.0, **key_files(tmp_path)}
     port = FakeCondor()
     env, _ = make_env(port)
@@ -35,6 +36,11 @@ def test_ec2_queue_on_moto(moto_url: str, tmp_path: Path) -> None:
     params = {**settings, "image": image, "flavor": "t3.micro"}
     sub = EC2Submit(merged(EC2Submit.PARAMS, params), env, QueueEnv("q1", "q1"))
     status = EC2BatchStatus(merged(EC2BatchStatus.PARAMS, settings), env)
+    return port, client, sub, status
+
+
+def test_ec2_queue_on_moto(moto_url: str, tmp_path: Path) -> None:
+    port, client, sub, status = ec2_queue(moto_url, tmp_path)
 
     ids = sub.submit(2)
     status.refresh()
@@ -66,15 +72,7 @@ def test_vms_that_powered_themselves_off_are_no_failure_and_none_stays_stopped(
     only stops (an instance launched without the terminate behaviour), one is stopped by
     someone else. The first two are no workers (no failure); the stopped one is terminated by
     the daemon's reconcile; the third is LOST, the planner's to reap and count."""
-    settings = {"endpoint_url": moto_url, "retries": 0, "timeout": 10.0, **key_files(tmp_path)}
-    port = FakeCondor()
-    env, _ = make_env(port)
-    env = replace(env, factory_id=f"pf-{uuid.uuid4().hex[:8]}", world=MotoWorld(port))
-    client = env.world.cloud(account_of("ec2", settings)).client
-    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    params = {**settings, "image": image, "flavor": "t3.micro"}
-    sub = EC2Submit(merged(EC2Submit.PARAMS, params), env, QueueEnv("q1", "q1"))
-    status = EC2BatchStatus(merged(EC2BatchStatus.PARAMS, settings), env)
+    port, client, sub, status = ec2_queue(moto_url, tmp_path)
     ids = sub.submit(3)
     status.refresh()
     iid = {w.id: w.instance_id or "" for w in status.info("q1").workers}

@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,16 @@ def configs(tmp_path: Path, fid: str, settings: dict[str, Any]) -> tuple[str, st
     return str(fconf), str(qconf)
 
 
+def launch(client: Any, image: str, tags: dict[str, str]) -> str:
+    """One instance launched behind the factory's back, tagged ``tags``."""
+    pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
+    spec = [{"ResourceType": "instance", "Tags": pairs}]
+    out = client.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec
+    )
+    return str(out["Instances"][0]["InstanceId"])
+
+
 def test_sweep_with_the_factory_stopped(
     moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -74,6 +85,7 @@ def test_sweep_with_the_factory_stopped(
     settings = {"endpoint_url": moto_url, "retries": 0, "timeout": 10.0, **key_files(tmp_path)}
     client = RealWorld().cloud(account_of("ec2", settings)).client
     image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    run = partial(launch, client, image)
     now = time.time()
 
     # the factory ran an hour ago: its q1 workers carry a lease that ended ~3000 s ago
@@ -85,14 +97,6 @@ def test_sweep_with_the_factory_stopped(
     sub.submit(2)
     launched = {i.tags[TAG_WORKER]: i.id for i in sub.cloud.list({TAG_FACTORY: fid})}
     assert len(launched) == 2
-
-    def run(tags: dict[str, str]) -> str:
-        pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
-        spec = [{"ResourceType": "instance", "Tags": pairs}]
-        out = client.run_instances(
-            ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec
-        )
-        return str(out["Instances"][0]["InstanceId"])
 
     past = str(int(now - 1000))
     removed = run({TAG_FACTORY: fid, TAG_QUEUE: "REMOVED", TAG_LEASE: past})  # --grace 600: due
@@ -144,14 +148,7 @@ def test_sweep_terminates_the_factorys_stopped_instances(
     settings = {"endpoint_url": moto_url, "retries": 0, "timeout": 10.0, **key_files(tmp_path)}
     client = RealWorld().cloud(account_of("ec2", settings)).client
     image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-
-    def run(tags: dict[str, str]) -> str:
-        pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
-        spec = [{"ResourceType": "instance", "Tags": pairs}]
-        out = client.run_instances(
-            ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec
-        )
-        return str(out["Instances"][0]["InstanceId"])
+    run = partial(launch, client, image)
 
     stopped = run({TAG_FACTORY: fid, TAG_QUEUE: "q1"})
     removed = run({TAG_FACTORY: fid, TAG_QUEUE: "REMOVED"})

@@ -84,6 +84,12 @@ class WorkerState(enum.Enum):
     __hash__ = object.__hash__
 
 
+ALL_STATES: tuple[WorkerState, ...] = tuple(WorkerState)
+"""The members, once: iterating an Enum class (and reading a member's ``value``) is Python
+code each time, and every queue's counts go through all of them every cycle."""
+STATE_VALUES: tuple[tuple[WorkerState, str], ...] = tuple((s, s.value) for s in ALL_STATES)
+
+
 # Which states count as supply (the worker exists or is on its way) and which as failure.
 #   state     supply  sched bucket  failure
 #   PENDING   yes     pending       no
@@ -277,15 +283,15 @@ class WorkerSet(Sequence[Worker]):
         return total
 
     def counts(self) -> dict[WorkerState, int]:
-        return {st: self.count(st) for st in WorkerState}
+        return {st: self.count(st) for st in ALL_STATES}
 
     def __len__(self) -> int:
-        return self.count(*WorkerState)
+        return self.count(*ALL_STATES)
 
     def __iter__(self) -> Iterator[Worker]:
         if self._order is not None:
             return iter(self._order)
-        return (w for st in WorkerState for w in self._state(st))
+        return (w for st in ALL_STATES for w in self._state(st))
 
     @overload
     def __getitem__(self, index: int) -> Worker: ...
@@ -352,7 +358,8 @@ class BatchQueueInfo:
         return self.count(*SUPPLY)
 
     def by_state(self) -> dict[str, int]:
-        return {s.value: n for s, n in self.workers.counts().items()}
+        count = self.workers.count
+        return {value: count(s) for s, value in STATE_VALUES}
 
 
 class SiteStatus(enum.Enum):

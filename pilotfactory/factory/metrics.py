@@ -156,6 +156,8 @@ class FactoryMetrics:
         self._by_queue: dict[
             str, tuple[dict[str, Gauge], dict[str, Gauge], Gauge, list[float]]
         ] = {}
+        self._last: dict[str, dict[str, int]] = {}
+        """What each queue's worker gauges were last set to."""
         self._labels: dict[Hashable, SourceLabels] = {}
         self._labels_taken: set[SourceLabels] = set()
         self._server: Any = None
@@ -182,8 +184,11 @@ class FactoryMetrics:
             q = t.queue
             workers, wms, decision, seconds = self._children(q)
             if t.batch is not None:
+                last = self._last.setdefault(q, {})
                 for state, count in t.batch.by_state().items():
-                    workers[state].set(count)
+                    if last.get(state) != count:  # a gauge's set takes a lock: only changes
+                        workers[state].set(count)
+                        last[state] = count
             else:
                 self.failclosed.labels(q, "batch").inc()
             if t.wms is not None:

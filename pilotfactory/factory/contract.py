@@ -27,9 +27,19 @@ WORKER_ID = "PilotFactoryWorker"
 
 # Written when the factory retires / un-retires a VM (job ad attributes).
 RETIRE_REQUESTED = "PilotFactoryRetireRequested"
+"""A drain retire: its time (drain is the VM default, so it needs no mode)."""
 RETIRE_MODE = "PilotFactoryRetireMode"
-"""Recorded only when not ``drain``: a VM job with a retire request and no mode was drained."""
+"""A retire in any other mode: ``"<mode> <time>"``, mode and time in one value, so recording
+a retire or an un-retire is one edit whatever the mode (an edit sets one attribute). The newer
+of the two records is the retire; a bare ``"<mode>"`` (written before 2026-12) goes with
+``PilotFactoryRetireRequested``."""
 UNRETIRED_AT = "PilotFactoryUnretiredAt"
+"""An un-retire's time: it cancels every retire recorded at or before it."""
+
+
+def mode_record(mode: str, now: float) -> str:
+    """The ClassAd value of a ``RETIRE_MODE`` record (a string literal)."""
+    return f'"{mode} {int(now)}"'
 
 
 class JobStatus(enum.IntEnum):

@@ -124,6 +124,29 @@ def _status(ad: Ad) -> Any:
     return status if type(status) is int else int(status)
 
 
+def retire_record(ad: Ad) -> tuple[float | None, float | None, RetireMode | None]:
+    """(requested, unretired, mode) of the retire the factory recorded in a job ad.
+
+    A drain is recorded as a time alone (``RETIRE_REQUESTED``), any other mode as
+    ``"<mode> <time>"`` (``RETIRE_MODE``); the newer of the two is the retire. A bare mode
+    (the record before modes carried their time) goes with ``RETIRE_REQUESTED``."""
+    get = ad.get
+    requested, unretired = timestamp(get(RETIRE_REQUESTED)), timestamp(get(UNRETIRED_AT))
+    raw = get(RETIRE_MODE)
+    if raw is None:
+        return requested, unretired, None
+    mode_text, _, stamp = str(raw).strip().partition(" ")
+    mode = RetireMode.parse(mode_text)
+    if not stamp:
+        return requested, unretired, mode
+    at = timestamp(stamp.strip())
+    if at is None or mode is None:
+        return requested, unretired, None  # not ours to read: the drain record stands
+    if requested is None or at >= requested:
+        return at, unretired, mode
+    return requested, unretired, None  # a drain recorded after it
+
+
 def pilot_worker(ad: Ad, queue: str, now: float) -> Worker | None:
     """A pilot job: JobStatus alone says it all (running = BUSY).
 
@@ -136,10 +159,9 @@ def pilot_worker(ad: Ad, queue: str, now: float) -> Worker | None:
     submitted = timestamp(get("QDate"))
     requested = unretired = mode = None
     if RETIRE_REQUESTED in ad or UNRETIRED_AT in ad or RETIRE_MODE in ad:
-        requested, unretired = timestamp(get(RETIRE_REQUESTED)), timestamp(get(UNRETIRED_AT))
+        requested, unretired, mode = retire_record(ad)
         if not retire_active(requested, unretired):
             requested = None
-        mode = RetireMode.parse(get(RETIRE_MODE))
     host = get("RemoteHost")
     return Worker(
         f"{get('ClusterId')}.{get('ProcId')}",
@@ -395,7 +417,7 @@ PHASE: dict[int, Phase] = {
 
 RECORDED_DEFAULT = RetireMode.DRAIN
 """A VM job whose retire is recorded without a mode was drained (the contract: CondorEC2
-records a mode only when it is not drain, to keep to one edit per attribute per cycle)."""
+records a drain as its time alone, any other mode with its time: one edit per retire)."""
 
 
 def vm_record(ad: Ad, now: float) -> VMRecord:
@@ -417,11 +439,9 @@ def vm_record(ad: Ad, now: float) -> VMRecord:
         or INTERRUPTED_AT in ad
         or DEADLINE_ATTR in ad
     ):
-        requested = timestamp(get(RETIRE_REQUESTED))
-        unretired = timestamp(get(UNRETIRED_AT))
-        mode = RetireMode.parse(get(RETIRE_MODE)) or (
-            RECORDED_DEFAULT if requested is not None else None
-        )
+        requested, unretired, mode = retire_record(ad)
+        if mode is None and requested is not None:
+            mode = RECORDED_DEFAULT
         deadline = timestamp(get(DEADLINE_ATTR))
         interrupted = timestamp(get(INTERRUPTED_AT))
     if "HoldReason" in ad or "GridResourceUnavailableTime" in ad:

@@ -25,6 +25,7 @@ from pilotfactory.factory.contract import (
     RETIRE_REQUESTED,
     UNRETIRED_AT,
     classad_string,
+    mode_record,
 )
 from pilotfactory.factory.info import RetireMode, Worker, WorkerKind
 from pilotfactory.factory.params import Param
@@ -201,27 +202,31 @@ class CondorEC2Submit(CondorSubmitBase):
         self.retire_groups([(workers, mode)])
 
     def retire_groups(self, groups: Sequence[RetireGroup]) -> None:
-        """The shared VM retire routine. The record is one edit of the request time for every
-        VM of the cycle, and one edit of the mode for those not drained (no mode recorded
-        means drain, the VM default): at most one edit per attribute per cycle."""
+        """The shared VM retire routine. The record is one edit per mode retired this cycle:
+        the drained VMs' request time (drain, the VM default, needs no mode), the others'
+        mode with its time in one value (``mode_record``). So a cycle that retires in one mode
+        edits once; one that drains some VMs and retires others peacefully, twice (htcondor2's
+        edit sets one value per call)."""
 
         def record(joined: Sequence[RetireGroup]) -> None:
-            now = str(int(self.env.clock.now()))
-            self.port.edit([w.id for ws, _ in joined for w in ws], RETIRE_REQUESTED, now)
+            now = self.env.clock.now()
+            by_mode: dict[RetireMode, list[str]] = {}
             for ws, mode in joined:
-                if mode is not RetireMode.DRAIN:
-                    self.port.edit([w.id for w in ws], RETIRE_MODE, f'"{mode}"')
+                by_mode.setdefault(mode, []).extend(w.id for w in ws)
+            for mode, ids in by_mode.items():
+                if mode is RetireMode.DRAIN:
+                    self.port.edit(ids, RETIRE_REQUESTED, str(int(now)))
+                else:
+                    self.port.edit(ids, RETIRE_MODE, mode_record(mode, now))
 
         mine = [(self.own(ws), mode) for ws, mode in groups]
         retire_vms(self.port, mine, self.queue.queue, record, self.remove)
 
     def unretire(self, workers: Sequence[Worker]) -> None:
         def record(done: Sequence[Worker]) -> None:
-            # The later un-retire time cancels the recorded request (retire_active); the mode
-            # goes, so a later drain (recorded without a mode) is not read as the old one.
-            ids = [w.id for w in done]
-            self.port.edit(ids, UNRETIRED_AT, str(int(self.env.clock.now())))
-            self.port.edit(ids, RETIRE_MODE, "undefined")
+            # One edit: the later un-retire time cancels every retire recorded before it
+            # (retire_active), and a mode left behind is older than any later retire's record.
+            self.port.edit([w.id for w in done], UNRETIRED_AT, str(int(self.env.clock.now())))
 
         unretire_vms(self.port, self.own(workers), self.queue.queue, record)
 

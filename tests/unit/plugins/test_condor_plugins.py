@@ -18,6 +18,7 @@ from pilotfactory.plugins.batchstatus.condor import (
     CondorBatchStatus,
     CondorEC2BatchStatus,
     pilot_worker,
+    retire_record,
     vm_worker,
 )
 from pilotfactory.plugins.batchsubmit.condor_common import merge_attributes
@@ -642,8 +643,8 @@ def test_ec2_retire_sends_the_planned_mode(tmp_path):
     assert edits == [(["1.0", "2.0"], "PilotFactoryRetireRequested", str(int(NOW)))]  # drain
     port.calls.clear()
     plugin.retire([vm(5)], RetireMode.KILL)
-    assert [c[0] for c in port.calls] == ["edit", "edit", "remove"]
-    assert port.named("edit")[1][1:] == (["5.0"], "PilotFactoryRetireMode", '"kill"')
+    assert [c[0] for c in port.calls] == ["edit", "remove"]
+    assert port.named("edit")[0][1:] == (["5.0"], "PilotFactoryRetireMode", f'"kill {int(NOW)}"')
     port.calls.clear()
     plugin.retire([vm(6), vm(7, rt=None)], RetireMode.PEACEFUL)
     assert port.named("retire_peaceful") == [("retire_peaceful", "vm6"), ("retire_peaceful", "vm7")]
@@ -670,25 +671,73 @@ def test_ec2_unretire(tmp_path):
     assert port.named("unretire") == [("unretire", "vm2")]
     assert [c[1:] for c in port.named("edit")] == [
         (["1.0"], "PilotFactoryUnretiredAt", str(int(NOW))),
-        (["1.0"], "PilotFactoryRetireMode", "undefined"),
-    ]  # the failed un-retire of 2.0 is not recorded
+    ]  # one edit; the failed un-retire of 2.0 is not recorded
 
 
-def test_ec2_one_cycles_retires_are_one_edit_per_attribute(tmp_path):
-    """Drain for some VMs and peaceful for others in one cycle: one request-time edit for all,
-    one mode edit for the peaceful ones (no mode recorded means drain), one removal."""
+def test_ec2_one_cycles_retires_are_one_edit_per_mode(tmp_path):
+    """Drain for some VMs and peaceful for others in one cycle: one request-time edit for the
+    drained ones (no mode recorded means drain), one mode-and-time edit for the peaceful ones,
+    one removal; a cycle in one mode is one edit."""
     port = FakeCondor()
     plugin = ec2(tmp_path, port)
     plugin.retire_groups(
         [([vm(1), vm(2, machine=None)], RetireMode.DRAIN), ([vm(3), vm(4)], RetireMode.PEACEFUL)]
     )
     assert [c[1:] for c in port.named("edit")] == [
-        (["1.0", "3.0", "4.0"], "PilotFactoryRetireRequested", str(int(NOW))),
-        (["3.0", "4.0"], "PilotFactoryRetireMode", '"peaceful"'),
+        (["1.0"], "PilotFactoryRetireRequested", str(int(NOW))),
+        (["3.0", "4.0"], "PilotFactoryRetireMode", f'"peaceful {int(NOW)}"'),
     ]
     assert [c[1] for c in port.named("remove")] == [["2.0"]]
     assert [c[1] for c in port.named("drain")] == ["vm1"]
     assert [c[1] for c in port.named("retire_peaceful")] == ["vm3", "vm4"]
+
+
+@pytest.mark.parametrize(
+    "record, want",
+    [
+        ({"PilotFactoryRetireMode": f"peaceful {int(NOW) - 30}"}, (NOW - 30, None, "peaceful")),
+        # a drain after an un-retired peaceful retire: the older mode record is not read
+        (
+            {
+                "PilotFactoryRetireMode": f"peaceful {int(NOW) - 300}",
+                "PilotFactoryUnretiredAt": NOW - 200,
+                "PilotFactoryRetireRequested": NOW - 30,
+            },
+            (NOW - 30, NOW - 200, None),
+        ),
+        # and the other way round
+        (
+            {
+                "PilotFactoryRetireRequested": NOW - 300,
+                "PilotFactoryUnretiredAt": NOW - 200,
+                "PilotFactoryRetireMode": f"kill {int(NOW) - 30}",
+            },
+            (NOW - 30, NOW - 200, "kill"),
+        ),
+        # the record before modes carried their time: a bare mode goes with the request
+        (
+            {"PilotFactoryRetireRequested": NOW - 30, "PilotFactoryRetireMode": "peaceful"},
+            (NOW - 30, None, "peaceful"),
+        ),
+        # outside text in the mode attribute is not a retire
+        ({"PilotFactoryRetireMode": "soon 12"}, (None, None, None)),
+        ({"PilotFactoryRetireMode": "peaceful later"}, (None, None, None)),
+    ],
+)
+def test_the_retire_record_reads_back(record, want):
+    assert retire_record({**job(1, 2, **RUN), **record}) == want
+
+
+def test_an_unretire_then_a_drain_reads_back_as_a_drain_retire():
+    """The un-retire leaves the old mode record: the later drain (a time alone) wins."""
+    ad = {
+        **job(1, 2, **RUN),
+        "PilotFactoryRetireMode": f"peaceful {int(NOW) - 300}",
+        "PilotFactoryUnretiredAt": NOW - 200,
+        "PilotFactoryRetireRequested": NOW - 30,
+    }
+    w = vm_worker(ad, Q, NOW, copy.deepcopy(BUSY_SLOTS), MASTER, grace=120)
+    assert w is not None and w.state is S.RETIRING and w.retire_mode is RetireMode.DRAIN
 
 
 def test_a_retire_recorded_without_a_mode_reads_back_as_drain():

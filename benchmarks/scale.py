@@ -36,8 +36,10 @@ Run:
 from __future__ import annotations
 
 import argparse
+import bisect
 import cProfile
 import io
+import itertools
 import json
 import logging
 import operator
@@ -90,8 +92,10 @@ SLOT_TIMES = ("EnteredCurrentActivity",)
 # ============================================================================ ClassAd subset
 # Enough of the ClassAd language for the constraints the plugins send: || && ! == != =?= =!=
 # < <= > >=, literals (numbers, "strings", true, false, undefined), attribute references,
-# parentheses, isUndefined() / isDefined(). A disjunction of equality conjunctions
-# (``ClusterId == 1 && ProcId == 2 || ...``, ``EC2InstanceID =?= "i-1" || ...``) is evaluated
+# parentheses, isUndefined() / isDefined(), member() / identicalMember() of a {literal list},
+# ifThenElse(). A disjunction of equality or membership conjunctions (``ClusterId == 1 &&
+# member(ProcId, {2, 3}) || ...``, ``EC2InstanceID =?= "i-1" || ...``, and such terms at the
+# leaves of an ifThenElse tree, as ``batchstatus.common.among`` writes them) is evaluated
 # as set membership and answered from an index, as a schedd / collector would. Anything else
 # is refused with CondorRejected, so a new query shape shows up as an error, never as a wrong
 # answer.
@@ -118,7 +122,7 @@ _TOKEN = re.compile(
     r"""\s*(?:
       (?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)
     | (?P<str>"(?:[^"\\]|\\.)*")
-    | (?P<op>=\?=|=!=|==|!=|<=|>=|&&|\|\||[<>!(),-])
+    | (?P<op>=\?=|=!=|==|!=|<=|>=|&&|\|\||[<>!(),{}-])
     | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
     )""",
     re.X,
@@ -232,6 +236,17 @@ class _Parser:
             node = self.or_()
             self.take(")")
             return node
+        if (kind, text) == ("op", "{"):  # a list of literals (read flat: lists are long)
+            values: list[Any] = []
+            while self.peek() != ("op", "}"):
+                if values:
+                    self.take(",")
+                item = self.unary()
+                if item[0] != "lit":
+                    raise ConstraintError("a list of literals only")
+                values.append(item[1])
+            self.take("}")
+            return ("list", values)
         raise ConstraintError(f"unexpected {text!r}")
 
 
@@ -255,10 +270,28 @@ def _compare(op: str, a: Any, b: Any) -> Any:
     return _CMP[op](a, b)
 
 
-def _eq_conj(node: Node) -> list[tuple[str, bool, Any]] | None:
-    """An equality with a literal, or a conjunction of them: [(attr, folded, value)]."""
+def _member_args(node: Node) -> tuple[str, bool, list[Any]] | None:
+    """``member(Attr, {literals})`` / ``identicalMember(...)``: (attr, folded, values)."""
+    if node[0] != "call" or node[1] not in ("member", "identicalmember") or len(node[2]) != 2:
+        return None
+    attr, values = node[2]
+    if attr[0] != "attr" or values[0] != "list":
+        return None
+    fold = node[1] == "member"
+    return attr[1], fold, values[1]
+
+
+def _eq_conj(node: Node) -> list[tuple[str, bool, list[Any]]] | None:
+    """An equality with a literal or a membership in a literal list, or a conjunction of
+    them: [(attr, folded, values)]."""
+    member = _member_args(node)
+    if member is not None:
+        attr, fold, values = member
+        if any(v is UNDEF for v in values):
+            return None
+        return [(attr, fold, [v.lower() if fold and isinstance(v, str) else v for v in values])]
     if node[0] == "and":
-        out: list[tuple[str, bool, Any]] = []
+        out: list[tuple[str, bool, list[Any]]] = []
         for child in node[1]:
             terms = _eq_conj(child)
             if terms is None:
@@ -272,7 +305,7 @@ def _eq_conj(node: Node) -> list[tuple[str, bool, Any]] | None:
         if left[0] == "attr" and right[0] == "lit" and right[1] is not UNDEF:
             value = right[1]
             fold = node[1] == "==" and isinstance(value, str)
-            return [(left[1], fold, value.lower() if fold else value)]
+            return [(left[1], fold, [value.lower() if fold else value])]
     return None
 
 
@@ -286,7 +319,7 @@ def _eq_groups(node: Node) -> Plan | None:
             return None
         terms.sort(key=lambda t: (t[0], t[1]))
         spec = tuple((a, f) for a, f, _ in terms)
-        groups.setdefault(spec, set()).add(tuple(v for _, _, v in terms))
+        groups.setdefault(spec, set()).update(itertools.product(*(vs for _, _, vs in terms)))
     return groups
 
 
@@ -315,6 +348,8 @@ def _plans(node: Node) -> list[Plan]:
         return [merged]
     if node[0] == "and":
         return [p for child in node[1] for p in _plans(child)]
+    if node[0] == "call" and node[1] == "ifthenelse" and len(node[2]) == 3:
+        return _plans(("or", node[2][1:]))  # either branch: a superset
     return []
 
 
@@ -376,11 +411,82 @@ def _compile(node: Node) -> Pred:
             return UNDEF if undefined else (not stop)
 
         return junction
+    if kind == "call" and _member_args(node) is not None:
+        groups = _eq_groups(node)
+        if groups is not None:
+            return _membership(groups)
+    if kind == "call" and node[1] == "ifthenelse" and len(node[2]) == 3:
+        search = _search_tree(node)
+        if search is not None:
+            return search
+        cond, then, other = (_compile(n) for n in node[2])
+
+        def if_then_else(ad: Mapping[str, Any]) -> Any:
+            c = cond(ad)
+            if c is True:
+                return then(ad)
+            return other(ad) if c is False else UNDEF
+
+        return if_then_else
     if kind == "call" and node[1] in ("isundefined", "isdefined") and len(node[2]) == 1:
         inner = _compile(node[2][0])
         want_undef = node[1] == "isundefined"
         return lambda ad: (inner(ad) is UNDEF) is want_undef
     raise ConstraintError(f"unsupported expression {node[0]} {node[1]!r}")
+
+
+def _pivot(node: Node) -> tuple[str, Any] | None:
+    """``Attr < literal`` (a number, or a string compared case-folded): (attr, key)."""
+    if node[0] != "cmp" or node[1] != "<" or node[2][0] != "attr" or node[3][0] != "lit":
+        return None
+    value = node[3][1]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    return node[2][1], value.lower() if isinstance(value, str) else value
+
+
+def _search_tree(node: Node) -> Pred | None:
+    """An ``ifThenElse(A < p, left, right)`` tree on one attribute whose pivots, read in
+    order, ascend (a search tree, as ``among`` writes): evaluated by bisection to its leaf,
+    as one walk down the tree would, in one step instead of one call per level."""
+    attr: str | None = None
+    pivots: list[Any] = []
+    leaves: list[Node] = []
+
+    def walk(n: Node) -> bool:
+        nonlocal attr
+        if n[0] == "call" and n[1] == "ifthenelse" and len(n[2]) == 3:
+            piv = _pivot(n[2][0])
+            if piv is None or (attr is not None and piv[0] != attr):
+                return False
+            attr = piv[0]
+            if not walk(n[2][1]):
+                return False
+            pivots.append(piv[1])
+            return walk(n[2][2])
+        leaves.append(n)
+        return True
+
+    if not walk(node) or attr is None:
+        return None
+    kinds = {type(p) is str for p in pivots}
+    if len(kinds) != 1 or any(a >= b for a, b in itertools.pairwise(pivots)):
+        return None
+    text = kinds == {True}
+    preds = [_compile(leaf) for leaf in leaves]
+    name = attr
+
+    def search(ad: Mapping[str, Any]) -> Any:
+        v = ad.get(name, UNDEF)
+        if text:
+            if not isinstance(v, str):
+                return UNDEF
+            v = v.lower()
+        elif isinstance(v, bool) or not isinstance(v, int | float):
+            return UNDEF
+        return preds[bisect.bisect_right(pivots, v)](ad)
+
+    return search
 
 
 def _membership(groups: Plan) -> Pred:
@@ -404,6 +510,8 @@ def _many_attrs(spec: Spec, keys: set[tuple[Any, ...]]) -> Pred:
 def _attrs(node: Node) -> set[str]:
     if node[0] == "attr":
         return {node[1]}
+    if node[0] in ("lit", "list"):
+        return set()
     out: set[str] = set()
     for part in node[1:]:
         if isinstance(part, tuple):

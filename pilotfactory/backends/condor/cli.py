@@ -31,6 +31,7 @@ from pilotfactory.backends.condor.bindings import (
     classify,
     plain_ad,
 )
+from pilotfactory.factory.constraints import job_ids_constraint
 from pilotfactory.factory.contract import UnsafeValue, inert, submit_key
 from pilotfactory.factory.ports import (
     CondorError,
@@ -134,13 +135,12 @@ def render_ads(ads: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _job_constraint(job_ids: Sequence[str]) -> str:
-    terms = []
+    """The jobs to edit, as the decision tree the rechecks use (``job_ids_constraint``): the
+    schedd evaluates it against every job, and a flat ``||`` chain of ~400 ids fails to."""
     for job_id in job_ids:
         if not _JOB_ID.match(job_id):
             raise ValueError(f"not a cluster.proc job id: {job_id!r}")
-        cluster, proc = job_id.split(".")
-        terms.append(f"(ClusterId == {int(cluster)} && ProcId == {int(proc)})")
-    return " || ".join(terms)
+    return job_ids_constraint(job_ids) or "false"
 
 
 def render_submit(description: Mapping[str, str], count: int) -> str:

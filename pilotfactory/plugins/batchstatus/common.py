@@ -54,17 +54,6 @@ def by_queue(ads: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, An
     return out
 
 
-def any_of(terms: list[str], flat: int = 64) -> str:
-    """``(a) || (b) || ...``, nested as a balanced tree past ``flat`` terms: the ClassAd library
-    fails to evaluate a flat chain of about 400 or more (its depth grows with each ``||``),
-    which made a recheck of that many workers read none of them, so no retire was ever sent
-    (found by ``pilotfactory sim``'s 1,000-VM scenarios). Nested, the depth is logarithmic."""
-    if len(terms) <= flat:
-        return " || ".join(f"({t})" for t in terms)
-    mid = len(terms) // 2
-    return f"({any_of(terms[:mid], flat)}) || ({any_of(terms[mid:], flat)})"
-
-
 @dataclass
 class Snapshot:
     time: float

@@ -14,6 +14,7 @@ import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
+from pilotfactory.factory.constraints import job_ids_constraint
 from pilotfactory.factory.contract import (
     DEADLINE_ATTR,
     FINGERPRINT_ATTR,
@@ -45,7 +46,6 @@ from pilotfactory.factory.vmstate import Phase
 from pilotfactory.plugins.batchstatus.common import (
     Snapshot,
     SnapshotStatus,
-    any_of,
     by_queue,
     retire_active,
     timestamp,
@@ -378,17 +378,14 @@ class CondorBatchStatus(SnapshotStatus):
         return tuple(records.values())
 
     def recheck_jobs(self, workers: Sequence[Worker]) -> list[Ad]:
-        """One query constrained to these job ids."""
-        terms = []
-        for w in workers:
-            cluster, _, proc = w.id.partition(".")
-            if cluster.isdigit() and proc.isdigit():
-                terms.append(f"ClusterId == {cluster} && ProcId == {proc}")
-        if not terms:
-            return []
+        """One query constrained to these job ids (a decision tree on ClusterId: the schedd
+        evaluates it against every job it holds; ``job_ids_constraint``)."""
         wanted = {w.id for w in workers}
+        constraint = job_ids_constraint(wanted)
+        if constraint is None:
+            return []
         match = {"PilotFactoryId": self.env.factory_id}
-        ads = self.port.query_jobs(match, JOB_ATTRS, any_of(terms))
+        ads = self.port.query_jobs(match, JOB_ATTRS, constraint)
         return [ad for ad in ads if job_id(ad) in wanted]
 
     def recheck(self, workers: Sequence[Worker]) -> dict[str, Worker]:

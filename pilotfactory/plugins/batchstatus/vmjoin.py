@@ -13,17 +13,17 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from pilotfactory.factory.constraints import among, any_of
 from pilotfactory.factory.contract import (
     DEADLINE_ATTR,
     INTERRUPTION_ATTR,
     KEEP_ATTR,
-    classad_string,
 )
 from pilotfactory.factory.info import RetireMode, Worker, WorkerState
 from pilotfactory.factory.params import DURATION_MAX, Param
 from pilotfactory.factory.ports import CondorPort
 from pilotfactory.factory.vmstate import Phase, VMObservation, derive_state
-from pilotfactory.plugins.batchstatus.common import any_of, retire_active, timestamp
+from pilotfactory.plugins.batchstatus.common import retire_active, timestamp
 
 Ad = Mapping[str, Any]
 
@@ -405,9 +405,10 @@ class StartdJoin:
         keys = {k for rec in records if rec.phase is Phase.RUNNING for k in rec.keys}
         slots: list[dict[str, Any]] = []
         if keys:
-            attr = {"i": self.join, "w": WORKER_ATTR}
-            terms = [f"{attr[k[0]]} =?= {classad_string(k[2:])}" for k in sorted(keys)]
-            slots = self._slots(port, any_of(terms))
+            by_attr: dict[str, dict[str, str | None]] = {}
+            for k in sorted(keys):
+                by_attr.setdefault(self.join if k[0] == "i" else WORKER_ATTR, {})[k[2:]] = None
+            slots = self._slots(port, any_of([among(a, ks) for a, ks in by_attr.items()]))
         return Pool.build(slots, [], self.join)
 
     def worker(self, rec: VMRecord, queue: str, now: float, pool: Pool) -> Worker | None:

@@ -90,7 +90,7 @@ def test_parse_json_ads() -> None:
 
 def test_job_constraint_accepts_only_job_ids() -> None:
     assert _job_constraint(["1.0", "22.3"]) == (
-        "(ClusterId == 1 && ProcId == 0) || (ClusterId == 22 && ProcId == 3)"
+        "(ClusterId == 1 && (ProcId == 0)) || (ClusterId == 22 && (ProcId == 3))"
     )
     with pytest.raises(ValueError, match=r"not a cluster\.proc"):
         _job_constraint(["1.0 || true"])

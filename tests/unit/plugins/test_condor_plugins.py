@@ -276,8 +276,7 @@ def test_recheck_is_one_constrained_query():
     out = plugin.recheck(ws)
     (call,) = port.calls
     assert call[1] == {"PilotFactoryId": "f1"}
-    assert call[3] == "(ClusterId == 1 && ProcId == 0) || (ClusterId == 2 && ProcId == 0) || " \
-        "(ClusterId == 3 && ProcId == 0)"  # fmt: skip
+    assert call[3] == "member(ClusterId, {1, 2, 3}) && (ProcId == 0)"
     assert {k: w.state for k, w in out.items()} == {"1.0": S.BUSY, "2.0": S.BUSY}
     assert plugin.recheck([]) == {} and len(port.calls) == 1
 
@@ -379,7 +378,10 @@ def test_ec2_recheck_one_job_and_one_startd_query():
     out = plugin.recheck(ws)
     assert [c[0] for c in port.calls] == ["query_jobs", "query_startds"]
     constraint = port.named("query_startds")[0][3]
-    assert 'EC2InstanceID =?= "i-1"' in constraint and 'PilotFactoryWorker =?= "2.0"' in constraint
+    assert constraint == (
+        '(identicalMember(EC2InstanceID, {"i-1", "i-2"})) || '
+        '(identicalMember(PilotFactoryWorker, {"1.0", "2.0"}))'
+    )
     assert out["1.0"].state == S.BUSY
     assert (out["2.0"].state, out["2.0"].machine) == (S.BOOTING, "vm2")  # machine kept
     assert out["3.0"].state == S.PENDING

@@ -7,6 +7,7 @@ first if an earlier failure left it off or draining).
 
 from __future__ import annotations
 
+import random
 import shutil
 import time
 import uuid
@@ -18,6 +19,7 @@ import pytest
 
 from pilotfactory.backends.condor.bindings import BindingsCondor, classify
 from pilotfactory.backends.condor.cli import CliCondor
+from pilotfactory.factory.constraints import job_ids_constraint
 from pilotfactory.factory.ports import (
     CondorPermission,
     CondorPort,
@@ -158,6 +160,28 @@ def test_submit_query_edit_remove(port: CondorPort, job_dir: Path, tag: str) -> 
     assert len(port.query_history({"PfTestTag": tag}, ["ProcId"], since, 2)) == 2
     assert port.query_history({"PfTestTag": tag}, ["ProcId"], time.time() + 3600, 10) == []
     assert port.remove(result.job_ids, "again") == 0
+
+
+def test_many_job_ids_are_read_and_edited_exactly(
+    port: CondorPort, job_dir: Path, tag: str
+) -> None:
+    """450 of 600 held jobs in 20 clusters, named by ``job_ids_constraint`` (a search tree on
+    ClusterId, each cluster's procs a ``member`` list): the real schedd reads and edits
+    exactly those. A flat ``||`` chain of this many terms failed
+    to evaluate, and one term per job is slow for the schedd."""
+    held = {**sleep_job(job_dir, tag, 300), "hold": "true"}
+    ids = [j for _ in range(20) for j in port.submit(held, count=30).job_ids]
+    try:
+        wanted = sorted(random.Random(7).sample(ids, 450))
+        constraint = job_ids_constraint(wanted)
+        assert constraint is not None and "ifThenElse" in constraint
+        ads = port.query_jobs({"PfTestTag": tag}, ["ClusterId", "ProcId"], constraint)
+        assert sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads) == wanted
+        port.edit(wanted, "PfPicked", "true")  # the CLI port edits by the same tree
+        picked = port.query_jobs({"PfTestTag": tag, "PfPicked": True}, ["ClusterId", "ProcId"])
+        assert sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in picked) == wanted
+    finally:
+        port.remove(ids, "pilotfactory integration test")
 
 
 def test_query_startds_and_masters(port: CondorPort, backend: Backend, serving_startd: str) -> None:

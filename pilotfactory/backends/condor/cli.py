@@ -29,7 +29,7 @@ from pilotfactory.backends.condor.bindings import (
     check_token_dir,
     checked_constraint,
     classify,
-    plain_ad,
+    plain_ads,
 )
 from pilotfactory.factory.constraints import job_ids_constraint
 from pilotfactory.factory.contract import UnsafeValue, inert, submit_key
@@ -115,7 +115,7 @@ def parse_json_ads(text: str, projection: Sequence[str]) -> list[dict[str, Any]]
         objects = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CondorRejected(f"unparseable -json output: {clip(text)}") from exc
-    return [plain_ad(_to_classad(obj), projection) for obj in objects]
+    return plain_ads((_to_classad(obj) for obj in objects), projection)
 
 
 def _to_classad(obj: Mapping[str, Any]) -> classad2.ClassAd:

@@ -277,7 +277,8 @@ def _member_args(node: Node) -> tuple[str, bool, list[Any]] | None:
     attr, values = node[2]
     if attr[0] != "attr" or values[0] != "list":
         return None
-    fold = node[1] == "member"
+    # member() compares strings ignoring case; a list of numbers needs no folded index
+    fold = node[1] == "member" and any(isinstance(v, str) for v in values[1])
     return attr[1], fold, values[1]
 
 

@@ -539,9 +539,12 @@ def compile_constraint(text: str) -> Constraint:
     if hit is None:
         node = _Parser(text).parse()
         hit = Constraint(text, _compile(node), _plans(node), frozenset(_attrs(node)))
-        if len(_COMPILED) > 64:  # rechecks differ every call: keep only the repeated ones
-            _COMPILED.clear()
-        _COMPILED[text] = hit
+        # A recheck names thousands of ids and differs every cycle: kept, 64 of them held
+        # 50-80 MB of the bench process (port memory, counted in its RSS) for nothing.
+        if len(text) <= 4096:
+            if len(_COMPILED) > 64:
+                _COMPILED.clear()
+            _COMPILED[text] = hit
     return hit
 
 

@@ -31,10 +31,9 @@ def among(attr: str, wanted: Mapping[int, str | None] | Mapping[str, str | None]
     """A constraint selecting the ads whose ``attr`` is a key of ``wanted`` (and whose key's
     condition, if any, holds), as a balanced decision tree on ``attr``.
 
-    A schedd or collector evaluates a constraint against every ad it holds. A recheck of
-    4,600 workers written as one ``||`` term per worker cost the ClassAd library ~760 µs per
-    ad (measured with classad2: ~170 s of schedd time over 225,000 jobs); grouped ``member``
-    lists, ~43 µs; this tree, a few comparisons and one short list per ad. Strings compare
+    A schedd or collector evaluates a constraint against every ad it holds: a few
+    comparisons and one short list per ad here. On a real schedd with 40,000 jobs, 4,600 ids
+    as one ``||`` term each took 23.9 s to query, as this tree 0.27 s. Strings compare
     exactly (``=?=``, ``identicalMember``); the tree's ``<`` ignores case as ClassAd's does,
     so keys that differ only in case share a leaf."""
     if not wanted:
